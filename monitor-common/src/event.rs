@@ -1,0 +1,175 @@
+//! Ring-buffer records. Each starts with an [`EventHeader`] whose `kind` says
+//! which struct follows. Records are fixed-size per kind so the kernel can
+//! reserve them in place and write straight into ring-buffer memory.
+
+use crate::assert_size;
+
+pub const COMM_LEN: usize = 16;
+/// Bytes kept of a path passed to an open syscall (NUL included).
+pub const PATH_LEN: usize = 512;
+/// Bytes kept of the filename the kernel executed (NUL included).
+pub const FILENAME_LEN: usize = 256;
+/// Bytes kept of the NUL-separated argument block of an exec.
+pub const ARGS_LEN: usize = 1024;
+
+/// The `kind` tag at the head of every record.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Exec = 1,
+    Open = 2,
+    Connect = 3,
+}
+
+impl EventKind {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::Exec),
+            2 => Some(Self::Open),
+            3 => Some(Self::Connect),
+            _ => None,
+        }
+    }
+}
+
+/// `EventHeader::flags` bits.
+pub mod flags {
+    /// The path/filename did not fit and was cut.
+    pub const PATH_TRUNCATED: u32 = 1 << 0;
+    /// The argument block did not fit and was cut.
+    pub const ARGS_TRUNCATED: u32 = 1 << 1;
+    /// Reading a user or kernel string failed; the field is empty.
+    pub const READ_FAILED: u32 = 1 << 2;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    pub kind: u32,
+    pub flags: u32,
+    /// `bpf_ktime_get_boot_ns()`: CLOCK_BOOTTIME.
+    pub ts_boot_ns: u64,
+    /// The registered trajectory cgroup the task belongs to (itself or an
+    /// ancestor of the task's cgroup).
+    pub trajectory_cgroup: u64,
+    /// Thread-group id (the user-visible pid).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Thread-group id of the real parent.
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
+}
+assert_size!(EventHeader, 64);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecEvent {
+    pub header: EventHeader,
+    /// Bytes of `filename` used, NUL excluded.
+    pub filename_len: u32,
+    /// Bytes of `args` used.
+    pub args_len: u32,
+    /// The filename the kernel executed (`bprm->filename`).
+    pub filename: [u8; FILENAME_LEN],
+    /// argv as the new program sees it: NUL-separated, from the new mm.
+    pub args: [u8; ARGS_LEN],
+}
+assert_size!(ExecEvent, 64 + 8 + FILENAME_LEN + ARGS_LEN);
+
+/// Which syscall an [`OpenEvent`] came from.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenSyscall {
+    Openat = 1,
+    Openat2 = 2,
+    Open = 3,
+    Creat = 4,
+}
+
+impl OpenSyscall {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::Openat),
+            2 => Some(Self::Openat2),
+            3 => Some(Self::Open),
+            4 => Some(Self::Creat),
+            _ => None,
+        }
+    }
+}
+
+/// `AT_FDCWD` as the kernel passes it.
+pub const AT_FDCWD: i32 = -100;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct OpenEvent {
+    pub header: EventHeader,
+    pub syscall: u32,
+    /// Directory fd the path is relative to (`AT_FDCWD` for the cwd).
+    pub dfd: i32,
+    /// Open flags (`O_*`); openat2's 64-bit flags truncated to 32 bits, which
+    /// holds every flag the kernel defines.
+    pub flags: u32,
+    pub mode: u32,
+    /// Bytes of `path` used, NUL excluded.
+    pub path_len: u32,
+    pub _pad: u32,
+    /// The path as the process passed it.
+    pub path: [u8; PATH_LEN],
+}
+assert_size!(OpenEvent, 64 + 24 + PATH_LEN);
+
+/// Which cgroup socket hook a [`ConnectEvent`] came from.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectOp {
+    Connect = 1,
+    Sendmsg = 2,
+}
+
+impl ConnectOp {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::Connect),
+            2 => Some(Self::Sendmsg),
+            _ => None,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectEvent {
+    pub header: EventHeader,
+    pub op: u32,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u32,
+    /// `IPPROTO_*` of the socket.
+    pub protocol: u32,
+    /// `SOCK_*` type of the socket.
+    pub sock_type: u32,
+    /// Destination port, host byte order.
+    pub port: u16,
+    pub _pad: [u8; 6],
+    /// Destination address, network byte order; IPv4 uses the first 4 bytes.
+    pub addr: [u8; 16],
+}
+assert_size!(ConnectEvent, 64 + 24 + 16);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_round_trip() {
+        for k in [EventKind::Exec, EventKind::Open, EventKind::Connect] {
+            assert_eq!(EventKind::from_u32(k as u32), Some(k));
+        }
+        assert_eq!(EventKind::from_u32(0), None);
+    }
+}

@@ -1,0 +1,31 @@
+//! Names of maps, programs and load-time globals, shared by both sides.
+//!
+//! In aya-ebpf a map or program is named after its Rust symbol, so the kernel
+//! crate must use exactly these identifiers; the daemon looks them up by these
+//! constants.
+
+/// Ring buffer carrying every event record.
+pub const MAP_EVENTS: &str = "EVENTS";
+/// Registered trajectory cgroups: cgroup id -> [`crate::maps::TrajectoryValue`].
+pub const MAP_TRAJECTORIES: &str = "TRAJECTORIES";
+/// Runtime configuration, one [`crate::maps::RuntimeConfig`] at index 0.
+pub const MAP_CONFIG: &str = "CONFIG";
+/// Per-CPU loss counters per trajectory: cgroup id -> records lost.
+/// The daemon inserts a zero entry when it registers the trajectory.
+pub const MAP_TRAJECTORY_LOSSES: &str = "TRAJECTORY_LOSSES";
+/// Per-CPU loss counters indexed by [`crate::maps::LossReason`].
+pub const MAP_LOSSES: &str = "LOSSES";
+
+/// Load-time constants (read-only data, fixed before the verifier runs).
+pub const GLOBAL_OFFSETS: &str = "KERNEL_OFFSETS";
+pub const GLOBAL_WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+
+pub const PROG_SCHED_PROCESS_EXEC: &str = "sched_process_exec";
+pub const PROG_SYS_ENTER_OPENAT: &str = "sys_enter_openat";
+pub const PROG_SYS_ENTER_OPENAT2: &str = "sys_enter_openat2";
+pub const PROG_SYS_ENTER_OPEN: &str = "sys_enter_open";
+pub const PROG_SYS_ENTER_CREAT: &str = "sys_enter_creat";
+pub const PROG_CONNECT4: &str = "connect4";
+pub const PROG_CONNECT6: &str = "connect6";
+pub const PROG_SENDMSG4: &str = "sendmsg4";
+pub const PROG_SENDMSG6: &str = "sendmsg6";

@@ -1,0 +1,74 @@
+//! connect: cgroup `connect4`/`connect6` and, for datagrams sent without a
+//! prior connect, `sendmsg4`/`sendmsg6`. Attached to the daemon's trajectory
+//! parent cgroup, so they run only for tasks below it.
+
+use aya_ebpf::{
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
+use monitor_common::event::{ConnectEvent, ConnectOp, EventKind};
+
+use crate::{record, trajectory};
+
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+
+/// cgroup sock_addr verdicts.
+const ALLOW: i32 = 1;
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    on_addr(&ctx, ConnectOp::Connect, AF_INET)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    on_addr(&ctx, ConnectOp::Connect, AF_INET6)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    on_addr(&ctx, ConnectOp::Sendmsg, AF_INET)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    on_addr(&ctx, ConnectOp::Sendmsg, AF_INET6)
+}
+
+#[inline(always)]
+fn on_addr(ctx: &SockAddrContext, op: ConnectOp, family: u32) -> i32 {
+    let Some(member) = trajectory::current() else {
+        return ALLOW;
+    };
+    let Some(mut entry) = record::reserve::<ConnectEvent>(&member) else {
+        return ALLOW;
+    };
+    let ev = entry.as_mut_ptr();
+    unsafe {
+        let sa = &*ctx.sock_addr;
+        record::fill_header(&raw mut (*ev).header, EventKind::Connect, &member);
+        (*ev).op = op as u32;
+        (*ev).family = family;
+        (*ev).protocol = sa.protocol;
+        (*ev).sock_type = sa.type_;
+        (*ev).port = u16::from_be(sa.user_port as u16);
+        (*ev)._pad = [0; 6];
+        // The verifier allows user_ip4 only in the v4 hooks and user_ip6 only
+        // in the v6 ones; `family` is a constant per hook, so each program
+        // keeps just one branch.
+        let mut addr = [0u8; 16];
+        if family == AF_INET {
+            addr[..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
+        } else {
+            let w = sa.user_ip6;
+            addr[0..4].copy_from_slice(&w[0].to_ne_bytes());
+            addr[4..8].copy_from_slice(&w[1].to_ne_bytes());
+            addr[8..12].copy_from_slice(&w[2].to_ne_bytes());
+            addr[12..16].copy_from_slice(&w[3].to_ne_bytes());
+        }
+        (*ev).addr = addr;
+    }
+    record::submit(entry);
+    ALLOW
+}

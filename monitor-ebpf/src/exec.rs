@@ -1,0 +1,87 @@
+//! exec: `sched/sched_process_exec`, which fires after the new program image
+//! is in place, so the argument block read here is the one the kernel copied
+//! into the new process, not a user pointer another thread could rewrite.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_buf,
+        generated::bpf_get_current_task,
+    },
+    macros::tracepoint,
+    programs::TracePointContext,
+    EbpfContext,
+};
+use monitor_common::event::{flags, EventKind, ExecEvent, ARGS_LEN, FILENAME_LEN};
+
+use crate::{maps::offsets, record, trajectory};
+
+/// Offset of `__data_loc char[] filename` in the tracepoint record (after the
+/// 8-byte common header); stable since the tracepoint was added.
+const FILENAME_LOC_OFFSET: usize = 8;
+
+#[tracepoint]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    on_exec(&ctx);
+    0
+}
+
+#[inline(always)]
+fn on_exec(ctx: &TracePointContext) {
+    let Some(member) = trajectory::current() else {
+        return;
+    };
+    let Some(mut entry) = record::reserve::<ExecEvent>(&member) else {
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    unsafe {
+        record::fill_header(&raw mut (*ev).header, EventKind::Exec, &member);
+
+        (*ev).filename_len = 0;
+        let loc: u32 = ctx.read_at(FILENAME_LOC_OFFSET).unwrap_or(0);
+        let src = (ctx.as_ptr() as *const u8).wrapping_add((loc & 0xffff) as usize);
+        let dst = &mut *(&raw mut (*ev).filename);
+        match bpf_probe_read_kernel_str_bytes(src, dst) {
+            Ok(s) => {
+                (*ev).filename_len = s.len() as u32;
+                if s.len() >= FILENAME_LEN - 1 && ((loc >> 16) as usize) > FILENAME_LEN {
+                    (*ev).header.flags |= flags::PATH_TRUNCATED;
+                }
+            }
+            Err(_) => (*ev).header.flags |= flags::READ_FAILED,
+        }
+
+        (*ev).args_len = 0;
+        match read_args(&mut *(&raw mut (*ev).args)) {
+            Some((n, truncated)) => {
+                (*ev).args_len = n as u32;
+                if truncated {
+                    (*ev).header.flags |= flags::ARGS_TRUNCATED;
+                }
+            }
+            None => (*ev).header.flags |= flags::READ_FAILED,
+        }
+    }
+    record::submit(entry);
+}
+
+/// Copies `current->mm->arg_start .. arg_end` into `dst`.
+#[inline(always)]
+fn read_args(dst: &mut [u8; ARGS_LEN]) -> Option<(usize, bool)> {
+    let off = offsets();
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let mm: u64 = bpf_probe_read_kernel(task.wrapping_add(off.task_mm as usize) as *const u64).ok()?;
+        let mm = mm as *const u8;
+        let start: u64 = bpf_probe_read_kernel(mm.wrapping_add(off.mm_arg_start as usize) as *const u64).ok()?;
+        let end: u64 = bpf_probe_read_kernel(mm.wrapping_add(off.mm_arg_end as usize) as *const u64).ok()?;
+        let total = end.wrapping_sub(start) as usize;
+        let truncated = total > ARGS_LEN;
+        let n = if truncated { ARGS_LEN } else { total };
+        if n == 0 {
+            return Some((0, false));
+        }
+        bpf_probe_read_user_buf(start as *const u8, dst.get_mut(..n)?).ok()?;
+        Some((n, truncated))
+    }
+}

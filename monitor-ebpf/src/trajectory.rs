@@ -1,0 +1,46 @@
+//! Is the current task part of a registered trajectory?
+//!
+//! A task belongs to a trajectory when its cgroup, or any ancestor of it, is
+//! registered in [`TRAJECTORIES`]. The common case (the task sits directly in
+//! the trajectory cgroup) costs one hash lookup; for tasks in child cgroups
+//! the walk visits only the levels at which trajectories exist.
+
+use aya_ebpf::helpers::generated::{
+    bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id,
+};
+use monitor_common::maps::MAX_CGROUP_LEVEL;
+
+use crate::maps::{CONFIG, TRAJECTORIES};
+
+/// The trajectory the current task belongs to.
+pub struct Membership {
+    /// Id of the registered trajectory cgroup (the map key).
+    pub cgroup: u64,
+}
+
+#[inline(always)]
+pub fn current() -> Option<Membership> {
+    let own = unsafe { bpf_get_current_cgroup_id() };
+    if TRAJECTORIES.get_ptr(&own).is_some() {
+        return Some(Membership { cgroup: own });
+    }
+    let levels = CONFIG.get(0)?.trajectory_levels;
+    if levels == 0 {
+        return None;
+    }
+    let mut level = 0u32;
+    while level <= MAX_CGROUP_LEVEL {
+        if levels & (1u64 << level) != 0 {
+            let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+            if ancestor == 0 {
+                // Deeper than the task's own cgroup: no further ancestors.
+                return None;
+            }
+            if TRAJECTORIES.get_ptr(&ancestor).is_some() {
+                return Some(Membership { cgroup: ancestor });
+            }
+        }
+        level += 1;
+    }
+    None
+}

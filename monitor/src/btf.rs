@@ -1,0 +1,98 @@
+//! Kernel structure offsets from the running kernel's BTF.
+//!
+//! The Rust eBPF toolchain emits no CO-RE field relocations, so the programs
+//! read `task_struct`/`mm_struct` fields at offsets the daemon resolves here
+//! and passes in as a load-time constant ([`KernelOffsets`]). Resolving from
+//! BTF, not from a table per kernel version, keeps it right on every kernel
+//! with `CONFIG_DEBUG_INFO_BTF`, which the daemon requires anyway.
+
+use std::path::{Path, PathBuf};
+
+use btf_rs::{Btf, Type};
+use monitor_common::maps::KernelOffsets;
+
+/// Where the kernel exposes its own BTF.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error("kernel BTF not found at {path}: agent-monitor needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")]
+    Missing { path: PathBuf },
+    #[error("cannot parse kernel BTF at {path}: {reason}")]
+    Parse { path: PathBuf, reason: String },
+    #[error("kernel BTF has no struct {ty} with a field {field}")]
+    Field { ty: &'static str, field: &'static str },
+}
+
+/// Resolves the offsets the kernel programs need from `path`.
+pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
+    if !path.exists() {
+        return Err(BtfError::Missing { path: path.to_owned() });
+    }
+    let btf = Btf::from_file(path).map_err(|e| BtfError::Parse {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    Ok(KernelOffsets {
+        task_real_parent: field_offset(&btf, "task_struct", "real_parent")?,
+        task_tgid: field_offset(&btf, "task_struct", "tgid")?,
+        task_mm: field_offset(&btf, "task_struct", "mm")?,
+        mm_arg_start: field_offset(&btf, "mm_struct", "arg_start")?,
+        mm_arg_end: field_offset(&btf, "mm_struct", "arg_end")?,
+    })
+}
+
+/// Byte offset of `field` in `struct ty`, looking through anonymous struct and
+/// union members (`mm_struct` keeps most fields inside one).
+fn field_offset(btf: &Btf, ty: &'static str, field: &'static str) -> Result<u64, BtfError> {
+    let not_found = || BtfError::Field { ty, field };
+    let types = btf.resolve_types_by_name(ty).map_err(|_| not_found())?;
+    types
+        .iter()
+        .filter_map(|t| match t {
+            Type::Struct(s) => find_in(btf, s, field),
+            _ => None,
+        })
+        .next()
+        .map(|bits| bits / 8)
+        .ok_or_else(not_found)
+}
+
+fn find_in(btf: &Btf, s: &btf_rs::Struct, field: &str) -> Option<u64> {
+    for member in &s.members {
+        let name = btf.resolve_name(member).unwrap_or_default();
+        if name == field {
+            return Some(u64::from(member.bit_offset()));
+        }
+        if name.is_empty() {
+            let nested = match btf.resolve_chained_type(member).ok()? {
+                Type::Struct(inner) | Type::Union(inner) => find_in(btf, &inner, field),
+                _ => None,
+            };
+            if let Some(off) = nested {
+                return Some(u64::from(member.bit_offset()) + off);
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs against the build machine's kernel: every kernel agent-monitor
+    /// supports has these fields, at non-zero offsets.
+    #[test]
+    fn resolves_offsets_from_running_kernel() {
+        let off = kernel_offsets(Path::new(VMLINUX_BTF)).expect("host kernel has BTF");
+        assert!(off.task_real_parent > 0 && off.task_tgid > 0 && off.task_mm > 0);
+        assert!(off.mm_arg_end == off.mm_arg_start + 8, "{off:?}");
+    }
+
+    #[test]
+    fn missing_btf_is_a_clear_error() {
+        let err = kernel_offsets(Path::new("/nonexistent/vmlinux")).unwrap_err();
+        assert!(err.to_string().contains("CONFIG_DEBUG_INFO_BTF"));
+    }
+}

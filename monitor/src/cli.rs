@@ -1,0 +1,57 @@
+//! Command-line definitions (clap), nothing else.
+
+use std::{ffi::OsString, net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{DEFAULT_CGROUP_PARENT, DEFAULT_CONTROL_SOCKET, DEFAULT_METRICS_ADDR};
+
+#[derive(Debug, Parser)]
+#[command(name = "agent-monitor", version, about = "Kernel-level monitor and containment for AI coding agents")]
+pub struct Cli {
+    /// Log filter for operator logs on stderr (tracing EnvFilter syntax).
+    #[arg(long, global = true, env = "AGENT_MONITOR_LOG", default_value = "info")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Commands,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Commands {
+    /// Load the kernel programs and stream trajectory events.
+    Daemon(DaemonArgs),
+    /// Run a command inside a new trajectory (needs a running daemon).
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Append JSON Lines events to FILE instead of stdout (`-` is stdout).
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<PathBuf>,
+    /// Address of the Prometheus /metrics endpoint.
+    #[arg(long, default_value = DEFAULT_METRICS_ADDR)]
+    pub metrics_addr: SocketAddr,
+    /// Unix socket for `run` and other clients (root only).
+    #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
+    pub control_socket: PathBuf,
+    /// Directory below the cgroup2 mount that holds trajectory cgroups.
+    #[arg(long, default_value = DEFAULT_CGROUP_PARENT)]
+    pub cgroup_parent: String,
+    /// Kernel ring buffer size in bytes (a power of two).
+    #[arg(long, default_value_t = crate::config::DEFAULT_RINGBUF_BYTES)]
+    pub ringbuf_size: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Trajectory id (generated when absent).
+    #[arg(long)]
+    pub trajectory: Option<String>,
+    /// The daemon's control socket.
+    #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
+    pub control_socket: PathBuf,
+    /// The command and its arguments, after `--`.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}

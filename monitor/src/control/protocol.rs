@@ -1,0 +1,80 @@
+//! Control socket requests and responses. One JSON object per line each way;
+//! documented in `docs/architecture.md`.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Open a trajectory and move the requesting process into it.
+    OpenTrajectory {
+        /// Generated when absent.
+        #[serde(default)]
+        trajectory: Option<String>,
+        /// The command about to run, for the `trajectory_start` record.
+        #[serde(default)]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Response {
+    Opened { ok: monostate::True, trajectory: String, cgroup: String },
+    Error { ok: monostate::False, error: String },
+}
+
+/// Tiny stand-ins so `ok` is a literal `true`/`false` in both directions.
+pub mod monostate {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct True;
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct False;
+
+    macro_rules! literal {
+        ($ty:ident, $v:expr) => {
+            impl Serialize for $ty {
+                fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                    s.serialize_bool($v)
+                }
+            }
+            impl<'de> Deserialize<'de> for $ty {
+                fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                    if bool::deserialize(d)? == $v {
+                        Ok($ty)
+                    } else {
+                        Err(serde::de::Error::custom(concat!("expected ", stringify!($v))))
+                    }
+                }
+            }
+        };
+    }
+    literal!(True, true);
+    literal!(False, false);
+}
+
+impl Response {
+    pub fn error(msg: impl Into<String>) -> Self {
+        Response::Error { ok: monostate::False, error: msg.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format() {
+        let r: Request = serde_json::from_str(r#"{"op":"open_trajectory","trajectory":"t1","command":["sh"]}"#).unwrap();
+        assert_eq!(r, Request::OpenTrajectory { trajectory: Some("t1".into()), command: vec!["sh".into()] });
+        assert!(serde_json::from_str::<Request>(r#"{"op":"open_trajectory","bogus":1}"#).is_err());
+        let ok = Response::Opened { ok: monostate::True, trajectory: "t1".into(), cgroup: "/cg".into() };
+        let text = serde_json::to_string(&ok).unwrap();
+        assert_eq!(text, r#"{"ok":true,"trajectory":"t1","cgroup":"/cg"}"#);
+        assert_eq!(serde_json::from_str::<Response>(&text).unwrap(), ok);
+        let err: Response = serde_json::from_str(r#"{"ok":false,"error":"no"}"#).unwrap();
+        assert_eq!(err, Response::error("no"));
+    }
+}

@@ -1,0 +1,250 @@
+//! Decoding raw ring-buffer records into [`Body`] and [`Process`]. Pure: no
+//! kernel, no clock, no trajectory state, so it is unit-tested and fuzzed
+//! directly.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use monitor_common::event::{
+    flags, ConnectEvent, ConnectOp, EventHeader, EventKind, ExecEvent, OpenEvent, OpenSyscall, AT_FDCWD,
+};
+
+use super::record::{Body, Bytes, Process};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {len} bytes is shorter than its header")]
+    Short { len: usize },
+    #[error("unknown record kind {0}")]
+    UnknownKind(u32),
+    #[error("{kind:?} record of {len} bytes, expected {expected}")]
+    Size { kind: EventKind, len: usize, expected: usize },
+    #[error("field {field} has invalid value {value}")]
+    Field { field: &'static str, value: u32 },
+}
+
+/// A decoded kernel record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decoded {
+    pub ts_boot_ns: u64,
+    pub trajectory_cgroup: u64,
+    pub process: Process,
+    pub body: Body,
+}
+
+impl PartialEq for Process {
+    fn eq(&self, o: &Self) -> bool {
+        (self.pid, self.tid, self.ppid, self.uid, self.gid, &self.comm) == (o.pid, o.tid, o.ppid, o.uid, o.gid, &o.comm)
+    }
+}
+
+pub fn decode(buf: &[u8]) -> Result<Decoded, DecodeError> {
+    let header: EventHeader = read(buf).ok_or(DecodeError::Short { len: buf.len() })?;
+    let kind = EventKind::from_u32(header.kind).ok_or(DecodeError::UnknownKind(header.kind))?;
+    let body = match kind {
+        EventKind::Exec => exec(&sized::<ExecEvent>(buf, kind)?),
+        EventKind::Open => open(&sized::<OpenEvent>(buf, kind)?)?,
+        EventKind::Connect => connect(&sized::<ConnectEvent>(buf, kind)?)?,
+    };
+    Ok(Decoded {
+        ts_boot_ns: header.ts_boot_ns,
+        trajectory_cgroup: header.trajectory_cgroup,
+        process: Process {
+            pid: Some(header.pid),
+            tid: Some(header.tid),
+            ppid: Some(header.ppid),
+            uid: Some(header.uid),
+            gid: Some(header.gid),
+            comm: Some(Bytes::from(until_nul(&header.comm))),
+        },
+        body,
+    })
+}
+
+fn read<T: Copy>(buf: &[u8]) -> Option<T> {
+    (buf.len() >= size_of::<T>())
+        // SAFETY: length checked; `T` is a `#[repr(C)]` plain-data ABI type
+        // valid for any bit pattern, read unaligned.
+        .then(|| unsafe { std::ptr::read_unaligned(buf.as_ptr().cast::<T>()) })
+}
+
+fn sized<T: Copy>(buf: &[u8], kind: EventKind) -> Result<T, DecodeError> {
+    // The ring buffer rounds records up to 8 bytes; anything shorter than
+    // the struct is corrupt.
+    read(buf).ok_or(DecodeError::Size { kind, len: buf.len(), expected: size_of::<T>() })
+}
+
+fn until_nul(b: &[u8]) -> &[u8] {
+    b.iter().position(|&c| c == 0).map_or(b, |n| &b[..n])
+}
+
+fn prefix(b: &[u8], len: u32) -> &[u8] {
+    &b[..(len as usize).min(b.len())]
+}
+
+fn exec(e: &ExecEvent) -> Body {
+    let args = prefix(&e.args, e.args_len);
+    // The argument block is NUL-terminated strings back to back.
+    let args = args.strip_suffix(&[0]).unwrap_or(args);
+    let argv = if args.is_empty() { Vec::new() } else { args.split(|&c| c == 0).map(Bytes::from).collect() };
+    Body::Exec {
+        filename: Bytes::from(prefix(&e.filename, e.filename_len)),
+        argv,
+        filename_truncated: e.header.flags & flags::PATH_TRUNCATED != 0,
+        argv_truncated: e.header.flags & flags::ARGS_TRUNCATED != 0,
+    }
+}
+
+fn open(e: &OpenEvent) -> Result<Body, DecodeError> {
+    let syscall = match OpenSyscall::from_u32(e.syscall) {
+        Some(OpenSyscall::Openat) => "openat",
+        Some(OpenSyscall::Openat2) => "openat2",
+        Some(OpenSyscall::Open) => "open",
+        Some(OpenSyscall::Creat) => "creat",
+        None => return Err(DecodeError::Field { field: "syscall", value: e.syscall }),
+    };
+    Ok(Body::Open {
+        syscall,
+        path: Bytes::from(prefix(&e.path, e.path_len)),
+        dfd: (e.dfd != AT_FDCWD).then_some(e.dfd),
+        flags: e.flags,
+        access: access_mode(e.flags),
+        mode: e.mode,
+        path_truncated: e.header.flags & flags::PATH_TRUNCATED != 0,
+    })
+}
+
+/// The access mode in open flags (`O_ACCMODE`).
+pub fn access_mode(flags: u32) -> &'static str {
+    match flags & 0o3 {
+        0 => "read",
+        1 => "write",
+        _ => "read_write",
+    }
+}
+
+fn connect(e: &ConnectEvent) -> Result<Body, DecodeError> {
+    let op = match ConnectOp::from_u32(e.op) {
+        Some(ConnectOp::Connect) => "connect",
+        Some(ConnectOp::Sendmsg) => "sendmsg",
+        None => return Err(DecodeError::Field { field: "op", value: e.op }),
+    };
+    let (family, addr) = match e.family {
+        2 => ("inet", Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3]).to_string()),
+        10 => ("inet6", Ipv6Addr::from(e.addr).to_string()),
+        other => return Err(DecodeError::Field { field: "family", value: other }),
+    };
+    let protocol = match e.protocol {
+        6 => "tcp".to_owned(),
+        17 => "udp".to_owned(),
+        n => n.to_string(),
+    };
+    Ok(Body::Connect { op, family, addr, port: e.port, protocol })
+}
+
+#[cfg(test)]
+mod tests {
+    use monitor_common::event::{ARGS_LEN, FILENAME_LEN, PATH_LEN};
+
+    use super::*;
+
+    fn header(kind: EventKind) -> EventHeader {
+        let mut comm = [0u8; 16];
+        comm[..3].copy_from_slice(b"cat");
+        EventHeader {
+            kind: kind as u32,
+            flags: 0,
+            ts_boot_ns: 42,
+            trajectory_cgroup: 7,
+            pid: 10,
+            tid: 11,
+            ppid: 9,
+            uid: 1000,
+            gid: 1000,
+            _pad: 0,
+            comm,
+        }
+    }
+
+    fn bytes_of<T>(v: &T) -> Vec<u8> {
+        // SAFETY: reading the bytes of a plain-data value.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+    }
+
+    #[test]
+    fn decodes_exec_with_argv() {
+        let mut e = ExecEvent {
+            header: header(EventKind::Exec),
+            filename_len: 8,
+            args_len: 0,
+            filename: [0; FILENAME_LEN],
+            args: [0; ARGS_LEN],
+        };
+        e.filename[..8].copy_from_slice(b"/bin/cat");
+        let args = b"cat\0/etc/hostname\0";
+        e.args[..args.len()].copy_from_slice(args);
+        e.args_len = args.len() as u32;
+        let d = decode(&bytes_of(&e)).unwrap();
+        assert_eq!(d.trajectory_cgroup, 7);
+        assert_eq!(d.process.comm, Some(Bytes::from("cat")));
+        assert_eq!(
+            d.body,
+            Body::Exec {
+                filename: Bytes::from("/bin/cat"),
+                argv: vec![Bytes::from("cat"), Bytes::from("/etc/hostname")],
+                filename_truncated: false,
+                argv_truncated: false,
+            }
+        );
+    }
+
+    #[test]
+    fn decodes_open() {
+        let mut e = OpenEvent {
+            header: header(EventKind::Open),
+            syscall: OpenSyscall::Openat as u32,
+            dfd: AT_FDCWD,
+            flags: 0o1101,
+            mode: 0o644,
+            path_len: 4,
+            _pad: 0,
+            path: [0; PATH_LEN],
+        };
+        e.path[..4].copy_from_slice(b"/tmp");
+        e.header.flags = flags::PATH_TRUNCATED;
+        let d = decode(&bytes_of(&e)).unwrap();
+        let Body::Open { path, dfd, access, path_truncated, .. } = d.body else { panic!() };
+        assert_eq!((path, dfd, access, path_truncated), (Bytes::from("/tmp"), None, "write", true));
+    }
+
+    #[test]
+    fn decodes_connect_v4_and_mapped_v6() {
+        let mut e = ConnectEvent {
+            header: header(EventKind::Connect),
+            op: ConnectOp::Connect as u32,
+            family: 2,
+            protocol: 6,
+            sock_type: 1,
+            port: 9,
+            _pad: [0; 6],
+            addr: [0; 16],
+        };
+        e.addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let Body::Connect { addr, port, protocol, family, .. } = decode(&bytes_of(&e)).unwrap().body else { panic!() };
+        assert_eq!((addr.as_str(), port, protocol.as_str(), family), ("127.0.0.1", 9, "tcp", "inet"));
+
+        e.family = 10;
+        e.protocol = 17;
+        e.addr = Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0x0a00, 0x0001).octets();
+        let Body::Connect { addr, protocol, .. } = decode(&bytes_of(&e)).unwrap().body else { panic!() };
+        assert_eq!((addr.as_str(), protocol.as_str()), ("::ffff:10.0.0.1", "udp"));
+    }
+
+    #[test]
+    fn rejects_corrupt_records() {
+        assert_eq!(decode(&[0; 8]), Err(DecodeError::Short { len: 8 }));
+        let mut h = bytes_of(&header(EventKind::Exec));
+        assert!(matches!(decode(&h), Err(DecodeError::Size { .. })));
+        h[0] = 99;
+        assert_eq!(decode(&h), Err(DecodeError::UnknownKind(99)));
+    }
+}

@@ -1,0 +1,7 @@
+//! The event path: kernel records are decoded ([`decode`]) into the
+//! user-facing [`record`] model, sequenced per trajectory by the
+//! [`pipeline`], and handed to the sinks.
+
+pub mod decode;
+pub mod pipeline;
+pub mod record;

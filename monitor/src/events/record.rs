@@ -1,0 +1,194 @@
+//! The JSON Lines record model: one [`Record`] per line, documented field by
+//! field in `docs/events.md`.
+//!
+//! Paths and argv are bytes on Linux. [`Bytes`] serialises them losslessly:
+//! a JSON string when they are valid UTF-8 (the common case), otherwise an
+//! object `{"base64": "..."}` holding the standard base64 of the raw bytes.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use base64::Engine as _;
+use serde::{Serialize, Serializer};
+
+/// Bumped on any incompatible change to the record format.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Record {
+    pub v: u32,
+    pub ts: Timestamp,
+    pub trajectory: Arc<str>,
+    /// Per trajectory, from 1, without gaps.
+    pub seq: u64,
+    #[serde(flatten)]
+    pub body: Body,
+    #[serde(flatten)]
+    pub process: Process,
+}
+
+/// The process a record is about; all fields are `null` for records no
+/// process caused (`trajectory_end`, `gap`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Process {
+    pub pid: Option<u32>,
+    pub tid: Option<u32>,
+    pub ppid: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub comm: Option<Bytes>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Body {
+    Exec {
+        /// The filename the kernel executed.
+        filename: Bytes,
+        argv: Vec<Bytes>,
+        #[serde(skip_serializing_if = "is_false")]
+        filename_truncated: bool,
+        #[serde(skip_serializing_if = "is_false")]
+        argv_truncated: bool,
+    },
+    Open {
+        syscall: &'static str,
+        /// As passed by the process; relative paths resolve against `dfd`.
+        path: Bytes,
+        /// Directory fd of a relative path; absent for the cwd (`AT_FDCWD`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        dfd: Option<i32>,
+        flags: u32,
+        /// `read`, `write` or `read_write`, from the access mode in `flags`.
+        access: &'static str,
+        mode: u32,
+        #[serde(skip_serializing_if = "is_false")]
+        path_truncated: bool,
+    },
+    Connect {
+        /// `connect`, or `sendmsg` for a datagram sent to an explicit address.
+        op: &'static str,
+        /// `inet` or `inet6`.
+        family: &'static str,
+        addr: String,
+        port: u16,
+        /// `tcp`, `udp`, or the protocol number.
+        protocol: String,
+    },
+    TrajectoryStart {
+        cgroup: String,
+        command: Vec<Bytes>,
+    },
+    TrajectoryEnd {
+        /// `exited` (the cgroup emptied) or `daemon_shutdown`.
+        reason: &'static str,
+        duration_ns: u64,
+        /// Records of this trajectory, this one excluded.
+        records: u64,
+        /// Records the kernel could not deliver (also reported by `gap`).
+        lost: u64,
+    },
+    Gap {
+        /// Kernel records of this trajectory that were lost since the last
+        /// gap record.
+        lost: u64,
+        reason: &'static str,
+    },
+}
+
+impl Body {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Body::Exec { .. } => "exec",
+            Body::Open { .. } => "open",
+            Body::Connect { .. } => "connect",
+            Body::TrajectoryStart { .. } => "trajectory_start",
+            Body::TrajectoryEnd { .. } => "trajectory_end",
+            Body::Gap { .. } => "gap",
+        }
+    }
+}
+
+/// Wall-clock time in ns since the Unix epoch, serialised as RFC 3339 with
+/// nanoseconds in UTC (`2026-11-27T12:00:00.123456789Z`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timestamp(pub u64);
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_nanos(self.0);
+        s.collect_str(&humantime::format_rfc3339_nanos(t))
+    }
+}
+
+/// Bytes from the kernel: a string when valid UTF-8, else `{"base64": ..}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bytes(pub Vec<u8>);
+
+impl From<&[u8]> for Bytes {
+    fn from(b: &[u8]) -> Self {
+        Bytes(b.to_vec())
+    }
+}
+
+impl From<&str> for Bytes {
+    fn from(s: &str) -> Self {
+        Bytes(s.as_bytes().to_vec())
+    }
+}
+
+impl Serialize for Bytes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(&self.0) {
+            Ok(text) => s.serialize_str(text),
+            Err(_) => {
+                use serde::ser::SerializeMap;
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("base64", &base64::engine::general_purpose::STANDARD.encode(&self.0))?;
+                m.end()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_are_lossless() {
+        assert_eq!(serde_json::to_string(&Bytes::from("/etc/hostname")).unwrap(), r#""/etc/hostname""#);
+        let raw = Bytes(vec![b'/', b't', 0xff, b'\n']);
+        assert_eq!(serde_json::to_string(&raw).unwrap(), r#"{"base64":"L3T/Cg=="}"#);
+    }
+
+    #[test]
+    fn timestamp_has_nanoseconds() {
+        let ts = Timestamp(1_700_000_000_123_456_789);
+        assert_eq!(serde_json::to_string(&ts).unwrap(), r#""2023-11-14T22:13:20.123456789Z""#);
+    }
+
+    #[test]
+    fn record_layout() {
+        let r = Record {
+            v: SCHEMA_VERSION,
+            ts: Timestamp(0),
+            trajectory: "t1".into(),
+            seq: 3,
+            body: Body::Gap { lost: 7, reason: "ringbuf_full" },
+            process: Process::default(),
+        };
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["kind"], "gap");
+        assert_eq!(v["lost"], 7);
+        assert_eq!(v["seq"], 3);
+        assert!(v["pid"].is_null());
+        assert_eq!(v["ts"], "1970-01-01T00:00:00.000000000Z");
+    }
+}

@@ -1,0 +1,70 @@
+//! `agent-monitor`: flags → tracing → runtime → dispatch → exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use monitor::{
+    cli::{Cli, Commands},
+    config::DaemonConfig,
+};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Commands::Daemon(args) => {
+            let config = match DaemonConfig::from_args(&args) {
+                Ok(c) => c,
+                Err(e) => return fail(&e),
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+                Ok(r) => r,
+                Err(e) => return fail(&e),
+            };
+            match runtime.block_on(monitor::daemon::run(config, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
+        }
+        Commands::Run(args) => {
+            let err = monitor::run::run(&args.control_socket, args.trajectory, &args.command);
+            eprintln!("agent-monitor run: {}", chain(&err));
+            ExitCode::from(err.exit_code() as u8)
+        }
+    }
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn fail(e: &dyn std::error::Error) -> ExitCode {
+    eprintln!("agent-monitor: error: {}", chain(e));
+    ExitCode::FAILURE
+}
+
+/// The error and its sources, `: `-joined, so the verifier log and OS errors
+/// reach the user.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        src = s.source();
+    }
+    out
+}
