@@ -1,0 +1,208 @@
+//! Starting daemons, running agents, reading the event stream.
+
+use std::{
+    net::TcpListener,
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// `agent-monitor`; `AGENT_MONITOR_BIN` overrides (VM guests).
+pub fn monitor_bin() -> PathBuf {
+    std::env::var_os("AGENT_MONITOR_BIN").map(PathBuf::from).unwrap_or_else(|| env!("CARGO_BIN_EXE_agent-monitor").into())
+}
+
+/// The `test-agent` example; `TEST_AGENT_BIN` overrides (VM guests).
+pub fn agent_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("TEST_AGENT_BIN") {
+        return p.into();
+    }
+    // Test executables live in target/<profile>/deps, examples beside it.
+    let exe = std::env::current_exe().expect("test executable path");
+    let path = exe.parent().and_then(Path::parent).expect("target/<profile>").join("examples/test-agent");
+    assert!(path.exists(), "{} not built: run the tests with `cargo xtask test`", path.display());
+    path
+}
+
+pub fn require_root() {
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "integration tests load eBPF programs and create cgroups: run them as root (`cargo xtask test`)"
+    );
+}
+
+fn unique(prefix: &str) -> String {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", std::process::id())
+}
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub events: PathBuf,
+    pub metrics_port: u16,
+    pub cgroup_parent: String,
+    stderr: PathBuf,
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Daemon {
+        require_root();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("ctl/control.sock");
+        let events = dir.path().join("events.jsonl");
+        let stderr = dir.path().join("daemon.stderr");
+        let metrics_port = free_port();
+        let cgroup_parent = unique("agent-monitor-test");
+        let child = Command::new(monitor_bin())
+            .args(["daemon", "--events"])
+            .arg(&events)
+            .arg("--control-socket")
+            .arg(&socket)
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}"), "--cgroup-parent", &cgroup_parent])
+            .args(extra)
+            .env("AGENT_MONITOR_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("spawn agent-monitor daemon");
+        let mut d = Daemon { child: Some(child), dir, socket, events, metrics_port, cgroup_parent, stderr };
+        d.wait_ready();
+        d
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("daemon exited during startup ({status}):\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("daemon not ready within 30 s:\n{}", self.stderr());
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// `agent-monitor run [--trajectory id] -- cmd...`, waited for.
+    pub fn run(&self, trajectory: Option<&str>, cmd: &[&str]) -> Output {
+        let mut c = Command::new(monitor_bin());
+        c.arg("run").arg("--control-socket").arg(&self.socket);
+        if let Some(t) = trajectory {
+            c.args(["--trajectory", t]);
+        }
+        c.arg("--").args(cmd).output().expect("spawn agent-monitor run")
+    }
+
+    /// All records so far.
+    pub fn records(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(&self.events).unwrap_or_default();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("invalid JSON line {l:?}: {e}")))
+            .collect()
+    }
+
+    /// Records of one trajectory, once its `trajectory_end` has been written.
+    pub fn trajectory(&self, id: &str) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let recs: Vec<Value> = self.records().into_iter().filter(|r| r["trajectory"] == id).collect();
+            if recs.iter().any(|r| r["kind"] == "trajectory_end") {
+                return recs;
+            }
+            if Instant::now() > deadline {
+                panic!("no trajectory_end for {id} within 20 s; have {} records; daemon log:\n{}", recs.len(), self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).expect("metrics endpoint");
+        write!(s, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait().expect("wait daemon");
+        self.cleanup_cgroups();
+        status
+    }
+
+    fn cleanup_cgroups(&self) {
+        if let Some(root) = cgroup2_mount() {
+            let parent = root.join(&self.cgroup_parent);
+            if let Ok(entries) = std::fs::read_dir(&parent) {
+                for e in entries.flatten() {
+                    if e.path().is_dir() {
+                        let _ = std::fs::remove_dir(e.path());
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+    }
+}
+
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        if post.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        Some(PathBuf::from(pre.split_whitespace().nth(4)?))
+    })
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Records of `kind`.
+pub fn of_kind<'a>(recs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    recs.iter().filter(|r| r["kind"] == kind).collect()
+}
+
+/// Asserts `seq` runs 1..=n in file order, and the stream is framed by
+/// `trajectory_start` and `trajectory_end`.
+pub fn assert_well_formed(recs: &[Value]) {
+    assert!(!recs.is_empty());
+    for (i, r) in recs.iter().enumerate() {
+        assert_eq!(r["seq"], (i + 1) as u64, "seq gap or reorder at index {i}: {r}");
+        assert_eq!(r["v"], 1);
+        assert!(r["ts"].as_str().is_some_and(|t| t.ends_with('Z') && t.len() == 30), "ts {r}");
+    }
+    assert_eq!(recs[0]["kind"], "trajectory_start");
+    assert_eq!(recs.last().unwrap()["kind"], "trajectory_end");
+    assert_eq!(of_kind(recs, "trajectory_end").len(), 1);
+}

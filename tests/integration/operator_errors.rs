@@ -1,0 +1,73 @@
+//! Errors an operator hits get one clear message and a non-zero exit.
+
+use std::process::Command;
+
+use crate::harness::{monitor_bin, require_root, Daemon};
+
+fn output(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(monitor_bin()).args(args).output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn run_without_a_daemon_says_so() {
+    let (code, err) = output(&["run", "--control-socket", "/nonexistent/agent-monitor.sock", "--", "true"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("daemon is not running") && err.contains("/nonexistent/agent-monitor.sock"), "{err}");
+}
+
+#[test]
+fn unknown_flag_is_rejected() {
+    let (code, err) = output(&["daemon", "--no-such-flag"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--no-such-flag"), "{err}");
+}
+
+#[test]
+fn daemon_refuses_non_root() {
+    require_root();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(monitor_bin())
+        .args(["daemon", "--control-socket", "/tmp/never.sock"])
+        .output()
+        .expect("setpriv (util-linux)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("must run as root") && err.contains("65534"), "{err}");
+}
+
+#[test]
+fn invalid_configuration_names_the_flag() {
+    let (code, err) = output(&["daemon", "--cgroup-parent", "../escape"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--cgroup-parent") && err.contains("../escape"), "{err}");
+}
+
+#[test]
+fn second_daemon_on_same_socket_is_refused() {
+    let d = Daemon::start();
+    let (code, err) = output(&[
+        "daemon",
+        "--control-socket",
+        d.socket.to_str().unwrap(),
+        "--metrics-addr",
+        &format!("127.0.0.1:{}", crate::harness::free_port()),
+        "--cgroup-parent",
+        &format!("{}-second", d.cgroup_parent),
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("already listening"), "{err}");
+    if let Some(root) = crate::harness::cgroup2_mount() {
+        let _ = std::fs::remove_dir(root.join(format!("{}-second", d.cgroup_parent)));
+    }
+}
+
+#[test]
+fn bad_trajectory_id_is_refused() {
+    let d = Daemon::start();
+    let out = d.run(Some("../escape"), &["true"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid trajectory id"), "{err}");
+}
