@@ -97,6 +97,13 @@ fn processes_outside_trajectories_produce_no_events() {
     assert!(opens_of(&recs, marker).is_empty(), "an outside process was recorded");
     assert!(recs.iter().all(|r| r["trajectory"] == "observe-quiet"), "only the one trajectory appears");
     assert!(of_kind(&recs, "exec").iter().all(|e| e["argv"][0] == "sleep"), "only sleep was exec'd inside");
+    // The daemon also discards records of unknown cgroups; none may have
+    // reached it: the kernel must filter them.
+    let metrics = d.metrics();
+    assert!(
+        metrics.lines().any(|l| l == "agent_monitor_events_lost_total{reason=\"unknown_trajectory\"} 0"),
+        "kernel let records of outside processes through:\n{metrics}"
+    );
 }
 
 #[test]
