@@ -22,6 +22,18 @@ pub enum Commands {
     Daemon(DaemonArgs),
     /// Run a command inside a new trajectory (needs a running daemon).
     Run(RunArgs),
+    /// Show the running daemon's hooks (mechanism per hook) and open trajectories.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The daemon's control socket.
+    #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
+    pub control_socket: PathBuf,
+    /// Print the daemon's answer as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -17,6 +17,7 @@ use crate::{
     config::DaemonConfig,
     control::{
         self,
+        protocol::HookStatus,
         server::{Context, ControlError},
     },
     events::pipeline::{Pipeline, PipelineError},
@@ -81,7 +82,17 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     let (watcher, watch_events) = control::watcher::new()?;
     let watch_task = tokio::spawn(watch_events.run(cmd_tx.clone(), stop_rx.clone()));
     let listener = control::server::bind(&config.control_socket)?;
-    let ctx = Arc::new(Context { hierarchy, parent: parent.clone(), pipeline: cmd_tx, watcher });
+    let hooks = loaded
+        .hooks
+        .iter()
+        .map(|h| HookStatus {
+            hook: h.hook.to_owned(),
+            class: format!("{:?}", h.class).to_lowercase(),
+            mechanism: h.mechanism.to_owned(),
+            detail: h.detail.clone(),
+        })
+        .collect();
+    let ctx = Arc::new(Context { hierarchy, parent: parent.clone(), pipeline: cmd_tx, watcher, hooks });
     let control_task = tokio::spawn(control::server::serve(listener, ctx, stop_rx.clone()));
 
     let mut metrics_stop = stop_rx.clone();

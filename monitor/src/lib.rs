@@ -18,4 +18,5 @@ pub mod loader;
 pub mod metrics;
 pub mod run;
 pub mod sinks;
+pub mod status;
 pub mod trajectory;

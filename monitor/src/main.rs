@@ -30,6 +30,13 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
+        Commands::Status(args) => match monitor::status::show(&args.control_socket, args.json) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
         Commands::Run(args) => {
             let err = monitor::run::run(&args.control_socket, args.trajectory, &args.command);
             eprintln!("agent-monitor run: {}", chain(&err));

@@ -51,6 +51,7 @@ pub fn run(socket: &Path, trajectory: Option<String>, command: &[OsString]) -> R
     let id = match client::request(socket, &request) {
         Ok(Response::Opened { trajectory, .. }) => trajectory,
         Ok(Response::Error { error, .. }) => return ClientError::Refused(error).into(),
+        Ok(other) => return ClientError::Protocol(format!("unexpected answer: {other:?}")).into(),
         Err(e) => return e.into(),
     };
     let source = Command::new(&command[0]).args(&command[1..]).env(TRAJECTORY_ENV, &id).exec();

@@ -71,3 +71,33 @@ fn bad_trajectory_id_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("invalid trajectory id"), "{err}");
 }
+
+#[test]
+fn status_reports_every_hook_and_open_trajectories() {
+    let d = Daemon::start();
+    let mut child = Command::new(monitor_bin())
+        .args(["run", "--control-socket"])
+        .arg(&d.socket)
+        .args(["--trajectory", "status-1", "--", "sleep", "30"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let out = Command::new(monitor_bin()).args(["status", "--json", "--control-socket"]).arg(&d.socket).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hooks = status["hooks"].as_array().unwrap();
+    for hook in ["exec", "open:openat", "connect:connect4", "connect:connect6", "connect:sendmsg4", "connect:sendmsg6"] {
+        let h = hooks.iter().find(|h| h["hook"] == hook).unwrap_or_else(|| panic!("{hook} missing: {status}"));
+        assert_eq!(h["mechanism"], "observe", "{h}");
+    }
+    let trajectories = status["trajectories"].as_array().unwrap();
+    assert_eq!(trajectories.len(), 1);
+    assert_eq!(trajectories[0]["trajectory"], "status-1");
+    assert!(trajectories[0]["records"].as_u64().unwrap() >= 2, "start and the exec of sleep");
+
+    let text = Command::new(monitor_bin()).args(["status", "--control-socket"]).arg(&d.socket).output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("open:openat") && text.contains("status-1"), "{text}");
+    let _ = child.kill();
+    let _ = child.wait();
+}

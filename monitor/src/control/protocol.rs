@@ -15,12 +15,46 @@ pub enum Request {
         #[serde(default)]
         command: Vec<String>,
     },
+    /// What the daemon enforces and observes, per hook, and what is open.
+    Status,
+}
+
+/// Answer to [`Request::Status`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Status {
+    pub version: String,
+    pub kernel: String,
+    pub hooks: Vec<HookStatus>,
+    pub trajectories: Vec<TrajectoryStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookStatus {
+    pub hook: String,
+    pub class: String,
+    /// `observe` or `unavailable` (enforcement mechanisms come with policy).
+    pub mechanism: String,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrajectoryStatus {
+    pub trajectory: String,
+    pub cgroup: String,
+    /// Records published so far.
+    pub records: u64,
+    /// Records the kernel could not deliver.
+    pub lost: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Response {
     Opened { ok: monostate::True, trajectory: String, cgroup: String },
+    Status { ok: monostate::True, status: Status },
     Error { ok: monostate::False, error: String },
 }
 
@@ -74,6 +108,13 @@ mod tests {
         let text = serde_json::to_string(&ok).unwrap();
         assert_eq!(text, r#"{"ok":true,"trajectory":"t1","cgroup":"/cg"}"#);
         assert_eq!(serde_json::from_str::<Response>(&text).unwrap(), ok);
+        let status = Response::Status {
+            ok: monostate::True,
+            status: Status { version: "0".into(), kernel: "6".into(), hooks: vec![], trajectories: vec![] },
+        };
+        let text = serde_json::to_string(&status).unwrap();
+        assert_eq!(serde_json::from_str::<Response>(&text).unwrap(), status);
+        assert_eq!(serde_json::from_str::<Request>(r#"{"op":"status"}"#).unwrap(), Request::Status);
         let err: Response = serde_json::from_str(r#"{"ok":false,"error":"no"}"#).unwrap();
         assert_eq!(err, Response::error("no"));
     }

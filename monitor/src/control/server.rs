@@ -19,7 +19,7 @@ use tokio::{
 };
 
 use super::{
-    protocol::{monostate, Request, Response},
+    protocol::{monostate, HookStatus, Request, Response, Status},
     watcher::Watcher,
 };
 use crate::{
@@ -82,6 +82,8 @@ pub struct Context {
     pub parent: PathBuf,
     pub pipeline: mpsc::Sender<Command>,
     pub watcher: Watcher,
+    /// Per-hook state from startup.
+    pub hooks: Vec<HookStatus>,
 }
 
 pub async fn serve(listener: UnixListener, ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
@@ -114,6 +116,7 @@ async fn handle(stream: UnixStream, ctx: &Context) -> io::Result<()> {
         reader.read_line(&mut line).await?;
         match serde_json::from_str::<Request>(&line) {
             Err(e) => Response::error(format!("invalid request: {e}")),
+            Ok(Request::Status) => status(ctx).await,
             Ok(Request::OpenTrajectory { trajectory, command }) => {
                 match cred.pid() {
                     Some(pid) if pid > 0 => open_trajectory(ctx, trajectory, command, pid as u32, cred.uid(), cred.gid()).await,
@@ -188,6 +191,21 @@ async fn open_trajectory(
     }
     tracing::info!(trajectory = %id, pid, "trajectory opened");
     Response::Opened { ok: monostate::True, trajectory: id, cgroup: path.display().to_string() }
+}
+
+async fn status(ctx: &Context) -> Response {
+    let (reply, answer) = oneshot::channel();
+    if ctx.pipeline.send(Command::List { reply }).await.is_err() {
+        return Response::error("the daemon is shutting down");
+    }
+    let Ok(trajectories) = answer.await else {
+        return Response::error("the daemon is shutting down");
+    };
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
+    Response::Status {
+        ok: monostate::True,
+        status: Status { version: env!("CARGO_PKG_VERSION").to_owned(), kernel, hooks: ctx.hooks.clone(), trajectories },
+    }
 }
 
 /// The requesting process as a record's `process` part.

@@ -24,7 +24,7 @@ use super::{
     decode::decode,
     record::{Body, Bytes, Process, Record, Timestamp, SCHEMA_VERSION},
 };
-use crate::{cgroup, loader::PipelineMaps, metrics::Metrics, sinks::Bus};
+use crate::{cgroup, control::protocol::TrajectoryStatus, loader::PipelineMaps, metrics::Metrics, sinks::Bus};
 
 /// Longest a record waits in the ring buffer when traffic is light.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
@@ -69,6 +69,7 @@ pub enum EndReason {
 pub enum Command {
     Open { spec: OpenSpec, reply: oneshot::Sender<Result<(), PipelineError>> },
     Close { cgroup_id: u64, reason: EndReason },
+    List { reply: oneshot::Sender<Vec<TrajectoryStatus>> },
 }
 
 struct Trajectory {
@@ -179,6 +180,20 @@ impl Pipeline {
                         EndReason::StartFailed => "start_failed",
                     }, true)
                     .await;
+                }
+                Wake::Command(Command::List { reply }) => {
+                    let mut list: Vec<TrajectoryStatus> = self
+                        .trajectories
+                        .values()
+                        .map(|t| TrajectoryStatus {
+                            trajectory: t.id.to_string(),
+                            cgroup: t.cgroup.display().to_string(),
+                            records: t.next_seq - 1,
+                            lost: t.lost_reported,
+                        })
+                        .collect();
+                    list.sort_by(|a, b| a.trajectory.cmp(&b.trajectory));
+                    let _ = reply.send(list);
                 }
                 Wake::Data => self.drain().await,
                 Wake::Tick => {

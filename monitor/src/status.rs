@@ -1,0 +1,33 @@
+//! `agent-monitor status`: ask the daemon, render for a terminal or as JSON.
+
+use std::{fmt::Write as _, path::Path};
+
+use crate::control::{
+    client::{self, ClientError},
+    protocol::{Request, Response, Status},
+};
+
+pub fn show(socket: &Path, json: bool) -> Result<String, ClientError> {
+    let status = match client::request(socket, &Request::Status)? {
+        Response::Status { status, .. } => status,
+        other => return Err(ClientError::Protocol(format!("unexpected answer to status: {other:?}"))),
+    };
+    if json {
+        return Ok(serde_json::to_string_pretty(&status).expect("serialisable") + "\n");
+    }
+    Ok(render(&status))
+}
+
+pub fn render(s: &Status) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "agent-monitor {} on kernel {}", s.version, s.kernel);
+    let _ = writeln!(out, "\n{:<20} {:<8} {:<12} DETAIL", "HOOK", "CLASS", "MECHANISM");
+    for h in &s.hooks {
+        let _ = writeln!(out, "{:<20} {:<8} {:<12} {}", h.hook, h.class, h.mechanism, h.detail);
+    }
+    let _ = writeln!(out, "\n{} open trajectories", s.trajectories.len());
+    for t in &s.trajectories {
+        let _ = writeln!(out, "  {:<24} records={:<8} lost={:<6} {}", t.trajectory, t.records, t.lost, t.cgroup);
+    }
+    out
+}
