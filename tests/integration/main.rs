@@ -8,4 +8,5 @@
 
 mod harness;
 mod observe;
+mod schema;
 mod operator_errors;
