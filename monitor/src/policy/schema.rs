@@ -22,8 +22,9 @@ pub struct PolicyDoc {
     #[serde(default)]
     pub description: Option<String>,
     pub defaults: DefaultsDoc,
+    /// `None` when absent or empty (`rules:` with every rule commented out).
     #[serde(default)]
-    pub rules: RulesDoc,
+    pub rules: Option<RulesDoc>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -34,15 +35,16 @@ pub struct DefaultsDoc {
     pub network: Str,
 }
 
+/// Each list is `None` when absent or empty (`exec:` with nothing after it).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RulesDoc {
     #[serde(default)]
-    pub file: Vec<Spanned<FileRuleDoc>>,
+    pub file: Option<Vec<Spanned<FileRuleDoc>>>,
     #[serde(default)]
-    pub exec: Vec<Spanned<ExecRuleDoc>>,
+    pub exec: Option<Vec<Spanned<ExecRuleDoc>>>,
     #[serde(default)]
-    pub network: Vec<Spanned<NetworkRuleDoc>>,
+    pub network: Option<Vec<Spanned<NetworkRuleDoc>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,7 +151,8 @@ mod tests {
     #[test]
     fn scalars_keep_their_positions() {
         let doc = parse(Path::new("p.yaml"), &format!("{HEAD}rules:\n  exec:\n    - path: /usr/bin/\n      action: deny\n")).unwrap();
-        assert_eq!(Pos::of(&doc.rules.exec[0].value.path), Pos { line: 6, column: 13 });
-        assert_eq!(doc.rules.exec[0].value.path.value, "/usr/bin/");
+        let exec = doc.rules.unwrap().exec.unwrap();
+        assert_eq!(Pos::of(&exec[0].value.path), Pos { line: 6, column: 13 });
+        assert_eq!(exec[0].value.path.value, "/usr/bin/");
     }
 }

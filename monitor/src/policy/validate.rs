@@ -212,8 +212,9 @@ impl Checker<'_> {
         let exec_default = self.field("defaults.exec", &doc.defaults.exec, Action::parse);
         let network_default = self.field("defaults.network", &doc.defaults.network, Action::parse);
 
+        let rules = doc.rules.unwrap_or_default();
         let mut file_rules = Vec::new();
-        for (i, rule) in doc.rules.file.iter().enumerate() {
+        for (i, rule) in rules.file.iter().flatten().enumerate() {
             let at = |f: &str| format!("rules.file[{i}].{f}");
             let r = &rule.value;
             let path = self.field(at("path"), &r.path, PathPattern::parse);
@@ -227,7 +228,7 @@ impl Checker<'_> {
             }
         }
         let mut exec_rules = Vec::new();
-        for (i, rule) in doc.rules.exec.iter().enumerate() {
+        for (i, rule) in rules.exec.iter().flatten().enumerate() {
             let at = |f: &str| format!("rules.exec[{i}].{f}");
             let r = &rule.value;
             let path = self.field(at("path"), &r.path, PathPattern::parse);
@@ -238,7 +239,7 @@ impl Checker<'_> {
         }
         let mut network_rules = Vec::new();
         let mut network_positions = Vec::new();
-        for (i, rule) in doc.rules.network.iter().enumerate() {
+        for (i, rule) in rules.network.iter().flatten().enumerate() {
             let at = |f: &str| format!("rules.network[{i}].{f}");
             let r = &rule.value;
             let cidr = self.field(at("cidr"), &r.cidr, Cidr::parse);
