@@ -29,3 +29,16 @@ pub const PROG_CONNECT4: &str = "connect4";
 pub const PROG_CONNECT6: &str = "connect6";
 pub const PROG_SENDMSG4: &str = "sendmsg4";
 pub const PROG_SENDMSG6: &str = "sendmsg6";
+
+// Policy enforcement maps (keys and values in `crate::policy`).
+
+/// Per-policy mode and default actions: policy id -> [`crate::policy::PolicyConfig`].
+pub const MAP_POLICY_CONFIG: &str = "POLICY_CONFIG";
+/// File rules, LPM trie: [`crate::policy::PathKey`] -> [`crate::policy::FileValue`].
+pub const MAP_POLICY_FILE: &str = "POLICY_FILE";
+/// Exec rules, LPM trie: [`crate::policy::PathKey`] -> [`crate::policy::ExecValue`].
+pub const MAP_POLICY_EXEC: &str = "POLICY_EXEC";
+/// IPv4 rules, LPM trie: [`crate::policy::Net4Key`] -> [`crate::policy::NetValue`].
+pub const MAP_POLICY_NET4: &str = "POLICY_NET4";
+/// IPv6 rules, LPM trie: [`crate::policy::Net6Key`] -> [`crate::policy::NetValue`].
+pub const MAP_POLICY_NET6: &str = "POLICY_NET6";

@@ -16,6 +16,7 @@ pub mod hooks;
 pub mod host;
 pub mod loader;
 pub mod metrics;
+pub mod policy;
 pub mod run;
 pub mod sinks;
 pub mod status;

@@ -1,0 +1,314 @@
+//! From parsed policy files to a validated [`PolicySet`]: every semantic
+//! check, each failure a [`Diagnostic`] pointing at the offending field, all
+//! of a file's problems reported together. The daemon runs the same checks
+//! on start and reload as `check` does: a directory is valid only if every
+//! file in it is.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use serde_saphyr::Spanned;
+
+use super::{
+    compile::{compile, ResolvedPolicy},
+    diagnostic::{Diagnostic, Pos},
+    model::{
+        AccessSet, Action, Cidr, Defaults, ExecRule, FileRule, Mode, NetworkRule, Policy, PortRange, Protocol,
+        RuleClass, RuleId, RuleOrigin,
+    },
+    schema::{self, PolicyDoc, Str},
+    template::PathPattern,
+};
+
+/// Longest policy name: names appear in events, metrics and commands.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Every policy of a directory, validated, with rule ids assigned.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicySet {
+    /// Sorted by name.
+    policies: Vec<Policy>,
+    /// `origins[id - 1]` is where rule `id` was written.
+    origins: Vec<RuleOrigin>,
+}
+
+impl PolicySet {
+    /// Validates policy files given as (name to report, contents).
+    pub fn from_sources(sources: &[(PathBuf, String)]) -> Result<PolicySet, Vec<Diagnostic>> {
+        let mut diagnostics = Vec::new();
+        let mut seen: BTreeMap<String, (PathBuf, Pos)> = BTreeMap::new();
+        let mut policies = Vec::new();
+        for (file, text) in sources {
+            match validate_file(file, text) {
+                Ok((policy, name_pos)) => {
+                    if let Some((first, at)) = seen.get(&policy.name) {
+                        diagnostics.push(Diagnostic::new(
+                            file,
+                            name_pos,
+                            "name",
+                            format!(
+                                "duplicate policy name {:?}: already defined in {}:{}; expected names unique across the directory",
+                                policy.name,
+                                first.display(),
+                                at.line
+                            ),
+                        ));
+                    } else {
+                        seen.insert(policy.name.clone(), (file.clone(), name_pos));
+                        policies.push(policy);
+                    }
+                }
+                Err(mut errors) => diagnostics.append(&mut errors),
+            }
+        }
+        if !diagnostics.is_empty() {
+            return Err(diagnostics);
+        }
+        policies.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(PolicySet::number(policies))
+    }
+
+    /// Assigns rule ids in a stable order: by policy name, then file, exec
+    /// and network rules in file order.
+    fn number(mut policies: Vec<Policy>) -> PolicySet {
+        let mut origins = Vec::new();
+        let mut next = |policy: &Policy, pos: Pos, class: RuleClass, index: usize| -> RuleId {
+            origins.push(RuleOrigin { policy: policy.name.clone(), file: policy.file.clone(), line: pos.line, class, index });
+            origins.len() as RuleId
+        };
+        for p in &mut policies {
+            let snapshot = p.clone();
+            for (i, r) in p.file_rules.iter_mut().enumerate() {
+                r.id = next(&snapshot, r.pos, RuleClass::File, i);
+            }
+            for (i, r) in p.exec_rules.iter_mut().enumerate() {
+                r.id = next(&snapshot, r.pos, RuleClass::Exec, i);
+            }
+            for (i, r) in p.network_rules.iter_mut().enumerate() {
+                r.id = next(&snapshot, r.pos, RuleClass::Network, i);
+            }
+        }
+        PolicySet { policies, origins }
+    }
+
+    pub fn policies(&self) -> &[Policy] {
+        &self.policies
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Policy> {
+        self.policies.iter().find(|p| p.name == name)
+    }
+
+    /// Where rule `id` was written; `None` for [`RULE_DEFAULT`] or an
+    /// unknown id.
+    ///
+    /// [`RULE_DEFAULT`]: monitor_common::policy::RULE_DEFAULT
+    pub fn rule(&self, id: RuleId) -> Option<&RuleOrigin> {
+        self.origins.get((id as usize).checked_sub(1)?)
+    }
+
+    /// The rule table, index `id - 1`.
+    pub fn rules(&self) -> &[RuleOrigin] {
+        &self.origins
+    }
+}
+
+/// Validates every `*.yaml` / `*.yml` file directly in `dir`.
+pub fn load_dir(dir: &Path) -> Result<PolicySet, Vec<Diagnostic>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        vec![Diagnostic::new(dir, Pos::FILE, "", format!("cannot read policy directory: {e}"))]
+    })?;
+    let mut files = Vec::new();
+    let mut diagnostics = Vec::new();
+    for entry in entries {
+        match entry {
+            Ok(e) => {
+                let path = e.path();
+                if matches!(path.extension().and_then(|x| x.to_str()), Some("yaml" | "yml")) {
+                    files.push(path);
+                }
+            }
+            Err(e) => diagnostics.push(Diagnostic::new(dir, Pos::FILE, "", format!("cannot list policy directory: {e}"))),
+        }
+    }
+    files.sort();
+    let (sources, errors) = read_files(&files);
+    diagnostics.extend(errors);
+    match PolicySet::from_sources(&sources) {
+        Ok(set) if diagnostics.is_empty() => Ok(set),
+        Ok(_) => Err(diagnostics),
+        Err(errors) => {
+            diagnostics.extend(errors);
+            Err(diagnostics)
+        }
+    }
+}
+
+/// Validates a directory or a list of files without loading anything;
+/// returns every problem found (empty when valid).
+pub fn check(paths: &[PathBuf]) -> Vec<Diagnostic> {
+    let mut diagnostics = Vec::new();
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            if let Err(mut errors) = load_dir(p) {
+                diagnostics.append(&mut errors);
+            }
+        } else {
+            files.push(p.clone());
+        }
+    }
+    let (sources, errors) = read_files(&files);
+    diagnostics.extend(errors);
+    if let Err(mut errors) = PolicySet::from_sources(&sources) {
+        diagnostics.append(&mut errors);
+    }
+    diagnostics
+}
+
+fn read_files(files: &[PathBuf]) -> (Vec<(PathBuf, String)>, Vec<Diagnostic>) {
+    let mut sources = Vec::new();
+    let mut diagnostics = Vec::new();
+    for f in files {
+        match std::fs::read(f) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => sources.push((f.clone(), text)),
+                Err(_) => diagnostics.push(Diagnostic::new(f, Pos::FILE, "", "not UTF-8 text")),
+            },
+            Err(e) => diagnostics.push(Diagnostic::new(f, Pos::FILE, "", format!("cannot read: {e}"))),
+        }
+    }
+    (sources, diagnostics)
+}
+
+/// Validates one file; on success also returns where the name was written.
+/// Rule ids are 0 until the set numbers them.
+pub fn validate_file(file: &Path, text: &str) -> Result<(Policy, Pos), Vec<Diagnostic>> {
+    let doc = schema::parse(file, text).map_err(|d| vec![d])?;
+    Checker { file, diagnostics: Vec::new() }.policy(doc)
+}
+
+struct Checker<'a> {
+    file: &'a Path,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    /// Parses one scalar with `parse`, recording a diagnostic on failure.
+    fn field<T>(&mut self, field: impl Into<String>, s: &Str, parse: impl FnOnce(&str) -> Result<T, String>) -> Option<T> {
+        parse(&s.value).map_err(|message| self.report(Pos::of(s), field, message)).ok()
+    }
+
+    fn report(&mut self, pos: Pos, field: impl Into<String>, message: impl Into<String>) {
+        self.diagnostics.push(Diagnostic::new(self.file, pos, field, message));
+    }
+
+    fn policy(mut self, doc: PolicyDoc) -> Result<(Policy, Pos), Vec<Diagnostic>> {
+        let name = self.field("name", &doc.name, parse_name);
+        let mode = self.field("mode", &doc.mode, Mode::parse);
+        let file_default = self.field("defaults.file", &doc.defaults.file, Action::parse);
+        let exec_default = self.field("defaults.exec", &doc.defaults.exec, Action::parse);
+        let network_default = self.field("defaults.network", &doc.defaults.network, Action::parse);
+
+        let rules = doc.rules.unwrap_or_default();
+        let mut file_rules = Vec::new();
+        for (i, rule) in rules.file.iter().flatten().enumerate() {
+            let at = |f: &str| format!("rules.file[{i}].{f}");
+            let r = &rule.value;
+            let path = self.field(at("path"), &r.path, PathPattern::parse);
+            let access = match &r.access {
+                Some(a) => self.field(at("access"), a, AccessSet::parse),
+                None => Some(AccessSet::READ_WRITE),
+            };
+            let action = self.field(at("action"), &r.action, Action::parse);
+            if let (Some(path), Some(access), Some(action)) = (path, access, action) {
+                file_rules.push(FileRule { id: 0, pos: Pos::of(rule), path, access, action });
+            }
+        }
+        let mut exec_rules = Vec::new();
+        for (i, rule) in rules.exec.iter().flatten().enumerate() {
+            let at = |f: &str| format!("rules.exec[{i}].{f}");
+            let r = &rule.value;
+            let path = self.field(at("path"), &r.path, PathPattern::parse);
+            let action = self.field(at("action"), &r.action, Action::parse);
+            if let (Some(path), Some(action)) = (path, action) {
+                exec_rules.push(ExecRule { id: 0, pos: Pos::of(rule), path, action });
+            }
+        }
+        let mut network_rules = Vec::new();
+        let mut network_positions = Vec::new();
+        for (i, rule) in rules.network.iter().flatten().enumerate() {
+            let at = |f: &str| format!("rules.network[{i}].{f}");
+            let r = &rule.value;
+            let cidr = self.field(at("cidr"), &r.cidr, Cidr::parse);
+            let ports = r.ports.as_ref().map_or(Some(Vec::new()), |ports| self.ports(&at("ports"), ports));
+            let protocol = match &r.protocol {
+                Some(p) => self.field(at("protocol"), p, Protocol::parse).map(Some),
+                None => Some(None),
+            };
+            let action = self.field(at("action"), &r.action, Action::parse);
+            if let (Some(cidr), Some(ports), Some(protocol), Some(action)) = (cidr, ports, protocol, action) {
+                network_rules.push(NetworkRule { id: 0, pos: Pos::of(rule), cidr, ports, protocol, action });
+                network_positions.push((i, Pos::of(rule)));
+            }
+        }
+
+        let (Some(name), Some(mode), Some(file), Some(exec), Some(network)) =
+            (name, mode, file_default, exec_default, network_default)
+        else {
+            return Err(self.diagnostics);
+        };
+        if !self.diagnostics.is_empty() {
+            return Err(self.diagnostics);
+        }
+        let policy = Policy {
+            name,
+            file: self.file.to_owned(),
+            mode,
+            defaults: Defaults { file, exec, network },
+            file_rules,
+            exec_rules,
+            network_rules,
+        };
+        // The port-rule bound is a property of the compiled network entries,
+        // which do not depend on trajectory variables: check it now, not at
+        // open time. Rule ids are placeholders; they do not change counts.
+        let network_only = ResolvedPolicy {
+            name: policy.name.clone(),
+            mode,
+            defaults: policy.defaults,
+            file_rules: Vec::new(),
+            exec_rules: Vec::new(),
+            network_rules: policy.network_rules.iter().enumerate().map(|(i, r)| NetworkRule { id: i as u32 + 1, ..r.clone() }).collect(),
+        };
+        if let Err(e) = compile(&network_only) {
+            let (index, pos) = network_positions[e.rule_index];
+            self.report(pos, format!("rules.network[{index}]"), e.to_string());
+            return Err(self.diagnostics);
+        }
+        Ok((policy, Pos::of(&doc.name)))
+    }
+
+    fn ports(&mut self, field: &str, ports: &Spanned<Vec<Str>>) -> Option<Vec<PortRange>> {
+        if ports.value.is_empty() {
+            self.report(Pos::of(ports), field, "empty list: omit `ports` to match every port");
+            return None;
+        }
+        let parsed: Vec<Option<PortRange>> =
+            ports.value.iter().enumerate().map(|(j, p)| self.field(format!("{field}[{j}]"), p, PortRange::parse)).collect();
+        parsed.into_iter().collect()
+    }
+}
+
+fn parse_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= MAX_NAME_LEN
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("invalid policy name {s:?}: expected 1..={MAX_NAME_LEN} characters of A-Z a-z 0-9 - _ ."))
+    }
+}
