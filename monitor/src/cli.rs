@@ -24,6 +24,20 @@ pub enum Commands {
     Run(RunArgs),
     /// Show the running daemon's hooks (mechanism per hook) and open trajectories.
     Status(StatusArgs),
+    /// Work with policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate policy files (or directories of them) without loading
+    /// anything; exit 0 only when every file is valid.
+    Check {
+        /// Files or directories (every `*.yaml`/`*.yml` inside).
+        #[arg(required = true, value_name = "FILE")]
+        paths: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]

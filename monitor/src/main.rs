@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use monitor::{
-    cli::{Cli, Commands},
+    cli::{Cli, Commands, PolicyCommand},
     config::DaemonConfig,
 };
 use tracing_subscriber::EnvFilter;
@@ -37,6 +37,19 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&e),
         },
+        Commands::Policy(PolicyCommand::Check { paths }) => {
+            let diagnostics = monitor::policy::check(&paths);
+            for d in &diagnostics {
+                eprintln!("{d}");
+            }
+            if diagnostics.is_empty() {
+                println!("{} policy path(s) valid", paths.len());
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("agent-monitor policy check: {} error(s)", diagnostics.len());
+                ExitCode::FAILURE
+            }
+        }
         Commands::Run(args) => {
             let err = monitor::run::run(&args.control_socket, args.trajectory, &args.command);
             eprintln!("agent-monitor run: {}", chain(&err));

@@ -10,3 +10,4 @@ mod harness;
 mod observe;
 mod schema;
 mod operator_errors;
+mod policy_cli;
