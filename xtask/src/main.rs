@@ -3,6 +3,7 @@
 //! (set up, build, run every test).
 
 mod setup;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -30,8 +31,12 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, build, and run every test (unit and, as root, integration).
+    /// Set up, build, and run every test: unit and integration tests on the
+    /// host, then the integration tests in every kernel of the VM matrix.
     Test,
+    /// Run the integration tests inside QEMU guests booted from the pinned
+    /// Debian kernels (tests/vm/kernels.txt); see docs/testing.md.
+    VmTest(vm::VmArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,8 +70,16 @@ fn run(task: Task) -> Result<()> {
             if !setup::is_root() {
                 bail!("the integration tests load eBPF programs and create cgroups: run `cargo xtask test` as root");
             }
-            // Unit tests, integration tests against the real kernel, doc tests.
-            cargo(&["test", "--locked", "--workspace", "--exclude", "monitor-ebpf"])
+            // Unit tests, integration tests against the real kernel, doc tests;
+            // then the same integration tests on the other kernels.
+            let host = vm::host_tests()?;
+            vm::run(&vm::VmArgs::default(), Some(host))
+        }
+        Task::VmTest(args) => {
+            if !args.list {
+                setup::ensure()?;
+            }
+            vm::run(&args, None)
         }
     }
 }
