@@ -13,6 +13,10 @@ use std::{
     io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -31,15 +35,19 @@ pub struct VmArgs {
     /// Per-kernel bound on boot plus tests, in seconds; QEMU is killed after it.
     #[arg(long, default_value_t = DEFAULT_TIMEOUT_SECS)]
     pub timeout: u64,
+    /// Guests booted at the same time.
+    #[arg(long, default_value_t = DEFAULT_JOBS)]
+    pub jobs: usize,
 }
 
 impl Default for VmArgs {
     fn default() -> VmArgs {
-        VmArgs { kernel: None, list: false, timeout: DEFAULT_TIMEOUT_SECS }
+        VmArgs { kernel: None, list: false, timeout: DEFAULT_TIMEOUT_SECS, jobs: DEFAULT_JOBS }
     }
 }
 
 const DEFAULT_TIMEOUT_SECS: u64 = 900;
+const DEFAULT_JOBS: usize = 2;
 
 /// Lines of console output shown when a guest ends without a result.
 const TAIL_LINES: usize = 40;
@@ -73,30 +81,35 @@ pub fn run(args: &VmArgs, host: Option<Row>) -> Result<()> {
     let initramfs = out.join("initramfs.cpio");
     initramfs::build(&root, &payload, &initramfs)?;
 
+    // TCG is CPU-bound and a guest running tests one at a time keeps about
+    // one host core busy, so guests run side by side, `--jobs` at a time.
+    let started = Instant::now();
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<(Row, String)>>> = Mutex::new(selected.iter().map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..args.jobs.max(1) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(k) = selected.get(i) else { break };
+                let result = run_guest(k, &images[i], &initramfs, &out, args.timeout);
+                let result = result.unwrap_or_else(|e| {
+                    let row = Row::failed(&k.name, format!("{e:#}"));
+                    (row, String::new())
+                });
+                results.lock().unwrap()[i] = Some(result);
+            });
+        }
+    });
     let mut rows: Vec<Row> = host.into_iter().collect();
-    for (k, image) in selected.iter().zip(&images) {
-        let log = out.join(format!("{}.log", k.name));
-        eprintln!("xtask: booting {} ({}, lsm={}); console in {}", k.name, k.package, k.lsm, log.display());
-        let (exit, elapsed) = guest::boot(&guest::Boot {
-            bzimage: &image.bzimage,
-            initramfs: &initramfs,
-            lsm: &k.lsm,
-            log: &log,
-            timeout: Duration::from_secs(args.timeout),
-            label: &k.name,
-        })?;
-        let text = String::from_utf8_lossy(&std::fs::read(&log)?).into_owned();
-        let parsed = report::parse(&text);
-        let mut row = Row::from_parsed(&k.name, &parsed, elapsed);
-        row.problem = problem(&parsed, &exit, args.timeout, &log, &image.config);
+    for (row, details) in results.into_inner().unwrap().into_iter().flatten() {
         if let Some(p) = &row.problem {
-            eprintln!("xtask: {} FAILED: {p}", k.name);
-            eprintln!("{}", details(&parsed, &text));
+            eprintln!("\nxtask: {} FAILED: {p}\n{details}", row.kernel);
         }
         rows.push(row);
     }
 
-    let table = report::table(&rows);
+    let wall = format!("{} guest(s), {} at a time: {:.0} s wall time", selected.len(), args.jobs.max(1), started.elapsed().as_secs_f64());
+    let table = format!("{}\n{wall}\n", report::table(&rows));
     let summary = out.join("summary.md");
     std::fs::write(&summary, format!("# VM test summary\n\n{table}"))?;
     println!("\n{table}\n(written to {})", summary.display());
@@ -105,6 +118,28 @@ pub fn run(args: &VmArgs, host: Option<Row>) -> Result<()> {
         bail!("tests failed on: {} (console logs in {})", failed.join(", "), out.display());
     }
     Ok(())
+}
+
+/// Boots one guest and reads its console back: its row, and what to show
+/// under it if it failed.
+fn run_guest(k: &matrix::Kernel, image: &fetch::KernelImage, initramfs: &Path, out: &Path, timeout: u64) -> Result<(Row, String)> {
+    let log = out.join(format!("{}.log", k.name));
+    eprintln!("xtask: booting {} ({}, lsm={}); console in {}", k.name, k.package, k.lsm, log.display());
+    let (exit, elapsed) = guest::boot(&guest::Boot {
+        bzimage: &image.bzimage,
+        initramfs,
+        lsm: &k.lsm,
+        log: &log,
+        timeout: Duration::from_secs(timeout),
+        label: &k.name,
+    })?;
+    let text = String::from_utf8_lossy(&std::fs::read(&log)?).into_owned();
+    let parsed = report::parse(&text);
+    let mut row = Row::from_parsed(&k.name, &parsed, elapsed);
+    row.problem = problem(&parsed, &exit, timeout, &log, &image.config);
+    let details = if row.problem.is_some() { details(&parsed, &text) } else { String::new() };
+    eprintln!("xtask: {} finished in {:.0} s: {}", k.name, elapsed.as_secs_f64(), if row.problem.is_some() { "FAILED" } else { "ok" });
+    Ok((row, details))
 }
 
 /// Why a guest run failed, or `None` when it passed.

@@ -39,7 +39,9 @@ pub fn kernel_image(kernel: &Kernel, cache: &Path) -> Result<KernelImage> {
         eprintln!("xtask: downloading {}={}", kernel.package, kernel.version);
         let status = Command::new("apt-get")
             .current_dir(cache)
-            .args(["download", "-q", &format!("{}={}", kernel.package, kernel.version)])
+            // As root, apt would hand the download to its `_apt` sandbox user,
+            // which cannot write into target/.
+            .args(["download", "-q", "-o", "APT::Sandbox::User=root", &format!("{}={}", kernel.package, kernel.version)])
             .status()
             .context("cannot run apt-get")?;
         if !status.success() || !deb.exists() {

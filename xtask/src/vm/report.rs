@@ -127,6 +127,16 @@ pub struct Row {
 }
 
 impl Row {
+    /// A row for a guest that could not even be run.
+    pub fn failed(kernel: &str, problem: String) -> Row {
+        Row::from_parsed(kernel, &Parsed::default(), Duration::ZERO).with_problem(problem)
+    }
+
+    fn with_problem(mut self, problem: String) -> Row {
+        self.problem = Some(problem);
+        self
+    }
+
     pub fn from_parsed(kernel: &str, p: &Parsed, duration: Duration) -> Row {
         let mut skipped: Vec<(String, String)> = p.skips.clone();
         skipped.extend(p.ignored.iter().map(|t| (t.clone(), "#[ignore]".into())));
