@@ -108,7 +108,8 @@ pub fn run(args: &VmArgs, host: Option<Row>) -> Result<()> {
         rows.push(row);
     }
 
-    let wall = format!("{} guest(s), {} at a time: {:.0} s wall time", selected.len(), args.jobs.max(1), started.elapsed().as_secs_f64());
+    let jobs = args.jobs.clamp(1, selected.len());
+    let wall = format!("{} guest(s), {jobs} at a time: {:.0} s wall time", selected.len(), started.elapsed().as_secs_f64());
     let table = format!("{}\n{wall}\n", report::table(&rows));
     let summary = out.join("summary.md");
     std::fs::write(&summary, format!("# VM test summary\n\n{table}"))?;
@@ -145,14 +146,15 @@ fn run_guest(k: &matrix::Kernel, image: &fetch::KernelImage, initramfs: &Path, o
 /// Why a guest run failed, or `None` when it passed.
 fn problem(p: &report::Parsed, exit: &guest::Exit, timeout: u64, log: &Path, config: &Path) -> Option<String> {
     let log = log.display();
+    let during = p.running.as_ref().map(|t| format!(" during test {t}")).unwrap_or_default();
     if *exit == guest::Exit::TimedOut {
-        return Some(format!("no result within {timeout} s; QEMU killed (console: {log})"));
+        return Some(format!("no result within {timeout} s{during}; QEMU killed (console: {log})"));
     }
     if let Some(e) = &p.setup_error {
         return Some(format!("guest setup: {e} (kernel config: {})", config.display()));
     }
     match p.rc {
-        None => Some(format!("the guest ended without a VMTEST-RESULT line: panic or crash (console: {log})")),
+        None => Some(format!("the guest ended without a VMTEST-RESULT line{during}: panic or crash (console: {log})")),
         Some(0) if p.failed.is_empty() && p.summary.is_some() => None,
         Some(0) => Some(format!("rc=0 but libtest's summary is missing or reports failures (console: {log})")),
         Some(rc) => Some(format!("test executable exited with {rc}: {} (console: {log})", p.summary.as_deref().unwrap_or("no libtest summary"))),
@@ -267,9 +269,54 @@ pub fn host_tests() -> Result<Row> {
             .map(|s| s.trim().to_owned())
             .unwrap_or_else(|_| "(securityfs not mounted)".into()),
     );
-    let mut row = Row::from_parsed("host", &parsed, elapsed);
-    row.mechanisms = "?".into();
-    Ok(row)
+    parsed.mechanisms = probe_mechanisms(&root.join("target/debug/agent-monitor"), &out.join("host-probe"))?;
+    Ok(Row::from_parsed("host", &parsed, elapsed))
+}
+
+/// Starts the daemon once, as the guests' `/init` does, for the mechanism
+/// each hook gets on this kernel.
+fn probe_mechanisms(bin: &Path, dir: &Path) -> Result<Vec<(String, String)>> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let socket = dir.join("control.sock");
+    let stderr = dir.join("stderr");
+    let parent = format!("xtask-probe-{}", std::process::id());
+    let mut child = Command::new(bin)
+        .arg("daemon")
+        .arg("--control-socket")
+        .arg(&socket)
+        .arg("--events")
+        .arg(dir.join("events.jsonl"))
+        .args(["--metrics-addr", "127.0.0.1:0", "--cgroup-parent", &parent])
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr)?)
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() && Instant::now() < deadline && child.try_wait()?.is_none() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+    // The daemon leaves its (empty) parent cgroup behind, as the tests'
+    // harness expects; remove it.
+    if let Some(mount) = cgroup2_mount() {
+        let _ = std::fs::remove_dir(mount.join(&parent));
+    }
+    let text = std::fs::read_to_string(&stderr).unwrap_or_default();
+    Ok(text.lines().filter_map(report::mechanism).collect())
+}
+
+fn cgroup2_mount() -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        if post.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        Some(PathBuf::from(pre.split_whitespace().nth(4)?))
+    })
 }
 
 fn integration_test_names(root: &Path) -> Result<Vec<String>> {

@@ -86,7 +86,7 @@ fn require_available(kernel: &Kernel) -> Result<()> {
         }
         versions = madison(&kernel.package)?;
     }
-    if !versions.iter().any(|v| *v == kernel.version) {
+    if !versions.contains(&kernel.version) {
         let available = if versions.is_empty() { "none".to_owned() } else { versions.join(", ") };
         bail!(
             "kernel {}: {}={} is not available from the configured Debian archives (available: {available}); \

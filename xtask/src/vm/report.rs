@@ -18,6 +18,8 @@ pub struct Parsed {
     pub ignored: Vec<String>,
     /// `(test, reason)` from the skip file.
     pub skips: Vec<(String, String)>,
+    /// A test that started and never reported (the guest died or hung in it).
+    pub running: Option<String>,
     /// libtest's `test result:` line.
     pub summary: Option<String>,
     pub rc: Option<i32>,
@@ -36,9 +38,7 @@ pub fn parse(text: &str) -> Parsed {
         } else if let Some(v) = line.strip_prefix("VMTEST-LSM ") {
             p.lsm = Some(v.trim().into());
         } else if let Some(v) = line.strip_prefix("VMTEST-MECH ") {
-            if let (Some(h), Some(m)) = (field(v, "hook"), field(v, "mechanism")) {
-                p.mechanisms.push((h, m));
-            }
+            p.mechanisms.extend(mechanism(v));
         } else if line.starts_with("VMTEST-PROBE-") && !line.starts_with("VMTEST-PROBE-READY") {
             p.probe_failure.push(line.into());
         } else if let Some(v) = line.strip_prefix("VMTEST-ERROR ") {
@@ -50,7 +50,10 @@ pub fn parse(text: &str) -> Parsed {
         } else if line.starts_with("test result: ") {
             p.summary = Some(line.into());
             in_failures = false;
+        } else if let Some(name) = line.strip_prefix("test ").and_then(|l| l.strip_suffix(" ...")) {
+            p.running = Some(name.into());
         } else if let Some((name, result)) = test_line(line) {
+            p.running = None;
             match result {
                 "ok" => p.ok.push(name.into()),
                 "FAILED" => p.failed.push(name.into()),
@@ -64,6 +67,12 @@ pub fn parse(text: &str) -> Parsed {
         }
     }
     p
+}
+
+/// `(hook, mechanism)` from the daemon's startup line for one hook.
+pub fn mechanism(line: &str) -> Option<(String, String)> {
+    let line = strip_ansi(line);
+    Some((field(&line, "hook")?, field(&line, "mechanism")?))
 }
 
 /// `test a::b ... ok` → `("a::b", "ok")`.
@@ -268,8 +277,9 @@ VMTEST-END
 
     #[test]
     fn a_console_without_markers_has_no_result() {
-        let p = parse("Kernel panic - not syncing: VFS\n");
+        let p = parse("test a::b ... ok\ntest a::c ... \nKernel panic - not syncing: VFS\n");
         assert_eq!(p.rc, None);
+        assert_eq!(p.running.as_deref(), Some("a::c"));
         assert!(p.summary.is_none());
     }
 }
