@@ -264,11 +264,7 @@ pub fn host_tests() -> Result<Row> {
         .filter(|(t, _)| names.contains(t))
         .collect();
     parsed.release = Some(uname_r());
-    parsed.lsm = Some(
-        std::fs::read_to_string("/sys/kernel/security/lsm")
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_else(|_| "(securityfs not mounted)".into()),
-    );
+    parsed.lsm = Some(host_lsm());
     parsed.mechanisms = probe_mechanisms(&root.join("target/debug/agent-monitor"), &out.join("host-probe"))?;
     Ok(Row::from_parsed("host", &parsed, elapsed))
 }
@@ -323,6 +319,21 @@ fn integration_test_names(root: &Path) -> Result<Vec<String>> {
     let exe = integration_executable(root)?;
     let out = Command::new(&exe).args(["--list", "--format", "terse"]).output().context("cannot list the integration tests")?;
     Ok(String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.strip_suffix(": test")).map(str::to_owned).collect())
+}
+
+/// The host's active LSMs. securityfs is not mounted at boot here, so read
+/// it from a private mount namespace rather than mount it for everyone.
+fn host_lsm() -> String {
+    if let Ok(s) = std::fs::read_to_string("/sys/kernel/security/lsm") {
+        return s.trim().to_owned();
+    }
+    Command::new("unshare")
+        .args(["--mount", "sh", "-c", "mount -t securityfs securityfs /sys/kernel/security && cat /sys/kernel/security/lsm"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "? (cannot read securityfs)".into())
 }
 
 fn uname_r() -> String {
