@@ -35,6 +35,23 @@ pub fn require_root() {
     );
 }
 
+/// Skips the calling test because the kernel lacks an optional feature:
+/// prints `SKIP: reason` and appends `test::name: reason` to
+/// `$AGENT_MONITOR_SKIP_FILE`, which `cargo xtask test` and the VM runner
+/// count per kernel (docs/testing.md). The caller returns right after. Never
+/// for a missing privilege or a broken setup: those fail.
+#[allow(dead_code)] // for tests of optional kernel features; none yet
+pub fn skip(reason: &str) {
+    use std::io::Write;
+    // libtest names each test's thread after the test.
+    let test = std::thread::current().name().unwrap_or("unknown").to_owned();
+    eprintln!("SKIP: {reason}");
+    if let Some(path) = std::env::var_os("AGENT_MONITOR_SKIP_FILE") {
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).expect("open the skip file");
+        writeln!(f, "{test}: {reason}").expect("write the skip file");
+    }
+}
+
 fn unique(prefix: &str) -> String {
     static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -37,29 +37,7 @@ extern "C" {
 }
 
 pub fn ensure() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
-    if !missing.is_empty() {
-        if !is_root() {
-            bail!("missing Debian packages {}: run `cargo xtask setup` as root to install them", missing.join(" "));
-        }
-        eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
-        let update = Command::new("apt-get")
-            .args(["update", "-q"])
-            .status()
-            .context("cannot run apt-get")?;
-        if !update.success() {
-            bail!("`apt-get update` failed: Debian's package registry is unreachable or misconfigured");
-        }
-        let install = Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .context("cannot run apt-get")?;
-        if !install.success() {
-            bail!("`apt-get install {}` failed (see its output above)", missing.join(" "));
-        }
-    }
+    ensure_packages(PACKAGES)?;
     if !bpf_linker_ok() {
         eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
         let path = format!("/usr/lib/llvm-22/bin:{}", std::env::var("PATH").unwrap_or_default());
@@ -79,6 +57,36 @@ pub fn ensure() -> Result<()> {
         bail!("/usr/bin/rustc is missing although rustc-web is installed");
     }
     eprintln!("xtask: toolchain ready");
+    Ok(())
+}
+
+/// Installs whichever of `packages` are missing; runs `apt-get update` only
+/// when something must be installed.
+pub fn ensure_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("missing Debian packages {}: run `cargo xtask setup` as root to install them", missing.join(" "));
+    }
+    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+    let update = Command::new("apt-get")
+        .args(["update", "-q"])
+        .status()
+        .context("cannot run apt-get")?;
+    if !update.success() {
+        bail!("`apt-get update` failed: Debian's package registry is unreachable or misconfigured");
+    }
+    let install = Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("cannot run apt-get")?;
+    if !install.success() {
+        bail!("`apt-get install {}` failed (see its output above)", missing.join(" "));
+    }
     Ok(())
 }
 

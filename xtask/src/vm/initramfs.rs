@@ -1,0 +1,159 @@
+//! The guest's root filesystem: a newc cpio archive holding busybox, the
+//! guest `/init` (`tests/vm/init.sh`), the test executables and every
+//! shared library `ldd` names for them. Written directly, so building it
+//! needs neither `cpio` nor root (the `/dev/console` node is just a header).
+
+use std::{
+    collections::BTreeSet,
+    fs::File,
+    io::{BufWriter, Write},
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+
+/// Where the executables land in the guest; `tests/vm/init.sh` uses these.
+pub const GUEST_DIR: &str = "opt/vmtest";
+
+/// Host programs packed into `/usr/local/bin`, first on the guest's PATH, by
+/// guest name. `sh`: busybox's ash runs its own applets through
+/// `/proc/self/exe` even when a PATH lookup would find a symlink, so `cat`
+/// would exec as `/proc/self/exe` with comm `exe`, not as the `cat` the
+/// tests assert on; dash execs the `cat` symlink like a host shell does.
+/// `setpriv`: busybox's lacks `--reuid`/`--regid`/`--clear-groups`.
+const HOST_TOOLS: &[(&str, &str)] = &[("sh", "/bin/dash"), ("setpriv", "/usr/bin/setpriv")];
+
+/// Host executables to pack, by their guest file name under [`GUEST_DIR`].
+pub struct Payload {
+    pub integration: PathBuf,
+    pub monitor: PathBuf,
+    pub test_agent: PathBuf,
+}
+
+pub fn build(root: &Path, payload: &Payload, out: &Path) -> Result<()> {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .context("busybox not found although busybox-static is installed")?;
+    let mut cpio = Cpio::create(out)?;
+    for dir in ["proc", "sys", "dev", "tmp", "run", "root", "etc", "bin"] {
+        cpio.dir(dir)?;
+    }
+    cpio.node("dev/console", 0o020600, 5, 1)?;
+    cpio.file("bin/busybox", 0o755, &read(&busybox)?)?;
+    cpio.file("init", 0o755, &read(&root.join("tests/vm/init.sh"))?)?;
+    cpio.file("etc/hostname", 0o644, b"vmtest\n")?;
+    cpio.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")?;
+    cpio.file("etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n")?;
+
+    let exes = [("integration", &payload.integration), ("agent-monitor", &payload.monitor), ("test-agent", &payload.test_agent)];
+    let mut libs = BTreeSet::new();
+    for (name, path) in exes {
+        cpio.file(&format!("{GUEST_DIR}/{name}"), 0o755, &read(path)?)?;
+        libs.extend(shared_libraries(path)?);
+    }
+    for (name, path) in HOST_TOOLS {
+        let path = Path::new(path);
+        cpio.file(&format!("usr/local/bin/{name}"), 0o755, &read(path)?)?;
+        libs.extend(shared_libraries(path)?);
+    }
+    for lib in libs {
+        // Copy the file a symlink points to under the name the loader asks for.
+        let rel = lib.strip_prefix("/").expect("ldd paths are absolute");
+        cpio.file(rel.to_str().context("non-UTF-8 library path")?, 0o755, &read(&lib)?)?;
+    }
+    cpio.finish()
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// The absolute paths `ldd` resolves for `exe`, dynamic loader included.
+fn shared_libraries(exe: &Path) -> Result<Vec<PathBuf>> {
+    let out = Command::new("ldd").arg(exe).output().context("cannot run ldd")?;
+    if !out.status.success() {
+        bail!("ldd {} failed: {}", exe.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    let mut libs = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)` or
+        // `/lib64/ld-linux-x86-64.so.2 (0x...)`; the vDSO has no path.
+        let path = line.split("=>").last().unwrap_or("").split_whitespace().next().unwrap_or("");
+        if path.starts_with('/') {
+            libs.push(PathBuf::from(path));
+        } else if line.contains("not found") {
+            bail!("ldd {}: {line}", exe.display());
+        }
+    }
+    Ok(libs)
+}
+
+/// A newc ("070701") writer. Parent directories are added on demand.
+struct Cpio {
+    out: BufWriter<File>,
+    path: PathBuf,
+    ino: u32,
+    dirs: BTreeSet<String>,
+}
+
+impl Cpio {
+    fn create(path: &Path) -> Result<Cpio> {
+        let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(Cpio { out: BufWriter::new(file), path: path.into(), ino: 0, dirs: BTreeSet::new() })
+    }
+
+    fn dir(&mut self, name: &str) -> Result<()> {
+        self.parents(name)?;
+        if self.dirs.insert(name.to_owned()) {
+            self.entry(name, 0o040755, (0, 0), &[])?;
+        }
+        Ok(())
+    }
+
+    fn file(&mut self, name: &str, perm: u32, data: &[u8]) -> Result<()> {
+        self.parents(name)?;
+        self.entry(name, 0o100000 | perm, (0, 0), data)
+    }
+
+    fn node(&mut self, name: &str, mode: u32, major: u32, minor: u32) -> Result<()> {
+        self.parents(name)?;
+        self.entry(name, mode, (major, minor), &[])
+    }
+
+    fn parents(&mut self, name: &str) -> Result<()> {
+        if let Some((parent, _)) = name.rsplit_once('/') {
+            self.dir(parent)?;
+        }
+        Ok(())
+    }
+
+    fn entry(&mut self, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) -> Result<()> {
+        self.ino += 1;
+        let namesize = name.len() + 1;
+        let fields = [self.ino, mode, 0, 0, 1, 0, data.len() as u32, 0, 0, rdev.0, rdev.1, namesize as u32, 0];
+        let mut header = String::from("070701");
+        for f in fields {
+            header.push_str(&format!("{f:08x}"));
+        }
+        let w = &mut self.out;
+        w.write_all(header.as_bytes())?;
+        w.write_all(name.as_bytes())?;
+        w.write_all(&[0])?;
+        w.write_all(&[0; 3][..pad4(110 + namesize)])?;
+        w.write_all(data)?;
+        w.write_all(&[0; 3][..pad4(data.len())])?;
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<()> {
+        self.entry("TRAILER!!!", 0, (0, 0), &[])?;
+        self.out.flush().with_context(|| format!("cannot write {}", self.path.display()))
+    }
+}
+
+fn pad4(n: usize) -> usize {
+    (4 - n % 4) % 4
+}
