@@ -22,7 +22,9 @@ fn main() {
     let root = manifest.parent().expect("monitor/ sits in the workspace").to_path_buf();
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
 
-    for input in ["monitor-ebpf/src", "monitor-ebpf/Cargo.toml", "monitor-common/src", "monitor-common/Cargo.toml", "Cargo.lock"] {
+    for input in
+        ["monitor-ebpf/src", "monitor-ebpf/Cargo.toml", "monitor-common/src", "monitor-common/Cargo.toml", "Cargo.lock"]
+    {
         rerun_if_changed(&root.join(input));
     }
     println!("cargo::rerun-if-env-changed=AGENT_MONITOR_EBPF_OBJECT");
@@ -34,9 +36,7 @@ fn main() {
     }
 
     if !Path::new(BPF_RUSTC).exists() {
-        fail(&format!(
-            "{BPF_RUSTC} not found: the eBPF toolchain is missing. Run `cargo xtask setup` as root."
-        ));
+        fail(&format!("{BPF_RUSTC} not found: the eBPF toolchain is missing. Run `cargo xtask setup` as root."));
     }
     let cargo_home = env::var_os("CARGO_HOME")
         .map(PathBuf::from)

@@ -2,10 +2,7 @@
 //! prior connect, `sendmsg4`/`sendmsg6`. Attached to the daemon's trajectory
 //! parent cgroup, so they run only for tasks below it.
 
-use aya_ebpf::{
-    macros::cgroup_sock_addr,
-    programs::SockAddrContext,
-};
+use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 use monitor_common::event::{ConnectEvent, ConnectOp, EventKind};
 
 use crate::{record, trajectory};

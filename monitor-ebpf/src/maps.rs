@@ -5,9 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use monitor_common::maps::{
-    KernelOffsets, LossReason, RuntimeConfig, TrajectoryValue, MAX_TRAJECTORIES,
-};
+use monitor_common::maps::{KernelOffsets, LossReason, RuntimeConfig, TrajectoryValue, MAX_TRAJECTORIES};
 
 /// Default ring buffer size; the daemon may resize it before loading.
 const EVENTS_BYTES: u32 = 16 << 20;
@@ -16,12 +14,10 @@ const EVENTS_BYTES: u32 = 16 << 20;
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 #[map]
-pub static TRAJECTORIES: HashMap<u64, TrajectoryValue> =
-    HashMap::with_max_entries(MAX_TRAJECTORIES, 0);
+pub static TRAJECTORIES: HashMap<u64, TrajectoryValue> = HashMap::with_max_entries(MAX_TRAJECTORIES, 0);
 
 #[map]
-pub static TRAJECTORY_LOSSES: PerCpuHashMap<u64, u64> =
-    PerCpuHashMap::with_max_entries(MAX_TRAJECTORIES, 0);
+pub static TRAJECTORY_LOSSES: PerCpuHashMap<u64, u64> = PerCpuHashMap::with_max_entries(MAX_TRAJECTORIES, 0);
 
 #[map]
 pub static CONFIG: Array<RuntimeConfig> = Array::with_max_entries(1, 0);
@@ -31,13 +27,8 @@ pub static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LossReason::
 
 /// Field offsets from the running kernel's BTF, set by the daemon at load.
 #[unsafe(no_mangle)]
-pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
-    task_real_parent: 0,
-    task_tgid: 0,
-    task_mm: 0,
-    mm_arg_start: 0,
-    mm_arg_end: 0,
-};
+pub static KERNEL_OFFSETS: KernelOffsets =
+    KernelOffsets { task_real_parent: 0, task_tgid: 0, task_mm: 0, mm_arg_start: 0, mm_arg_end: 0 };
 
 /// Unconsumed bytes in [`EVENTS`] above which a submit wakes the daemon.
 /// Below it records are submitted without a wakeup and the daemon collects

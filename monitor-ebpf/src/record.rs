@@ -5,8 +5,8 @@ use aya_ebpf::{
     helpers::{
         bpf_probe_read_kernel,
         generated::{
-            bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-            bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+            bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
+            bpf_ktime_get_boot_ns,
         },
     },
     maps::ring_buf::RingBufEntry,
@@ -48,11 +48,7 @@ fn count_loss(member: &Membership, reason: LossReason) {
 #[inline(always)]
 pub fn submit<T>(entry: RingBufEntry<T>) {
     let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    let flags = if pending >= wakeup_bytes() {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
+    let flags = if pending >= wakeup_bytes() { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
     entry.submit(flags as u64);
 }
 
@@ -87,12 +83,10 @@ fn current_ppid() -> u32 {
     let off = offsets();
     unsafe {
         let task = bpf_get_current_task() as *const u8;
-        let parent: u64 =
-            match bpf_probe_read_kernel(task.wrapping_add(off.task_real_parent as usize) as *const u64) {
-                Ok(p) => p,
-                Err(_) => return 0,
-            };
-        bpf_probe_read_kernel((parent as *const u8).wrapping_add(off.task_tgid as usize) as *const u32)
-            .unwrap_or(0)
+        let parent: u64 = match bpf_probe_read_kernel(task.wrapping_add(off.task_real_parent as usize) as *const u64) {
+            Ok(p) => p,
+            Err(_) => return 0,
+        };
+        bpf_probe_read_kernel((parent as *const u8).wrapping_add(off.task_tgid as usize) as *const u32).unwrap_or(0)
     }
 }

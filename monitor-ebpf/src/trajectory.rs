@@ -5,9 +5,7 @@
 //! the trajectory cgroup) costs one hash lookup; for tasks in child cgroups
 //! the walk visits only the levels at which trajectories exist.
 
-use aya_ebpf::helpers::generated::{
-    bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id,
-};
+use aya_ebpf::helpers::generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id};
 use monitor_common::maps::MAX_CGROUP_LEVEL;
 
 use crate::maps::{CONFIG, TRAJECTORIES};

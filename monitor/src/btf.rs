@@ -29,10 +29,7 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
     if !path.exists() {
         return Err(BtfError::Missing { path: path.to_owned() });
     }
-    let btf = Btf::from_file(path).map_err(|e| BtfError::Parse {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })?;
+    let btf = Btf::from_file(path).map_err(|e| BtfError::Parse { path: path.to_owned(), reason: e.to_string() })?;
     Ok(KernelOffsets {
         task_real_parent: field_offset(&btf, "task_struct", "real_parent")?,
         task_tgid: field_offset(&btf, "task_struct", "tgid")?,

@@ -70,10 +70,7 @@ fn parse_mountinfo(text: &str) -> Option<Hierarchy> {
         let mut fields = pre.split_whitespace();
         let root = unescape(fields.nth(3)?);
         let mount_point = PathBuf::from(unescape(fields.next()?));
-        let root_level = Path::new(&root)
-            .components()
-            .filter(|c| matches!(c, Component::Normal(_)))
-            .count() as u32;
+        let root_level = Path::new(&root).components().filter(|c| matches!(c, Component::Normal(_))).count() as u32;
         Some(Hierarchy { mount_point, root_level })
     })
 }

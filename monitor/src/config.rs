@@ -26,7 +26,9 @@ pub struct DaemonConfig {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("--cgroup-parent {0:?}: expected a relative path of plain names below the cgroup2 mount, e.g. agent-monitor")]
+    #[error(
+        "--cgroup-parent {0:?}: expected a relative path of plain names below the cgroup2 mount, e.g. agent-monitor"
+    )]
     CgroupParent(String),
     #[error("--ringbuf-size {0}: expected a power of two of at least 4096 bytes")]
     RingbufSize(u32),

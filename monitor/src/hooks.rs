@@ -38,7 +38,13 @@ pub struct Hook {
     pub optional: bool,
 }
 
-const fn syscall(name: &'static str, class: HookClass, program: &'static str, tp: &'static str, optional: bool) -> Hook {
+const fn syscall(
+    name: &'static str,
+    class: HookClass,
+    program: &'static str,
+    tp: &'static str,
+    optional: bool,
+) -> Hook {
     Hook { name, class, program, attach: Attach::Tracepoint { category: "syscalls", name: tp }, optional }
 }
 

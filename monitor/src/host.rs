@@ -7,7 +7,9 @@ use crate::btf::VMLINUX_BTF;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
-    #[error("agent-monitor daemon must run as root (it loads eBPF programs and manages cgroups); effective uid is {uid}")]
+    #[error(
+        "agent-monitor daemon must run as root (it loads eBPF programs and manages cgroups); effective uid is {uid}"
+    )]
     NotRoot { uid: u32 },
     #[error("kernel BTF not found at {VMLINUX_BTF}: agent-monitor needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")]
     NoBtf,
@@ -25,18 +27,24 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 
 pub fn require_root() -> Result<(), HostError> {
     let uid = unsafe { libc::geteuid() };
-    if uid == 0 { Ok(()) } else { Err(HostError::NotRoot { uid }) }
+    if uid == 0 {
+        Ok(())
+    } else {
+        Err(HostError::NotRoot { uid })
+    }
 }
 
 pub fn require_btf() -> Result<(), HostError> {
-    if Path::new(VMLINUX_BTF).exists() { Ok(()) } else { Err(HostError::NoBtf) }
+    if Path::new(VMLINUX_BTF).exists() {
+        Ok(())
+    } else {
+        Err(HostError::NoBtf)
+    }
 }
 
 /// Mounts tracefs if neither tracefs nor debugfs' tracing directory is there.
 pub fn ensure_tracefs() -> Result<(), HostError> {
-    if Path::new(TRACEFS).join("events").exists()
-        || Path::new("/sys/kernel/debug/tracing/events").exists()
-    {
+    if Path::new(TRACEFS).join("events").exists() || Path::new("/sys/kernel/debug/tracing/events").exists() {
         return Ok(());
     }
     mount("tracefs", TRACEFS)
@@ -45,9 +53,7 @@ pub fn ensure_tracefs() -> Result<(), HostError> {
 fn mount(fstype: &'static str, target: &'static str) -> Result<(), HostError> {
     let src = CString::new(fstype).expect("no NUL");
     let tgt = CString::new(target).expect("no NUL");
-    let rc = unsafe {
-        libc::mount(src.as_ptr(), tgt.as_ptr(), src.as_ptr(), 0, std::ptr::null())
-    };
+    let rc = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
     if rc == 0 {
         Ok(())
     } else {

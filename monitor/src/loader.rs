@@ -97,10 +97,8 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<(Loaded, PipelineMaps), LoadError>
         .load(EBPF_OBJECT)
         .map_err(LoadError::Object)?;
 
-    let cgroup = File::open(opts.cgroup_parent).map_err(|source| LoadError::CgroupOpen {
-        path: opts.cgroup_parent.display().to_string(),
-        source,
-    })?;
+    let cgroup = File::open(opts.cgroup_parent)
+        .map_err(|source| LoadError::CgroupOpen { path: opts.cgroup_parent.display().to_string(), source })?;
 
     let mut hooks = Vec::with_capacity(HOOKS.len());
     for hook in HOOKS {
@@ -128,9 +126,8 @@ fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> LoadError {
 }
 
 fn attach(ebpf: &mut Ebpf, hook: &Hook, cgroup: &File) -> Result<HookState, LoadError> {
-    let program = ebpf
-        .program_mut(hook.program)
-        .ok_or(LoadError::MissingProgram { hook: hook.name, program: hook.program })?;
+    let program =
+        ebpf.program_mut(hook.program).ok_or(LoadError::MissingProgram { hook: hook.name, program: hook.program })?;
     let load_err = |source| LoadError::Load { hook: hook.name, program: hook.program, source };
     let attach_err = |source| LoadError::Attach { hook: hook.name, program: hook.program, source };
     match hook.attach {

@@ -53,7 +53,14 @@ impl Metrics {
         for reason in ["ringbuf_full", "decode_error", "unknown_trajectory"] {
             events_lost.with_label_values(&[reason]);
         }
-        Arc::new(Metrics { registry, events, events_lost, trajectories_active, trajectories_started, trajectories_ended })
+        Arc::new(Metrics {
+            registry,
+            events,
+            events_lost,
+            trajectories_active,
+            trajectories_started,
+            trajectories_ended,
+        })
     }
 
     pub fn render(&self) -> String {
@@ -80,12 +87,7 @@ pub async fn serve(
         "/metrics",
         axum::routing::get(move || {
             let metrics = metrics.clone();
-            async move {
-                (
-                    [(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-                    metrics.render(),
-                )
-            }
+            async move { ([(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], metrics.render()) }
         }),
     );
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await

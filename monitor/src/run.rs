@@ -4,12 +4,7 @@
 //! answers, so by the time `exec` happens everything the command does is
 //! recorded, and the exit status is the command's own.
 
-use std::{
-    ffi::OsString,
-    os::unix::process::CommandExt,
-    path::Path,
-    process::Command,
-};
+use std::{ffi::OsString, os::unix::process::CommandExt, path::Path, process::Command};
 
 use crate::control::{
     client::{self, ClientError},

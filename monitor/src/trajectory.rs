@@ -16,7 +16,11 @@ pub fn validate_id(id: &str) -> Result<(), InvalidId> {
         && id.len() <= MAX_ID_LEN
         && !id.starts_with('.')
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok { Ok(()) } else { Err(InvalidId { id: id.to_owned() }) }
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidId { id: id.to_owned() })
+    }
 }
 
 /// A fresh random id: `t-` and 16 hex digits.

@@ -25,7 +25,9 @@ fn main() {
             report(UdpSocket::bind(bind).and_then(|s| s.send_to(b"agent", target)).map(drop))
         }
         ["open", path] => report(std::fs::File::open(path).map(drop)),
-        ["write", path] => report(std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(path).map(drop)),
+        ["write", path] => {
+            report(std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(path).map(drop))
+        }
         ["double-fork", cmd @ ..] if !cmd.is_empty() => double_fork(cmd),
         ["sleep", ms] => std::thread::sleep(Duration::from_millis(ms.parse().expect("milliseconds"))),
         _ => {

@@ -12,7 +12,9 @@ use serde_json::Value;
 
 /// `agent-monitor`; `AGENT_MONITOR_BIN` overrides (VM guests).
 pub fn monitor_bin() -> PathBuf {
-    std::env::var_os("AGENT_MONITOR_BIN").map(PathBuf::from).unwrap_or_else(|| env!("CARGO_BIN_EXE_agent-monitor").into())
+    std::env::var_os("AGENT_MONITOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_agent-monitor").into())
 }
 
 /// The `test-agent` example; `TEST_AGENT_BIN` overrides (VM guests).
@@ -143,7 +145,11 @@ impl Daemon {
                 return recs;
             }
             if Instant::now() > deadline {
-                panic!("no trajectory_end for {id} within 20 s; have {} records; daemon log:\n{}", recs.len(), self.stderr());
+                panic!(
+                    "no trajectory_end for {id} within 20 s; have {} records; daemon log:\n{}",
+                    recs.len(),
+                    self.stderr()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -191,14 +197,7 @@ impl Drop for Daemon {
 }
 
 pub fn cgroup2_mount() -> Option<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    text.lines().find_map(|l| {
-        let (pre, post) = l.split_once(" - ")?;
-        if post.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        Some(PathBuf::from(pre.split_whitespace().nth(4)?))
-    })
+    monitor::cgroup::Hierarchy::discover().ok().map(|h| h.mount_point)
 }
 
 pub fn free_port() -> u16 {

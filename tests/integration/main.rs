@@ -8,6 +8,6 @@
 
 mod harness;
 mod observe;
-mod schema;
 mod operator_errors;
 mod policy_cli;
+mod schema;

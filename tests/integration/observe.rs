@@ -45,8 +45,10 @@ fn agent_exec_open_connect_are_recorded() {
 
     let connects = of_kind(&recs, "connect");
     let c = connects.iter().find(|c| c["port"] == port).expect("connect recorded");
-    assert_eq!((c["family"].as_str(), c["addr"].as_str(), c["protocol"].as_str(), c["op"].as_str()),
-               (Some("inet"), Some("127.0.0.1"), Some("tcp"), Some("connect")));
+    assert_eq!(
+        (c["family"].as_str(), c["addr"].as_str(), c["protocol"].as_str(), c["op"].as_str()),
+        (Some("inet"), Some("127.0.0.1"), Some("tcp"), Some("connect"))
+    );
     assert_eq!(c["comm"], "test-agent");
     assert!(listener.accept().is_ok());
 
@@ -70,8 +72,10 @@ fn udp_and_ipv6_destinations_are_recorded() {
     assert_well_formed(&recs);
     let c = of_kind(&recs, "connect");
     let c = c.iter().find(|c| c["port"] == port).expect("sendmsg recorded");
-    assert_eq!((c["op"].as_str(), c["family"].as_str(), c["addr"].as_str(), c["protocol"].as_str()),
-               (Some("sendmsg"), Some("inet6"), Some("::1"), Some("udp")));
+    assert_eq!(
+        (c["op"].as_str(), c["family"].as_str(), c["addr"].as_str(), c["protocol"].as_str()),
+        (Some("sendmsg"), Some("inet6"), Some("::1"), Some("udp"))
+    );
 }
 
 #[test]

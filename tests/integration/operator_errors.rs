@@ -82,11 +82,13 @@ fn status_reports_every_hook_and_open_trajectories() {
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let out = Command::new(monitor_bin()).args(["status", "--json", "--control-socket"]).arg(&d.socket).output().unwrap();
+    let out =
+        Command::new(monitor_bin()).args(["status", "--json", "--control-socket"]).arg(&d.socket).output().unwrap();
     assert!(out.status.success(), "{out:?}");
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let hooks = status["hooks"].as_array().unwrap();
-    for hook in ["exec", "open:openat", "connect:connect4", "connect:connect6", "connect:sendmsg4", "connect:sendmsg6"] {
+    for hook in ["exec", "open:openat", "connect:connect4", "connect:connect6", "connect:sendmsg4", "connect:sendmsg6"]
+    {
         let h = hooks.iter().find(|h| h["hook"] == hook).unwrap_or_else(|| panic!("{hook} missing: {status}"));
         assert_eq!(h["mechanism"], "observe", "{h}");
     }

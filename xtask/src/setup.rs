@@ -42,7 +42,16 @@ pub fn ensure() -> Result<()> {
         eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
         let path = format!("/usr/lib/llvm-22/bin:{}", std::env::var("PATH").unwrap_or_default());
         let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--no-default-features", "--features", "llvm-22"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
             .env("PATH", path)
             .status()
             .context("cannot run cargo install")?;
@@ -71,10 +80,7 @@ pub fn ensure_packages(packages: &[&str]) -> Result<()> {
         bail!("missing Debian packages {}: run `cargo xtask setup` as root to install them", missing.join(" "));
     }
     eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
-    let update = Command::new("apt-get")
-        .args(["update", "-q"])
-        .status()
-        .context("cannot run apt-get")?;
+    let update = Command::new("apt-get").args(["update", "-q"]).status().context("cannot run apt-get")?;
     if !update.success() {
         bail!("`apt-get update` failed: Debian's package registry is unreachable or misconfigured");
     }

@@ -113,12 +113,14 @@ pub fn run(args: &VmArgs, host: Option<Row>) -> Result<()> {
     }
 
     let jobs = args.jobs.clamp(1, selected.len());
-    let wall = format!("{} guest(s), {jobs} at a time: {:.0} s wall time", selected.len(), started.elapsed().as_secs_f64());
+    let wall =
+        format!("{} guest(s), {jobs} at a time: {:.0} s wall time", selected.len(), started.elapsed().as_secs_f64());
     let table = format!("{}\n{wall}\n", report::table(&rows));
     let summary = out.join("summary.md");
     std::fs::write(&summary, format!("# VM test summary\n\n{table}"))?;
     println!("\n{table}\n(written to {})", summary.display());
-    let failed: Vec<&str> = rows.iter().filter(|r| r.problem.is_some() || r.failed > 0).map(|r| r.kernel.as_str()).collect();
+    let failed: Vec<&str> =
+        rows.iter().filter(|r| r.problem.is_some() || r.failed > 0).map(|r| r.kernel.as_str()).collect();
     if !failed.is_empty() {
         bail!("tests failed on: {} (console logs in {})", failed.join(", "), out.display());
     }
@@ -127,7 +129,13 @@ pub fn run(args: &VmArgs, host: Option<Row>) -> Result<()> {
 
 /// Boots one guest and reads its console back: its row, and what to show
 /// under it if it failed.
-fn run_guest(k: &matrix::Kernel, image: &fetch::KernelImage, initramfs: &Path, out: &Path, timeout: u64) -> Result<(Row, String)> {
+fn run_guest(
+    k: &matrix::Kernel,
+    image: &fetch::KernelImage,
+    initramfs: &Path,
+    out: &Path,
+    timeout: u64,
+) -> Result<(Row, String)> {
     let log = out.join(format!("{}.log", k.name));
     eprintln!("xtask: booting {} ({}, lsm={}); console in {}", k.name, k.package, k.lsm, log.display());
     let (exit, elapsed) = guest::boot(&guest::Boot {
@@ -143,7 +151,12 @@ fn run_guest(k: &matrix::Kernel, image: &fetch::KernelImage, initramfs: &Path, o
     let mut row = Row::from_parsed(&k.name, &parsed, elapsed);
     row.problem = problem(&parsed, &exit, timeout, &log, &image.config);
     let details = if row.problem.is_some() { details(&parsed, &text) } else { String::new() };
-    eprintln!("xtask: {} finished in {:.0} s: {}", k.name, elapsed.as_secs_f64(), if row.problem.is_some() { "FAILED" } else { "ok" });
+    eprintln!(
+        "xtask: {} finished in {:.0} s: {}",
+        k.name,
+        elapsed.as_secs_f64(),
+        if row.problem.is_some() { "FAILED" } else { "ok" }
+    );
     Ok((row, details))
 }
 
@@ -161,7 +174,10 @@ fn problem(p: &report::Parsed, exit: &guest::Exit, timeout: u64, log: &Path, con
         None => Some(format!("the guest ended without a VMTEST-RESULT line{during}: panic or crash (console: {log})")),
         Some(0) if p.failed.is_empty() && p.summary.is_some() => None,
         Some(0) => Some(format!("rc=0 but libtest's summary is missing or reports failures (console: {log})")),
-        Some(rc) => Some(format!("test executable exited with {rc}: {} (console: {log})", p.summary.as_deref().unwrap_or("no libtest summary"))),
+        Some(rc) => Some(format!(
+            "test executable exited with {rc}: {} (console: {log})",
+            p.summary.as_deref().unwrap_or("no libtest summary")
+        )),
     }
 }
 
@@ -186,13 +202,23 @@ fn details(p: &report::Parsed, console: &str) -> String {
 /// Builds the test executables and copies them, debug info stripped (a
 /// quarter of the size, so a smaller initramfs; symbols stay for backtraces).
 fn build_payload(root: &Path, out: &Path) -> Result<initramfs::Payload> {
-    crate::cargo(&["build", "--locked", "--package", "agent-monitor", "--bin", "agent-monitor", "--example", "test-agent"])?;
+    crate::cargo(&[
+        "build",
+        "--locked",
+        "--package",
+        "agent-monitor",
+        "--bin",
+        "agent-monitor",
+        "--example",
+        "test-agent",
+    ])?;
     let integration = integration_executable(root)?;
     let stage = out.join("stage");
     std::fs::create_dir_all(&stage)?;
     let strip = |src: &Path, name: &str| -> Result<PathBuf> {
         let dst = stage.join(name);
-        let status = Command::new("objcopy").arg("--strip-debug").arg(src).arg(&dst).status().context("cannot run objcopy")?;
+        let status =
+            Command::new("objcopy").arg("--strip-debug").arg(src).arg(&dst).status().context("cannot run objcopy")?;
         if !status.success() {
             bail!("objcopy --strip-debug {} failed", src.display());
         }
@@ -210,7 +236,16 @@ pub fn integration_executable(root: &Path) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = Command::new(cargo)
         .current_dir(root)
-        .args(["test", "--no-run", "--message-format=json", "--package", "agent-monitor", "--test", "integration", "--locked"])
+        .args([
+            "test",
+            "--no-run",
+            "--message-format=json",
+            "--package",
+            "agent-monitor",
+            "--test",
+            "integration",
+            "--locked",
+        ])
         .stderr(Stdio::inherit())
         .output()
         .context("cannot run cargo test --no-run")?;
@@ -321,8 +356,15 @@ fn cgroup2_mount() -> Option<PathBuf> {
 
 fn integration_test_names(root: &Path) -> Result<Vec<String>> {
     let exe = integration_executable(root)?;
-    let out = Command::new(&exe).args(["--list", "--format", "terse"]).output().context("cannot list the integration tests")?;
-    Ok(String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.strip_suffix(": test")).map(str::to_owned).collect())
+    let out = Command::new(&exe)
+        .args(["--list", "--format", "terse"])
+        .output()
+        .context("cannot list the integration tests")?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_suffix(": test"))
+        .map(str::to_owned)
+        .collect())
 }
 
 /// The host's active LSMs. securityfs is not mounted at boot here, so read
@@ -332,7 +374,12 @@ fn host_lsm() -> String {
         return s.trim().to_owned();
     }
     Command::new("unshare")
-        .args(["--mount", "sh", "-c", "mount -t securityfs securityfs /sys/kernel/security && cat /sys/kernel/security/lsm"])
+        .args([
+            "--mount",
+            "sh",
+            "-c",
+            "mount -t securityfs securityfs /sys/kernel/security && cat /sys/kernel/security/lsm",
+        ])
         .output()
         .ok()
         .filter(|o| o.status.success())
@@ -341,5 +388,9 @@ fn host_lsm() -> String {
 }
 
 fn uname_r() -> String {
-    Command::new("uname").arg("-r").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default()
+    Command::new("uname")
+        .arg("-r")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
 }

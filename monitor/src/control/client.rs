@@ -11,7 +11,9 @@ use super::protocol::{Request, Response};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("the agent-monitor daemon is not running (no control socket at {path}); start it with `agent-monitor daemon`")]
+    #[error(
+        "the agent-monitor daemon is not running (no control socket at {path}); start it with `agent-monitor daemon`"
+    )]
     NotRunning { path: PathBuf },
     #[error("permission denied on the control socket {path}: run as root")]
     Permission { path: PathBuf },

@@ -101,7 +101,8 @@ mod tests {
 
     #[test]
     fn wire_format() {
-        let r: Request = serde_json::from_str(r#"{"op":"open_trajectory","trajectory":"t1","command":["sh"]}"#).unwrap();
+        let r: Request =
+            serde_json::from_str(r#"{"op":"open_trajectory","trajectory":"t1","command":["sh"]}"#).unwrap();
         assert_eq!(r, Request::OpenTrajectory { trajectory: Some("t1".into()), command: vec!["sh".into()] });
         assert!(serde_json::from_str::<Request>(r#"{"op":"open_trajectory","bogus":1}"#).is_err());
         let ok = Response::Opened { ok: monostate::True, trajectory: "t1".into(), cgroup: "/cg".into() };

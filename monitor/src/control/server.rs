@@ -117,12 +117,12 @@ async fn handle(stream: UnixStream, ctx: &Context) -> io::Result<()> {
         match serde_json::from_str::<Request>(&line) {
             Err(e) => Response::error(format!("invalid request: {e}")),
             Ok(Request::Status) => status(ctx).await,
-            Ok(Request::OpenTrajectory { trajectory, command }) => {
-                match cred.pid() {
-                    Some(pid) if pid > 0 => open_trajectory(ctx, trajectory, command, pid as u32, cred.uid(), cred.gid()).await,
-                    _ => Response::error("cannot identify the requesting process"),
+            Ok(Request::OpenTrajectory { trajectory, command }) => match cred.pid() {
+                Some(pid) if pid > 0 => {
+                    open_trajectory(ctx, trajectory, command, pid as u32, cred.uid(), cred.gid()).await
                 }
-            }
+                _ => Response::error("cannot identify the requesting process"),
+            },
         }
     };
     let mut out = serde_json::to_vec(&response)?;
@@ -204,7 +204,12 @@ async fn status(ctx: &Context) -> Response {
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
     Response::Status {
         ok: monostate::True,
-        status: Status { version: env!("CARGO_PKG_VERSION").to_owned(), kernel, hooks: ctx.hooks.clone(), trajectories },
+        status: Status {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            kernel,
+            hooks: ctx.hooks.clone(),
+            trajectories,
+        },
     }
 }
 

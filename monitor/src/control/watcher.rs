@@ -10,9 +10,9 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use futures_util::StreamExt;
 use inotify::{Inotify, WatchDescriptor, WatchMask, Watches};
 use tokio::sync::{mpsc, watch};
-use futures_util::StreamExt;
 
 use crate::{
     cgroup,
@@ -35,15 +35,13 @@ pub fn new() -> io::Result<(Watcher, Events)> {
     let watches = inotify.watches();
     let targets = Arc::new(Mutex::new(HashMap::new()));
     let stream = inotify.into_event_stream([0u8; 4096])?;
-    Ok((
-        Watcher { watches: Arc::new(Mutex::new(watches)), targets: targets.clone() },
-        Events { stream, targets },
-    ))
+    Ok((Watcher { watches: Arc::new(Mutex::new(watches)), targets: targets.clone() }, Events { stream, targets }))
 }
 
 impl Watcher {
     pub fn watch(&self, cgroup_path: &Path, cgroup_id: u64) -> io::Result<()> {
-        let wd = self.watches.lock().expect("not poisoned").add(cgroup_path.join("cgroup.events"), WatchMask::MODIFY)?;
+        let wd =
+            self.watches.lock().expect("not poisoned").add(cgroup_path.join("cgroup.events"), WatchMask::MODIFY)?;
         self.targets.lock().expect("not poisoned").insert(wd, (cgroup_id, cgroup_path.to_owned()));
         Ok(())
     }

@@ -88,7 +88,9 @@ struct Clock {
 
 impl Clock {
     fn sample() -> Self {
-        Clock { boot_to_wall_ns: i128::from(clock_ns(libc::CLOCK_REALTIME)) - i128::from(clock_ns(libc::CLOCK_BOOTTIME)) }
+        Clock {
+            boot_to_wall_ns: i128::from(clock_ns(libc::CLOCK_REALTIME)) - i128::from(clock_ns(libc::CLOCK_BOOTTIME)),
+        }
     }
 
     fn wall(&self, boot_ns: u64) -> Timestamp {
@@ -175,10 +177,14 @@ impl Pipeline {
                 }
                 Wake::Command(Command::Close { cgroup_id, reason }) => {
                     self.drain().await;
-                    self.close(cgroup_id, match reason {
-                        EndReason::Exited => "exited",
-                        EndReason::StartFailed => "start_failed",
-                    }, true)
+                    self.close(
+                        cgroup_id,
+                        match reason {
+                            EndReason::Exited => "exited",
+                            EndReason::StartFailed => "start_failed",
+                        },
+                        true,
+                    )
                     .await;
                 }
                 Wake::Command(Command::List { reply }) => {
@@ -290,14 +296,10 @@ impl Pipeline {
                 let Some(item) = ring.next() else { break };
                 n += 1;
                 match decode(&item) {
-                    Ok(d) => {
-                        let cgroup = d.trajectory_cgroup;
-                        if self.trajectories.contains_key(&cgroup) {
-                            self.pending.push(make_record(&self.clock, self.trajectories.get_mut(&cgroup).expect("checked"), d));
-                        } else {
-                            self.metrics.events_lost.with_label_values(&["unknown_trajectory"]).inc();
-                        }
-                    }
+                    Ok(d) => match self.trajectories.get_mut(&d.trajectory_cgroup) {
+                        Some(t) => self.pending.push(make_record(&self.clock, t, d)),
+                        None => self.metrics.events_lost.with_label_values(&["unknown_trajectory"]).inc(),
+                    },
                     Err(e) => {
                         tracing::warn!("dropping undecodable kernel record: {e}");
                         self.metrics.events_lost.with_label_values(&["decode_error"]).inc();
@@ -371,5 +373,12 @@ impl Pipeline {
 fn make_record(clock: &Clock, t: &mut Trajectory, d: super::decode::Decoded) -> Record {
     let seq = t.next_seq;
     t.next_seq += 1;
-    Record { v: SCHEMA_VERSION, ts: clock.wall(d.ts_boot_ns), trajectory: t.id.clone(), seq, body: d.body, process: d.process }
+    Record {
+        v: SCHEMA_VERSION,
+        ts: clock.wall(d.ts_boot_ns),
+        trajectory: t.id.clone(),
+        seq,
+        body: d.body,
+        process: d.process,
+    }
 }

@@ -9,12 +9,7 @@
 //! rules) gives the answer however many rules the policy has.
 //! [`CompiledPolicy::map_entries`] then stamps a policy id into the keys.
 
-use std::{
-    cmp::Reverse,
-    collections::BTreeMap,
-    net::IpAddr,
-    path::PathBuf,
-};
+use std::{cmp::Reverse, collections::BTreeMap, net::IpAddr, path::PathBuf};
 
 use monitor_common::policy::{
     ExecValue, FileValue, Net4Key, Net6Key, NetValue, PathKey, PolicyConfig, PolicyVerdict, PortRule, MAX_PORT_RULES,
@@ -181,7 +176,11 @@ impl CompiledPolicy {
                 .iter()
                 .filter_map(|e| match e.cidr.addr {
                     IpAddr::V4(a) => Some((
-                        Net4Key { prefixlen: 32 + u32::from(e.cidr.prefix), policy: policy_id.to_be_bytes(), addr: a.octets() },
+                        Net4Key {
+                            prefixlen: 32 + u32::from(e.cidr.prefix),
+                            policy: policy_id.to_be_bytes(),
+                            addr: a.octets(),
+                        },
                         e.value,
                     )),
                     IpAddr::V6(_) => None,
@@ -192,7 +191,11 @@ impl CompiledPolicy {
                 .iter()
                 .filter_map(|e| match e.cidr.addr {
                     IpAddr::V6(a) => Some((
-                        Net6Key { prefixlen: 32 + u32::from(e.cidr.prefix), policy: policy_id.to_be_bytes(), addr: a.octets() },
+                        Net6Key {
+                            prefixlen: 32 + u32::from(e.cidr.prefix),
+                            policy: policy_id.to_be_bytes(),
+                            addr: a.octets(),
+                        },
                         e.value,
                     )),
                     IpAddr::V4(_) => None,
@@ -232,7 +235,10 @@ pub fn compile(policy: &ResolvedPolicy) -> Result<CompiledPolicy, TooManyPortRul
         _pad: 0,
     };
     let file = resolve_paths(
-        policy.file_rules.iter().map(|r| (&r.path, Claim { covers: [r.access.read, r.access.write], action: r.action, id: r.id })),
+        policy
+            .file_rules
+            .iter()
+            .map(|r| (&r.path, Claim { covers: [r.access.read, r.access.write], action: r.action, id: r.id })),
         d.file,
     )
     .into_iter()
@@ -246,7 +252,13 @@ pub fn compile(policy: &ResolvedPolicy) -> Result<CompiledPolicy, TooManyPortRul
     .map(|(prefix, [verdict, _])| PathEntry { prefix, value: verdict })
     .collect();
     let (v4, v6): (Vec<_>, Vec<_>) = policy.network_rules.iter().enumerate().partition(|(_, r)| r.cidr.addr.is_ipv4());
-    Ok(CompiledPolicy { config, file, exec, net4: compile_network(&v4, d.network)?, net6: compile_network(&v6, d.network)? })
+    Ok(CompiledPolicy {
+        config,
+        file,
+        exec,
+        net4: compile_network(&v4, d.network)?,
+        net6: compile_network(&v6, d.network)?,
+    })
 }
 
 pub(crate) fn verdict(action: Action, rule_id: RuleId) -> PolicyVerdict {

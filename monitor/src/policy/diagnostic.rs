@@ -46,7 +46,13 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn new(file: impl Into<PathBuf>, pos: Pos, field: impl Into<String>, message: impl Into<String>) -> Self {
-        Diagnostic { file: file.into(), line: pos.line, column: pos.column, field: field.into(), message: message.into() }
+        Diagnostic {
+            file: file.into(),
+            line: pos.line,
+            column: pos.column,
+            field: field.into(),
+            message: message.into(),
+        }
     }
 
     pub fn pos(&self) -> Pos {

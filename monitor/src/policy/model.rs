@@ -225,7 +225,10 @@ impl Cidr {
         }
         if let IpAddr::V6(v6) = addr {
             if prefix >= 96 && v6.to_ipv4_mapped().is_some() {
-                let v4 = Cidr { addr: IpAddr::V4(v6.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED)), prefix: prefix - 96 };
+                let v4 = Cidr {
+                    addr: IpAddr::V4(v6.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED)),
+                    prefix: prefix - 96,
+                };
                 return Err(bad(format!("IPv4-mapped addresses are judged by IPv4 rules; write {v4}")));
             }
         }
@@ -365,7 +368,10 @@ mod tests {
         assert_eq!(Cidr::parse("10.0.0.0/8").unwrap().to_string(), "10.0.0.0/8");
         assert_eq!(Cidr::parse("::1").unwrap().prefix, 128);
         assert_eq!(Cidr::parse("0.0.0.0/0").unwrap().prefix, 0);
-        assert_eq!(Cidr::parse("10.0.0.0/33").unwrap_err(), "invalid CIDR \"10.0.0.0/33\": prefix length must be 0..=32");
+        assert_eq!(
+            Cidr::parse("10.0.0.0/33").unwrap_err(),
+            "invalid CIDR \"10.0.0.0/33\": prefix length must be 0..=32"
+        );
         assert!(Cidr::parse("::/129").unwrap_err().contains("0..=128"));
         assert!(Cidr::parse("10.0.0.1/8").unwrap_err().contains("the network is 10.0.0.0/8"));
         assert!(Cidr::parse("10.0.0/8").unwrap_err().contains("expected an IPv4 or IPv6 address"));

@@ -142,7 +142,8 @@ mod tests {
 
     #[test]
     fn wrong_type_and_missing_field() {
-        let d = err(&format!("{HEAD}rules:\n  network:\n    - cidr: 10.0.0.0/8\n      ports: 443\n      action: deny\n"));
+        let d =
+            err(&format!("{HEAD}rules:\n  network:\n    - cidr: 10.0.0.0/8\n      ports: 443\n      action: deny\n"));
         assert_eq!((d.line, d.column, d.field.as_str()), (7, 14, "rules.network[0].ports"), "{d}");
         let d = err("name: p\nmode: enforce\n");
         assert!(d.message.contains("missing field `defaults`"), "{d}");
@@ -150,7 +151,9 @@ mod tests {
 
     #[test]
     fn scalars_keep_their_positions() {
-        let doc = parse(Path::new("p.yaml"), &format!("{HEAD}rules:\n  exec:\n    - path: /usr/bin/\n      action: deny\n")).unwrap();
+        let doc =
+            parse(Path::new("p.yaml"), &format!("{HEAD}rules:\n  exec:\n    - path: /usr/bin/\n      action: deny\n"))
+                .unwrap();
         let exec = doc.rules.unwrap().exec.unwrap();
         assert_eq!(Pos::of(&exec[0].value.path), Pos { line: 6, column: 13 });
         assert_eq!(exec[0].value.path.value, "/usr/bin/");

@@ -92,7 +92,8 @@ const ALLOW_ALL: &str = "{file: allow, exec: allow, network: allow}";
 
 #[test]
 fn example_policies_parse_and_say_what_their_comments_say() {
-    let set = load_dir(&repo("policies")).unwrap_or_else(|d| panic!("{}", d.iter().map(|d| format!("{d}\n")).collect::<String>()));
+    let set = load_dir(&repo("policies"))
+        .unwrap_or_else(|d| panic!("{}", d.iter().map(|d| format!("{d}\n")).collect::<String>()));
     let names: Vec<&str> = set.policies().iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["audit", "default", "reviewer"]);
 
@@ -179,7 +180,10 @@ fn open_reports_a_missing_variable_naming_the_rule() {
     let set = load_dir(&repo("policies")).unwrap();
     let err = set.open("default", &vars(&[("HOME", "/home/u")])).unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("default.yaml:") && text.contains("rules.file[0].path") && text.contains("${WORKSPACE}"), "{text}");
+    assert!(
+        text.contains("default.yaml:") && text.contains("rules.file[0].path") && text.contains("${WORKSPACE}"),
+        "{text}"
+    );
     assert!(matches!(set.open("nope", &std_vars()), Err(OpenError::UnknownPolicy(_))));
 }
 
@@ -189,9 +193,21 @@ fn open_reports_a_missing_variable_naming_the_rule() {
 fn broken_fixtures_report_exact_position_and_field() {
     let cases: &[(&str, u32, u32, &str, &str)] = &[
         ("unknown_field.yaml", 11, 7, "rules.file[0].acess", "unknown field `acess`"),
-        ("bad_cidr.yaml", 12, 13, "rules.network[1].cidr", "invalid CIDR \"10.0.0.0/33\": prefix length must be 0..=32"),
+        (
+            "bad_cidr.yaml",
+            12,
+            13,
+            "rules.network[1].cidr",
+            "invalid CIDR \"10.0.0.0/33\": prefix length must be 0..=32",
+        ),
         ("relative_path.yaml", 10, 13, "rules.exec[0].path", "relative path \"bin/tool\""),
-        ("unknown_action.yaml", 12, 15, "rules.file[0].action", "unknown action \"block\": expected allow, deny or audit"),
+        (
+            "unknown_action.yaml",
+            12,
+            15,
+            "rules.file[0].action",
+            "unknown action \"block\": expected allow, deny or audit",
+        ),
         ("unknown_variable.yaml", 10, 13, "rules.file[0].path", "unknown variable ${PROJECT}"),
         ("bad_port_range.yaml", 11, 20, "rules.network[0].ports[1]", "invalid port range \"9000-8000\""),
         ("wrong_type.yaml", 11, 14, "rules.network[0].ports", "expected sequence"),
@@ -201,7 +217,11 @@ fn broken_fixtures_report_exact_position_and_field() {
         let diags = check(std::slice::from_ref(&path));
         assert_eq!(diags.len(), 1, "{file}: {diags:#?}");
         let d = &diags[0];
-        assert_eq!((d.file.as_path(), d.line, d.column, d.field.as_str()), (path.as_path(), line, column, field), "{d}");
+        assert_eq!(
+            (d.file.as_path(), d.line, d.column, d.field.as_str()),
+            (path.as_path(), line, column, field),
+            "{d}"
+        );
         assert!(d.message.contains(message), "{file}: {d}");
         assert!(d.to_string().starts_with(&format!("{}:{line}:{column}: {field}: ", path.display())), "{d}");
     }
@@ -241,7 +261,9 @@ fn every_semantic_error_of_a_file_is_reported() {
 #[test]
 fn too_long_paths_and_too_many_port_rules_are_validation_errors() {
     let long = format!("/{}", "x".repeat(251));
-    let text = format!("name: p\nmode: enforce\ndefaults: {ALLOW_ALL}\nrules:\n  exec:\n    - path: {long}\n      action: deny\n");
+    let text = format!(
+        "name: p\nmode: enforce\ndefaults: {ALLOW_ALL}\nrules:\n  exec:\n    - path: {long}\n      action: deny\n"
+    );
     let d = validate_file("x.yaml".as_ref(), &text).unwrap_err();
     assert_eq!((d[0].line, d[0].column, d[0].field.as_str()), (6, 13, "rules.exec[0].path"));
     assert!(d[0].message.contains("at most 251"), "{}", d[0]);
@@ -314,7 +336,10 @@ fn write_rule_on_a_subdirectory_does_not_hide_a_read_rule_above_it() {
     assert_eq!(f.by(f.file("/a/b/x", Access::Write)), "allow file[1]");
     assert_eq!(f.by(f.file("/a/x", Access::Write)), "allow default");
     // The same with the exact-vs-directory entry shared at "/a/b\0".
-    let f = policy(ALLOW_ALL, "  file:\n    - {path: /a/b/, access: read, action: deny}\n    - {path: /a/b, access: write, action: audit}\n");
+    let f = policy(
+        ALLOW_ALL,
+        "  file:\n    - {path: /a/b/, access: read, action: deny}\n    - {path: /a/b, access: write, action: audit}\n",
+    );
     assert_eq!(f.by(f.file("/a/b", Access::Read)), "deny file[0]");
     assert_eq!(f.by(f.file("/a/b", Access::Write)), "audit file[1]");
 }
@@ -324,7 +349,10 @@ fn paths_longer_than_the_key_match_directories_but_never_exact_rules() {
     let dir = format!("/{}", "d".repeat(200));
     let exact = format!("{dir}/{}", "f".repeat(MAX_RULE_PATH - dir.len() - 1));
     assert_eq!(exact.len(), MAX_RULE_PATH);
-    let f = policy(ALLOW_ALL, &format!("  file:\n    - {{path: {dir}/, action: audit}}\n    - {{path: {exact}, action: deny}}\n"));
+    let f = policy(
+        ALLOW_ALL,
+        &format!("  file:\n    - {{path: {dir}/, action: audit}}\n    - {{path: {exact}, action: deny}}\n"),
+    );
     assert_eq!(f.by(f.file(&exact, Access::Read)), "deny file[1]");
     // Same first 251 bytes and more: a kernel that NUL-terminated the cut
     // key would wrongly match the exact rule.
@@ -335,7 +363,10 @@ const MAX_RULE_PATH: usize = monitor_common::policy::MAX_RULE_PATH_LEN;
 
 #[test]
 fn variables_expand_per_trajectory() {
-    let f = policy(ALLOW_ALL, "  file:\n    - {path: \"${HOME}/\", action: audit}\n    - {path: \"${WORKSPACE}/\", action: deny}\n");
+    let f = policy(
+        ALLOW_ALL,
+        "  file:\n    - {path: \"${HOME}/\", action: audit}\n    - {path: \"${WORKSPACE}/\", action: deny}\n",
+    );
     assert_eq!(f.by(f.file("/home/u/proj/x", Access::Write)), "deny file[1]");
     assert_eq!(f.by(f.file("/home/u/.bashrc", Access::Write)), "audit file[0]");
     assert_eq!(f.by(f.file("/home/uu", Access::Write)), "allow default");
@@ -432,7 +463,12 @@ fn golden_encoding() {
     let v = |v: monitor_common::policy::PolicyVerdict| format!("{}#{}", Action::from_abi(v.action).unwrap(), v.rule_id);
     let mut out = String::new();
     for e in &compiled.file {
-        out += &format!("file {:?} read={} write={}\n", String::from_utf8_lossy(&e.prefix), v(e.value.read), v(e.value.write));
+        out += &format!(
+            "file {:?} read={} write={}\n",
+            String::from_utf8_lossy(&e.prefix),
+            v(e.value.read),
+            v(e.value.write)
+        );
     }
     for e in &compiled.exec {
         out += &format!("exec {:?} {}\n", String::from_utf8_lossy(&e.prefix), v(e.value));
@@ -440,7 +476,16 @@ fn golden_encoding() {
     for e in &compiled.net4 {
         let rules: Vec<String> = e.value.rules[..e.value.count as usize]
             .iter()
-            .map(|r| format!("{}-{}/{} {}#{}", r.port_lo, r.port_hi, r.protocol, Action::from_abi(r.action).unwrap(), r.rule_id))
+            .map(|r| {
+                format!(
+                    "{}-{}/{} {}#{}",
+                    r.port_lo,
+                    r.port_hi,
+                    r.protocol,
+                    Action::from_abi(r.action).unwrap(),
+                    r.rule_id
+                )
+            })
             .collect();
         out += &format!("net4 {} [{}] else {}\n", e.cidr, rules.join(", "), v(e.value.fallback));
     }
@@ -538,7 +583,11 @@ fn random_policy(rng: &mut Rng) -> String {
     );
     for _ in 0..rng.below(10) {
         let access = rng.pick(&["read", "write", "read-write"]);
-        y += &format!("    - {{path: \"{}\", access: {access}, action: {}}}\n", random_rule_path(rng), rng.pick(&actions));
+        y += &format!(
+            "    - {{path: \"{}\", access: {access}, action: {}}}\n",
+            random_rule_path(rng),
+            rng.pick(&actions)
+        );
     }
     y += "  exec:\n";
     for _ in 0..rng.below(6) {
@@ -551,7 +600,9 @@ fn random_policy(rng: &mut Rng) -> String {
         let ports = match rng.below(3) {
             0 => String::new(),
             _ => {
-                let items: Vec<&str> = (0..1 + rng.below(2)).map(|_| *rng.pick(&["22", "443", "80-443", "1-1024", "8000-8999", "65535"])).collect();
+                let items: Vec<&str> = (0..1 + rng.below(2))
+                    .map(|_| *rng.pick(&["22", "443", "80-443", "1-1024", "8000-8999", "65535"]))
+                    .collect();
                 format!(", ports: [{}]", items.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", "))
             }
         };

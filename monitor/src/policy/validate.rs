@@ -75,7 +75,13 @@ impl PolicySet {
     fn number(mut policies: Vec<Policy>) -> PolicySet {
         let mut origins = Vec::new();
         let mut next = |policy: &Policy, pos: Pos, class: RuleClass, index: usize| -> RuleId {
-            origins.push(RuleOrigin { policy: policy.name.clone(), file: policy.file.clone(), line: pos.line, class, index });
+            origins.push(RuleOrigin {
+                policy: policy.name.clone(),
+                file: policy.file.clone(),
+                line: pos.line,
+                class,
+                index,
+            });
             origins.len() as RuleId
         };
         for p in &mut policies {
@@ -117,9 +123,8 @@ impl PolicySet {
 
 /// Validates every `*.yaml` / `*.yml` file directly in `dir`.
 pub fn load_dir(dir: &Path) -> Result<PolicySet, Vec<Diagnostic>> {
-    let entries = std::fs::read_dir(dir).map_err(|e| {
-        vec![Diagnostic::new(dir, Pos::FILE, "", format!("cannot read policy directory: {e}"))]
-    })?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| vec![Diagnostic::new(dir, Pos::FILE, "", format!("cannot read policy directory: {e}"))])?;
     let mut files = Vec::new();
     let mut diagnostics = Vec::new();
     for entry in entries {
@@ -130,7 +135,9 @@ pub fn load_dir(dir: &Path) -> Result<PolicySet, Vec<Diagnostic>> {
                     files.push(path);
                 }
             }
-            Err(e) => diagnostics.push(Diagnostic::new(dir, Pos::FILE, "", format!("cannot list policy directory: {e}"))),
+            Err(e) => {
+                diagnostics.push(Diagnostic::new(dir, Pos::FILE, "", format!("cannot list policy directory: {e}")))
+            }
         }
     }
     files.sort();
@@ -197,7 +204,12 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     /// Parses one scalar with `parse`, recording a diagnostic on failure.
-    fn field<T>(&mut self, field: impl Into<String>, s: &Str, parse: impl FnOnce(&str) -> Result<T, String>) -> Option<T> {
+    fn field<T>(
+        &mut self,
+        field: impl Into<String>,
+        s: &Str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
         parse(&s.value).map_err(|message| self.report(Pos::of(s), field, message)).ok()
     }
 
@@ -281,7 +293,12 @@ impl Checker<'_> {
             defaults: policy.defaults,
             file_rules: Vec::new(),
             exec_rules: Vec::new(),
-            network_rules: policy.network_rules.iter().enumerate().map(|(i, r)| NetworkRule { id: i as u32 + 1, ..r.clone() }).collect(),
+            network_rules: policy
+                .network_rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| NetworkRule { id: i as u32 + 1, ..r.clone() })
+                .collect(),
         };
         if let Err(e) = compile(&network_only) {
             let (index, pos) = network_positions[e.rule_index];
@@ -296,8 +313,12 @@ impl Checker<'_> {
             self.report(Pos::of(ports), field, "empty list: omit `ports` to match every port");
             return None;
         }
-        let parsed: Vec<Option<PortRange>> =
-            ports.value.iter().enumerate().map(|(j, p)| self.field(format!("{field}[{j}]"), p, PortRange::parse)).collect();
+        let parsed: Vec<Option<PortRange>> = ports
+            .value
+            .iter()
+            .enumerate()
+            .map(|(j, p)| self.field(format!("{field}[{j}]"), p, PortRange::parse))
+            .collect();
         parsed.into_iter().collect()
     }
 }

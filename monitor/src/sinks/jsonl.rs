@@ -22,16 +22,15 @@ pub enum Output {
 
 /// Starts the sink; it ends, flushed, when every sender of `rx` is gone.
 pub fn spawn(output: Output, mut rx: mpsc::Receiver<Batch>) -> io::Result<JoinHandle<io::Result<()>>> {
-    let writer: Box<dyn Write + Send> = match &output {
-        Output::Stdout => Box::new(io::stdout()),
-        Output::File(path) => Box::new(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot open events file {}: {e}", path.display())))?,
-        ),
-    };
+    let writer: Box<dyn Write + Send> =
+        match &output {
+            Output::Stdout => Box::new(io::stdout()),
+            Output::File(path) => {
+                Box::new(OpenOptions::new().create(true).append(true).open(path).map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot open events file {}: {e}", path.display()))
+                })?)
+            }
+        };
     let mut w = BufWriter::with_capacity(1 << 16, writer);
     std::thread::Builder::new().name("sink-jsonl".into()).spawn(move || {
         while let Some(batch) = rx.blocking_recv() {

@@ -41,7 +41,13 @@ pub fn kernel_image(kernel: &Kernel, cache: &Path) -> Result<KernelImage> {
             .current_dir(cache)
             // As root, apt would hand the download to its `_apt` sandbox user,
             // which cannot write into target/.
-            .args(["download", "-q", "-o", "APT::Sandbox::User=root", &format!("{}={}", kernel.package, kernel.version)])
+            .args([
+                "download",
+                "-q",
+                "-o",
+                "APT::Sandbox::User=root",
+                &format!("{}={}", kernel.package, kernel.version),
+            ])
             .status()
             .context("cannot run apt-get")?;
         if !status.success() || !deb.exists() {

@@ -45,10 +45,18 @@ pub fn build(root: &Path, payload: &Payload, out: &Path) -> Result<()> {
     cpio.file("bin/busybox", 0o755, &read(&busybox)?)?;
     cpio.file("init", 0o755, &read(&root.join("tests/vm/init.sh"))?)?;
     cpio.file("etc/hostname", 0o644, b"vmtest\n")?;
-    cpio.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")?;
+    cpio.file(
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    )?;
     cpio.file("etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n")?;
 
-    let exes = [("integration", &payload.integration), ("agent-monitor", &payload.monitor), ("test-agent", &payload.test_agent)];
+    let exes = [
+        ("integration", &payload.integration),
+        ("agent-monitor", &payload.monitor),
+        ("test-agent", &payload.test_agent),
+    ];
     let mut libs = BTreeSet::new();
     for (name, path) in exes {
         cpio.file(&format!("{GUEST_DIR}/{name}"), 0o755, &read(path)?)?;

@@ -180,7 +180,15 @@ fn mechanisms(m: &[(String, String)]) -> String {
     kinds
         .iter()
         .enumerate()
-        .map(|(i, (k, hooks))| if i == 0 { format!("{k} ×{}", hooks.len()) } else { format!("{k}: {}", hooks.join(", ")) })
+        .map(
+            |(i, (k, hooks))| {
+                if i == 0 {
+                    format!("{k} ×{}", hooks.len())
+                } else {
+                    format!("{k}: {}", hooks.join(", "))
+                }
+            },
+        )
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -271,7 +279,10 @@ VMTEST-END
         assert!(row.skipped.contains(&("observe::c".into(), "kernel lacks BPF LSM".into())));
         assert_eq!(row.mechanisms, "observe ×2; unavailable: open:creat");
         let t = table(&[row]);
-        assert!(t.contains("| 6.1 | 6.1.0-56-cloud-amd64 | lockdown,capability,landlock,bpf | FAIL | 1 | 1 | 2 |"), "{t}");
+        assert!(
+            t.contains("| 6.1 | 6.1.0-56-cloud-amd64 | lockdown,capability,landlock,bpf | FAIL | 1 | 1 | 2 |"),
+            "{t}"
+        );
         assert!(t.contains("- observe::c: kernel lacks BPF LSM"), "{t}");
     }
 
