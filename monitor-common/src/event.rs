@@ -40,6 +40,37 @@ pub mod flags {
     pub const ARGS_TRUNCATED: u32 = 1 << 1;
     /// Reading a user or kernel string failed; the field is empty.
     pub const READ_FAILED: u32 = 1 << 2;
+    /// The kernel-resolved path (`path` of an open, `path` of an exec) is
+    /// present. Without it the decision was taken on the requested string.
+    pub const PATH_RESOLVED: u32 = 1 << 3;
+    /// Resolving the path from the kernel's dentries stopped early (deeper
+    /// than the walk's bound); `path` holds no usable value.
+    pub const PATH_UNRESOLVED: u32 = 1 << 4;
+}
+
+/// `EventHeader::decision`: what happened to the operation.
+pub mod decision {
+    /// No policy judged the operation (none bound to the trajectory).
+    pub const NONE: u8 = 0;
+    /// Allowed by an `allow` rule or default.
+    pub const ALLOW: u8 = 1;
+    /// Allowed and recorded as a policy hit: an `audit` rule, or a `deny`
+    /// verdict under a policy in `audit` mode.
+    pub const AUDIT: u8 = 2;
+    /// Blocked (see `EventHeader::mechanism`).
+    pub const DENY: u8 = 3;
+}
+
+/// `EventHeader::mechanism`: how a denial was carried out.
+pub mod mechanism {
+    pub const NONE: u8 = 0;
+    /// A BPF LSM hook returned `-EPERM`: the operation never happened.
+    pub const LSM: u8 = 1;
+    /// `bpf_send_signal(SIGKILL)` from a tracepoint: the process was killed
+    /// before it returned to user space.
+    pub const KILL: u8 = 2;
+    /// A cgroup socket hook rejected the call with `EPERM`.
+    pub const CGROUP: u8 = 3;
 }
 
 #[repr(C)]
@@ -60,10 +91,20 @@ pub struct EventHeader {
     pub ppid: u32,
     pub uid: u32,
     pub gid: u32,
-    pub _pad: u32,
+    /// Policy instance (`TrajectoryValue::policy`) that judged the event.
+    pub policy: u32,
+    /// Deciding rule ([`crate::policy::RULE_DEFAULT`] for the default).
+    pub rule_id: u32,
+    /// The verdict's action ([`crate::policy::action`]), 0 without a policy.
+    pub action: u8,
+    /// One of [`decision`].
+    pub decision: u8,
+    /// One of [`mechanism`].
+    pub mechanism: u8,
+    pub _pad: u8,
     pub comm: [u8; COMM_LEN],
 }
-assert_size!(EventHeader, 64);
+assert_size!(EventHeader, 72);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -77,8 +118,14 @@ pub struct ExecEvent {
     pub filename: [u8; FILENAME_LEN],
     /// argv as the new program sees it: NUL-separated, from the new mm.
     pub args: [u8; ARGS_LEN],
+    /// Bytes of `path` used, NUL excluded.
+    pub path_len: u32,
+    pub _pad: u32,
+    /// The executable's path resolved from the kernel's dentries (valid with
+    /// `flags::PATH_RESOLVED`): what the policy judged.
+    pub path: [u8; PATH_LEN],
 }
-assert_size!(ExecEvent, 64 + 8 + FILENAME_LEN + ARGS_LEN);
+assert_size!(ExecEvent, 72 + 8 + FILENAME_LEN + ARGS_LEN + 8 + PATH_LEN);
 
 /// Which syscall an [`OpenEvent`] came from.
 #[repr(u32)]
@@ -88,6 +135,9 @@ pub enum OpenSyscall {
     Openat2 = 2,
     Open = 3,
     Creat = 4,
+    /// The BPF LSM `file_open` hook: any open, whatever the syscall (or
+    /// io_uring); `dfd`, `mode` and `requested` are not known there.
+    Lsm = 5,
 }
 
 impl OpenSyscall {
@@ -97,6 +147,7 @@ impl OpenSyscall {
             2 => Some(Self::Openat2),
             3 => Some(Self::Open),
             4 => Some(Self::Creat),
+            5 => Some(Self::Lsm),
             _ => None,
         }
     }
@@ -116,13 +167,21 @@ pub struct OpenEvent {
     /// holds every flag the kernel defines.
     pub flags: u32,
     pub mode: u32,
+    /// The syscall's result: a file descriptor or `-errno` (0 from LSM,
+    /// which runs before the result exists).
+    pub ret: i32,
     /// Bytes of `path` used, NUL excluded.
     pub path_len: u32,
+    /// Bytes of `requested` used, NUL excluded.
+    pub requested_len: u32,
     pub _pad: u32,
-    /// The path as the process passed it.
+    /// The opened file's path resolved from the kernel's dentries (valid
+    /// with `flags::PATH_RESOLVED`): what the policy judged.
     pub path: [u8; PATH_LEN],
+    /// The path as the process passed it (syscall tracepoints only).
+    pub requested: [u8; PATH_LEN],
 }
-assert_size!(OpenEvent, 64 + 24 + PATH_LEN);
+assert_size!(OpenEvent, 72 + 32 + 2 * PATH_LEN);
 
 /// Which cgroup socket hook a [`ConnectEvent`] came from.
 #[repr(u32)]
@@ -159,7 +218,7 @@ pub struct ConnectEvent {
     /// Destination address, network byte order; IPv4 uses the first 4 bytes.
     pub addr: [u8; 16],
 }
-assert_size!(ConnectEvent, 64 + 24 + 16);
+assert_size!(ConnectEvent, 72 + 24 + 16);
 
 #[cfg(test)]
 mod tests {

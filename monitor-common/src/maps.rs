@@ -14,10 +14,15 @@ pub const MAX_TRAJECTORIES: u32 = 4096;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TrajectoryValue {
-    /// Index of the policy bound to this trajectory (policy enforcement).
+    /// Policy instance bound to this trajectory: the index into the policy
+    /// config array and the head of every policy map key. [`NO_POLICY`]
+    /// observes without judging.
     pub policy: u32,
     pub _pad: u32,
 }
+
+/// [`TrajectoryValue::policy`] of a trajectory no policy judges.
+pub const NO_POLICY: u32 = u32::MAX;
 assert_size!(TrajectoryValue, 8);
 
 /// Runtime configuration, written by the daemon, read on every hook.
@@ -27,8 +32,20 @@ pub struct RuntimeConfig {
     /// Bit `n` set: some trajectory cgroup sits at cgroup level `n`
     /// (the cgroup2 root is level 0).
     pub trajectory_levels: u64,
+    /// [`runtime`] bits.
+    pub flags: u64,
 }
-assert_size!(RuntimeConfig, 8);
+assert_size!(RuntimeConfig, 16);
+
+/// [`RuntimeConfig::flags`] bits, set by the daemon once the BPF LSM
+/// programs passed their functional self-test.
+pub mod runtime {
+    /// `lsm_file_open` enforces file rules.
+    pub const LSM_FILE: u64 = 1 << 0;
+    /// `lsm_bprm_check` enforces exec rules; `sched_process_exec` then only
+    /// records, it no longer kills.
+    pub const LSM_EXEC: u64 = 1 << 1;
+}
 
 /// Why the kernel side could not record an event.
 #[repr(u32)]
@@ -60,8 +77,41 @@ pub struct KernelOffsets {
     pub task_mm: u64,
     pub mm_arg_start: u64,
     pub mm_arg_end: u64,
+    pub mm_exe_file: u64,
+    pub task_files: u64,
+    pub files_fdt: u64,
+    pub fdt_max_fds: u64,
+    pub fdt_fd: u64,
+    pub file_f_path: u64,
+    pub file_f_flags: u64,
+    pub path_mnt: u64,
+    pub path_dentry: u64,
+    pub dentry_d_parent: u64,
+    pub dentry_d_name: u64,
+    pub qstr_len: u64,
+    pub qstr_name: u64,
+    /// `struct mount` embeds the `struct vfsmount` a `path` points to.
+    pub mount_mnt: u64,
+    pub mount_mnt_parent: u64,
+    pub mount_mnt_mountpoint: u64,
+    pub vfsmount_mnt_root: u64,
+    pub bprm_file: u64,
 }
-assert_size!(KernelOffsets, 40);
+assert_size!(KernelOffsets, 23 * 8);
+
+/// Per-CPU counters of the BPF LSM programs' invocations, indexed by
+/// [`LsmProbe`]: how the daemon tells an attached LSM program that runs from
+/// one the kernel accepted but never calls (`bpf` missing from `lsm=`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LsmProbe {
+    FileOpen = 0,
+    BprmCheck = 1,
+}
+
+impl LsmProbe {
+    pub const COUNT: u32 = 2;
+}
 
 #[cfg(feature = "user")]
 mod pod {

@@ -42,3 +42,18 @@ pub const MAP_POLICY_EXEC: &str = "POLICY_EXEC";
 pub const MAP_POLICY_NET4: &str = "POLICY_NET4";
 /// IPv6 rules, LPM trie: [`crate::policy::Net6Key`] -> [`crate::policy::NetValue`].
 pub const MAP_POLICY_NET6: &str = "POLICY_NET6";
+
+/// In-flight opens, LRU hash: thread id -> the open's entry state, from
+/// `sys_enter_open*` to the matching `sys_exit_open*`.
+pub const MAP_OPEN_INFLIGHT: &str = "OPEN_INFLIGHT";
+/// Per-CPU scratch space for path resolution and lookup keys.
+pub const MAP_SCRATCH: &str = "SCRATCH";
+/// Per-CPU invocation counters of the LSM programs ([`crate::maps::LsmProbe`]).
+pub const MAP_LSM_PROBE: &str = "LSM_PROBE";
+
+pub const PROG_SYS_EXIT_OPENAT: &str = "sys_exit_openat";
+pub const PROG_SYS_EXIT_OPENAT2: &str = "sys_exit_openat2";
+pub const PROG_SYS_EXIT_OPEN: &str = "sys_exit_open";
+pub const PROG_SYS_EXIT_CREAT: &str = "sys_exit_creat";
+pub const PROG_LSM_FILE_OPEN: &str = "lsm_file_open";
+pub const PROG_LSM_BPRM_CHECK: &str = "lsm_bprm_check";

@@ -30,7 +30,7 @@ pub const MAX_RULE_PATH_LEN: usize = PATH_KEY_LEN - 1;
 pub const MAX_PORT_RULES: usize = 16;
 
 /// Capacity of the policy config array: policy ids are `0..MAX_POLICIES`.
-pub const MAX_POLICIES: u32 = 1024;
+pub const MAX_POLICIES: u32 = 8192;
 
 /// `PolicyVerdict::action` and the actions of [`PolicyConfig`]. Ordered by
 /// strength so the larger value wins a tie; 0 is never written, so a zeroed

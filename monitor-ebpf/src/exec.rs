@@ -1,19 +1,34 @@
 //! exec: `sched/sched_process_exec`, which fires after the new program image
 //! is in place, so the argument block read here is the one the kernel copied
 //! into the new process, not a user pointer another thread could rewrite.
+//!
+//! Exec rules are judged on the path of the new image's file
+//! (`mm->exe_file`), resolved from dentries. Without BPF LSM a denied exec is
+//! stopped here with `SIGKILL`: the exec has already replaced the process
+//! image, but not one instruction of it runs. With BPF LSM,
+//! [`crate::lsm::lsm_bprm_check`] refuses it before, and this hook only
+//! records.
 
 use aya_ebpf::{
     helpers::{
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_buf,
-        generated::bpf_get_current_task,
+        generated::{bpf_get_current_task, bpf_send_signal},
     },
     macros::tracepoint,
     programs::TracePointContext,
     EbpfContext,
 };
-use monitor_common::event::{flags, EventKind, ExecEvent, ARGS_LEN, FILENAME_LEN};
+use monitor_common::{
+    event::{flags, mechanism, EventKind, ExecEvent, ARGS_LEN, FILENAME_LEN, PATH_LEN},
+    maps::runtime,
+};
 
-use crate::{maps::offsets, record, trajectory};
+use crate::{
+    maps::{offsets, runtime_flags},
+    pathres, policy, record, trajectory,
+};
+
+const SIGKILL: u32 = 9;
 
 /// Offset of `__data_loc char[] filename` in the tracepoint record (after the
 /// 8-byte common header); stable since the tracepoint was added.
@@ -30,12 +45,27 @@ fn on_exec(ctx: &TracePointContext) {
     let Some(member) = trajectory::current() else {
         return;
     };
+    let resolved = exe_file().and_then(pathres::file_path);
+    let verdict = match &resolved {
+        Some(r) => policy::exec(member.policy, pathres::key_from_resolved(r, member.policy)),
+        // Unresolvable (deeper than the walk's bound): the policy default.
+        None => policy::exec_default(member.policy),
+    };
+    let kill = verdict.blocks() && runtime_flags() & runtime::LSM_EXEC == 0;
+    if kill {
+        unsafe { bpf_send_signal(SIGKILL) };
+    }
     let Some(mut entry) = record::reserve::<ExecEvent>(&member) else {
         return;
     };
     let ev = entry.as_mut_ptr();
     unsafe {
-        record::fill_header(&raw mut (*ev).header, EventKind::Exec, &member);
+        record::fill_header(&raw mut (*ev).header, EventKind::Exec, &member, &verdict, mechanism::KILL);
+        // With LSM enforcing, an exec this hook sees was allowed there.
+        if verdict.blocks() && !kill {
+            (*ev).header.mechanism = mechanism::LSM;
+        }
+        write_path(&raw mut (*ev).header.flags, &raw mut (*ev).path_len, &raw mut (*ev).path, &resolved);
 
         (*ev).filename_len = 0;
         let loc: u32 = ctx.read_at(FILENAME_LOC_OFFSET).unwrap_or(0);
@@ -63,6 +93,41 @@ fn on_exec(ctx: &TracePointContext) {
         }
     }
     record::submit(entry);
+}
+
+/// Records a resolved path (or marks it unresolved) in a record.
+#[inline(always)]
+pub fn write_path(flags: *mut u32, len: *mut u32, dst: *mut [u8; PATH_LEN], r: &Option<pathres::Resolved>) {
+    unsafe {
+        match r {
+            Some(r) => {
+                *len = pathres::copy_out(r, dst) as u32;
+                *flags |= flags::PATH_RESOLVED;
+                if r.len() > PATH_LEN - 1 {
+                    *flags |= flags::PATH_TRUNCATED;
+                }
+            }
+            None => {
+                *len = 0;
+                (*dst)[0] = 0;
+                *flags |= flags::PATH_UNRESOLVED;
+            }
+        }
+    }
+}
+
+/// `current->mm->exe_file`.
+#[inline(always)]
+fn exe_file() -> Option<u64> {
+    let off = offsets();
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let mm: u64 = bpf_probe_read_kernel(task.wrapping_add(off.task_mm as usize) as *const u64).ok()?;
+        if mm == 0 {
+            return None;
+        }
+        bpf_probe_read_kernel((mm as *const u8).wrapping_add(off.mm_exe_file as usize) as *const u64).ok()
+    }
 }
 
 /// Copies `current->mm->arg_start .. arg_end` into `dst`.

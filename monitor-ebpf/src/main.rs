@@ -10,8 +10,11 @@
 
 mod connect;
 mod exec;
+mod lsm;
 mod maps;
 mod open;
+mod pathres;
+mod policy;
 mod record;
 mod trajectory;
 

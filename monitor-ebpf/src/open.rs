@@ -1,24 +1,44 @@
-//! open: the `syscalls/sys_enter_open*` tracepoints. The path is the string
-//! the process passed (possibly relative to `dfd`), read at syscall entry.
+//! open: the `syscalls/sys_enter_open*` / `sys_exit_open*` tracepoints, the
+//! fallback where BPF LSM cannot run.
+//!
+//! Entry keeps what the process asked for (the path string, flags, mode, dfd)
+//! in [`OPEN_INFLIGHT`]. Exit judges the file actually opened: the new
+//! descriptor's `struct file`, its path resolved from dentries, so symlinks,
+//! `..`, relative paths and a path rewritten by another thread between entry
+//! and use all judge the real file. A denied open kills the process with
+//! `SIGKILL` before the syscall returns: it never gets the descriptor. What
+//! the open itself did (`O_CREAT`, `O_TRUNC`) has happened by then; only the
+//! LSM backend prevents that.
 
 use aya_ebpf::{
-    helpers::{bpf_probe_read_user, bpf_probe_read_user_str_bytes},
+    helpers::{
+        bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
+        generated::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_send_signal},
+    },
     macros::tracepoint,
     programs::TracePointContext,
 };
-use monitor_common::event::{flags, EventKind, OpenEvent, OpenSyscall, AT_FDCWD, PATH_LEN};
+use monitor_common::event::{flags, mechanism, EventKind, OpenEvent, OpenSyscall, AT_FDCWD, PATH_LEN};
 
-use crate::{record, trajectory};
+use crate::{
+    exec::write_path,
+    maps::{offsets, OpenEntry, OPEN_INFLIGHT},
+    pathres, policy,
+    policy::{Access, Verdict},
+    record, trajectory,
+};
 
 /// Syscall tracepoint records: 8-byte common header, `int __syscall_nr`, then
-/// each argument as an 8-byte slot.
+/// each argument as an 8-byte slot; an exit record has `long ret` there.
 const fn arg(n: usize) -> usize {
     16 + 8 * n
 }
+const RET: usize = 16;
 
 const O_WRONLY: u32 = 0o1;
 const O_CREAT: u32 = 0o100;
 const O_TRUNC: u32 = 0o1000;
+const SIGKILL: u32 = 9;
 
 #[tracepoint]
 pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
@@ -26,7 +46,7 @@ pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
     let path: u64 = read(&ctx, arg(1));
     let flags: u64 = read(&ctx, arg(2));
     let mode: u64 = read(&ctx, arg(3));
-    on_open(OpenSyscall::Openat, dfd as i32, path, flags as u32, mode as u32);
+    on_enter(OpenSyscall::Openat, dfd as i32, path, flags as u32, mode as u32);
     0
 }
 
@@ -38,7 +58,7 @@ pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
     // struct open_how { u64 flags; u64 mode; u64 resolve; }
     let flags: u64 = unsafe { bpf_probe_read_user(how as *const u64) }.unwrap_or(0);
     let mode: u64 = unsafe { bpf_probe_read_user((how as *const u64).wrapping_add(1)) }.unwrap_or(0);
-    on_open(OpenSyscall::Openat2, dfd as i32, path, flags as u32, mode as u32);
+    on_enter(OpenSyscall::Openat2, dfd as i32, path, flags as u32, mode as u32);
     0
 }
 
@@ -47,7 +67,7 @@ pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
     let path: u64 = read(&ctx, arg(0));
     let flags: u64 = read(&ctx, arg(1));
     let mode: u64 = read(&ctx, arg(2));
-    on_open(OpenSyscall::Open, AT_FDCWD, path, flags as u32, mode as u32);
+    on_enter(OpenSyscall::Open, AT_FDCWD, path, flags as u32, mode as u32);
     0
 }
 
@@ -55,7 +75,31 @@ pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
 pub fn sys_enter_creat(ctx: TracePointContext) -> u32 {
     let path: u64 = read(&ctx, arg(0));
     let mode: u64 = read(&ctx, arg(1));
-    on_open(OpenSyscall::Creat, AT_FDCWD, path, O_CREAT | O_WRONLY | O_TRUNC, mode as u32);
+    on_enter(OpenSyscall::Creat, AT_FDCWD, path, O_CREAT | O_WRONLY | O_TRUNC, mode as u32);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
+    on_exit(OpenSyscall::Openat, read(&ctx, RET));
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
+    on_exit(OpenSyscall::Openat2, read(&ctx, RET));
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
+    on_exit(OpenSyscall::Open, read(&ctx, RET));
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_creat(ctx: TracePointContext) -> u32 {
+    on_exit(OpenSyscall::Creat, read(&ctx, RET));
     0
 }
 
@@ -65,37 +109,149 @@ fn read<T: Default>(ctx: &TracePointContext, offset: usize) -> T {
 }
 
 #[inline(always)]
-fn on_open(syscall: OpenSyscall, dfd: i32, path: u64, open_flags: u32, mode: u32) {
-    let Some(member) = trajectory::current() else {
+fn tid() -> u32 {
+    unsafe { bpf_get_current_pid_tgid() as u32 }
+}
+
+#[inline(always)]
+fn on_enter(syscall: OpenSyscall, dfd: i32, path: u64, open_flags: u32, mode: u32) {
+    if trajectory::current().is_none() {
+        return;
+    }
+    let Some(scratch) = pathres::scratch() else {
         return;
     };
-    let Some(mut entry) = record::reserve::<OpenEvent>(&member) else {
-        return;
-    };
-    let ev = entry.as_mut_ptr();
     unsafe {
-        record::fill_header(&raw mut (*ev).header, EventKind::Open, &member);
-        (*ev).syscall = syscall as u32;
-        (*ev).dfd = dfd;
-        (*ev).flags = open_flags;
-        (*ev).mode = mode;
-        (*ev)._pad = 0;
-        (*ev).path_len = 0;
+        let e = &raw mut (*scratch).entry;
+        (*e).syscall = syscall as u32;
+        (*e).dfd = dfd;
+        (*e).flags = open_flags;
+        (*e).mode = mode;
+        (*e).requested_len = 0;
+        (*e).requested_flags = 0;
         let src = path as *const u8;
-        match bpf_probe_read_user_str_bytes(src, &mut *(&raw mut (*ev).path)) {
+        match bpf_probe_read_user_str_bytes(src, &mut *(&raw mut (*e).requested)) {
             Ok(s) => {
-                (*ev).path_len = s.len() as u32;
+                (*e).requested_len = s.len() as u32;
                 // A full buffer means the string may continue: it does if the
                 // byte the NUL displaced is not itself a NUL.
                 if s.len() >= PATH_LEN - 1 {
                     let next: u8 = bpf_probe_read_user(src.wrapping_add(PATH_LEN - 1)).unwrap_or(0);
                     if next != 0 {
-                        (*ev).header.flags |= flags::PATH_TRUNCATED;
+                        (*e).requested_flags |= flags::PATH_TRUNCATED;
                     }
                 }
             }
-            Err(_) => (*ev).header.flags |= flags::READ_FAILED,
+            Err(_) => (*e).requested_flags |= flags::READ_FAILED,
         }
+        // On failure (cannot happen with LRU eviction) the exit still judges
+        // the opened file, only without the requested string.
+        let _ = OPEN_INFLIGHT.insert(&tid(), &*e, 0);
     }
-    record::submit(entry);
+}
+
+/// `current->files->fdt->fd[fd]`, or 0.
+#[inline(always)]
+fn fd_file(fd: i64) -> u64 {
+    let off = offsets();
+    unsafe {
+        let task = bpf_get_current_task();
+        let Ok(files) = bpf_probe_read_kernel((task + off.task_files) as *const u64) else {
+            return 0;
+        };
+        let Ok(fdt) = bpf_probe_read_kernel((files + off.files_fdt) as *const u64) else {
+            return 0;
+        };
+        let max: u32 = bpf_probe_read_kernel((fdt + off.fdt_max_fds) as *const u32).unwrap_or(0);
+        if fd < 0 || fd as u64 >= u64::from(max) {
+            return 0;
+        }
+        let Ok(array) = bpf_probe_read_kernel((fdt + off.fdt_fd) as *const u64) else {
+            return 0;
+        };
+        bpf_probe_read_kernel((array + 8 * fd as u64) as *const u64).unwrap_or(0)
+    }
+}
+
+#[inline(always)]
+fn on_exit(syscall: OpenSyscall, ret: i64) {
+    let Some(member) = trajectory::current() else {
+        return;
+    };
+    let tid = tid();
+    let entry: Option<*const OpenEntry> = OPEN_INFLIGHT.get_ptr(&tid);
+    let open_flags = match entry {
+        Some(e) => unsafe { (*e).flags },
+        None => 0,
+    };
+    let access = Access::of_flags(open_flags);
+
+    let mut resolved = None;
+    let verdict = if ret >= 0 {
+        resolved = pathres::file_path(fd_file(ret));
+        match &resolved {
+            Some(r) => policy::file(member.policy, pathres::key_from_resolved(r, member.policy), access),
+            None => policy::file_default(member.policy),
+        }
+    } else {
+        // Nothing was opened; judge what was asked for when it is absolute,
+        // so the record says what the policy thinks of it.
+        match entry {
+            Some(e) if unsafe { (*e).requested[0] } == b'/' => {
+                let len = unsafe { (*e).requested_len } as usize;
+                match pathres::key_from_str(unsafe { &(*e).requested }, len, member.policy) {
+                    Some(key) => policy::file(member.policy, key, access),
+                    None => Verdict::NONE,
+                }
+            }
+            _ => Verdict::NONE,
+        }
+    };
+    let kill = ret >= 0 && verdict.blocks();
+    if kill {
+        unsafe { bpf_send_signal(SIGKILL) };
+    }
+
+    if let Some(mut rec) = record::reserve::<OpenEvent>(&member) {
+        let ev = rec.as_mut_ptr();
+        unsafe {
+            record::fill_header(&raw mut (*ev).header, EventKind::Open, &member, &verdict, mechanism::KILL);
+            if !kill {
+                (*ev).header.mechanism = mechanism::NONE;
+            }
+            (*ev).syscall = syscall as u32;
+            (*ev).ret = ret as i32;
+            (*ev)._pad = 0;
+            if ret >= 0 {
+                write_path(&raw mut (*ev).header.flags, &raw mut (*ev).path_len, &raw mut (*ev).path, &resolved);
+            } else {
+                (*ev).path_len = 0;
+                (*ev).path[0] = 0;
+            }
+            match entry {
+                Some(e) => {
+                    (*ev).dfd = (*e).dfd;
+                    (*ev).flags = (*e).flags;
+                    (*ev).mode = (*e).mode;
+                    (*ev).requested_len = (*e).requested_len;
+                    (*ev).header.flags |= (*e).requested_flags;
+                    if bpf_probe_read_kernel_buf((*e).requested.as_ptr(), &mut *(&raw mut (*ev).requested)).is_err() {
+                        (*ev).requested_len = 0;
+                    }
+                }
+                None => {
+                    (*ev).dfd = AT_FDCWD;
+                    (*ev).flags = 0;
+                    (*ev).mode = 0;
+                    (*ev).requested_len = 0;
+                    (*ev).requested[0] = 0;
+                    (*ev).header.flags |= flags::READ_FAILED;
+                }
+            }
+        }
+        record::submit(rec);
+    }
+    if entry.is_some() {
+        let _ = OPEN_INFLIGHT.remove(&tid);
+    }
 }

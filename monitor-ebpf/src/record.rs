@@ -18,6 +18,7 @@ use monitor_common::{
 
 use crate::{
     maps::{offsets, wakeup_bytes, EVENTS, LOSSES, TRAJECTORY_LOSSES},
+    policy::Verdict,
     trajectory::Membership,
 };
 
@@ -52,12 +53,13 @@ pub fn submit<T>(entry: RingBufEntry<T>) {
     entry.submit(flags as u64);
 }
 
-/// Fills the common header for the current task.
+/// Fills the common header for the current task, with the decision taken
+/// and, for a denial, the `mechanism` that carried it out.
 ///
 /// # Safety
 /// `h` must point to writable memory for an `EventHeader`.
 #[inline(always)]
-pub unsafe fn fill_header(h: *mut EventHeader, kind: EventKind, member: &Membership) {
+pub unsafe fn fill_header(h: *mut EventHeader, kind: EventKind, member: &Membership, v: &Verdict, mechanism: u8) {
     unsafe {
         let pid_tgid = bpf_get_current_pid_tgid();
         let uid_gid = bpf_get_current_uid_gid();
@@ -70,6 +72,8 @@ pub unsafe fn fill_header(h: *mut EventHeader, kind: EventKind, member: &Members
         (*h).ppid = current_ppid();
         (*h).uid = uid_gid as u32;
         (*h).gid = (uid_gid >> 32) as u32;
+        v.write(h);
+        (*h).mechanism = if v.blocks() { mechanism } else { 0 };
         (*h)._pad = 0;
         if bpf_get_current_comm((&raw mut (*h).comm).cast(), COMM_LEN as u32) != 0 {
             (*h).comm = [0; COMM_LEN];

@@ -6,7 +6,7 @@
 //! the walk visits only the levels at which trajectories exist.
 
 use aya_ebpf::helpers::generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id};
-use monitor_common::maps::MAX_CGROUP_LEVEL;
+use monitor_common::maps::{TrajectoryValue, MAX_CGROUP_LEVEL};
 
 use crate::maps::{CONFIG, TRAJECTORIES};
 
@@ -14,13 +14,23 @@ use crate::maps::{CONFIG, TRAJECTORIES};
 pub struct Membership {
     /// Id of the registered trajectory cgroup (the map key).
     pub cgroup: u64,
+    /// Policy instance bound to it, read once: every lookup of one
+    /// operation uses this id, so a reload that rebinds the trajectory
+    /// meanwhile cannot make one decision mix old and new rules.
+    pub policy: u32,
+}
+
+#[inline(always)]
+fn member(cgroup: u64, value: *const TrajectoryValue) -> Membership {
+    // SAFETY: a non-null pointer returned by a successful map lookup.
+    Membership { cgroup, policy: unsafe { core::ptr::read_volatile(&(*value).policy) } }
 }
 
 #[inline(always)]
 pub fn current() -> Option<Membership> {
     let own = unsafe { bpf_get_current_cgroup_id() };
-    if TRAJECTORIES.get_ptr(&own).is_some() {
-        return Some(Membership { cgroup: own });
+    if let Some(v) = TRAJECTORIES.get_ptr(&own) {
+        return Some(member(own, v));
     }
     let levels = CONFIG.get(0)?.trajectory_levels;
     if levels == 0 {
@@ -34,8 +44,8 @@ pub fn current() -> Option<Membership> {
                 // Deeper than the task's own cgroup: no further ancestors.
                 return None;
             }
-            if TRAJECTORIES.get_ptr(&ancestor).is_some() {
-                return Some(Membership { cgroup: ancestor });
+            if let Some(v) = TRAJECTORIES.get_ptr(&ancestor) {
+                return Some(member(ancestor, v));
             }
         }
         level += 1;

@@ -36,6 +36,24 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         task_mm: field_offset(&btf, "task_struct", "mm")?,
         mm_arg_start: field_offset(&btf, "mm_struct", "arg_start")?,
         mm_arg_end: field_offset(&btf, "mm_struct", "arg_end")?,
+        mm_exe_file: field_offset(&btf, "mm_struct", "exe_file")?,
+        task_files: field_offset(&btf, "task_struct", "files")?,
+        files_fdt: field_offset(&btf, "files_struct", "fdt")?,
+        fdt_max_fds: field_offset(&btf, "fdtable", "max_fds")?,
+        fdt_fd: field_offset(&btf, "fdtable", "fd")?,
+        file_f_path: field_offset(&btf, "file", "f_path")?,
+        file_f_flags: field_offset(&btf, "file", "f_flags")?,
+        path_mnt: field_offset(&btf, "path", "mnt")?,
+        path_dentry: field_offset(&btf, "path", "dentry")?,
+        dentry_d_parent: field_offset(&btf, "dentry", "d_parent")?,
+        dentry_d_name: field_offset(&btf, "dentry", "d_name")?,
+        qstr_len: field_offset(&btf, "qstr", "len")?,
+        qstr_name: field_offset(&btf, "qstr", "name")?,
+        mount_mnt: field_offset(&btf, "mount", "mnt")?,
+        mount_mnt_parent: field_offset(&btf, "mount", "mnt_parent")?,
+        mount_mnt_mountpoint: field_offset(&btf, "mount", "mnt_mountpoint")?,
+        vfsmount_mnt_root: field_offset(&btf, "vfsmount", "mnt_root")?,
+        bprm_file: field_offset(&btf, "linux_binprm", "file")?,
     })
 }
 
@@ -85,6 +103,10 @@ mod tests {
         let off = kernel_offsets(Path::new(VMLINUX_BTF)).expect("host kernel has BTF");
         assert!(off.task_real_parent > 0 && off.task_tgid > 0 && off.task_mm > 0);
         assert!(off.mm_arg_end == off.mm_arg_start + 8, "{off:?}");
+        // struct qstr { union { struct { u32 hash; u32 len; }; u64 hash_len; }; const char *name; }
+        assert_eq!((off.qstr_len, off.qstr_name), (4, 8), "{off:?}");
+        assert_eq!((off.path_mnt, off.path_dentry), (0, 8), "{off:?}");
+        assert!(off.mount_mnt > 0 && off.file_f_path > 0 && off.dentry_d_name > 0, "{off:?}");
     }
 
     #[test]

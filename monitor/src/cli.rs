@@ -67,6 +67,14 @@ pub struct DaemonArgs {
     /// Kernel ring buffer size in bytes (a power of two).
     #[arg(long, default_value_t = crate::config::DEFAULT_RINGBUF_BYTES)]
     pub ringbuf_size: u32,
+    /// Directory of policy YAML files, reloaded on SIGHUP and on change
+    /// [default: /etc/agent-monitor/policies if it exists; the embedded
+    /// default policy is always available]
+    #[arg(long, value_name = "DIR")]
+    pub policy_dir: Option<PathBuf>,
+    /// Policy of trajectories opened without `--policy`.
+    #[arg(long, default_value = crate::config::DEFAULT_POLICY)]
+    pub default_policy: String,
 }
 
 #[derive(Debug, Args)]
@@ -74,6 +82,12 @@ pub struct RunArgs {
     /// Trajectory id (generated when absent).
     #[arg(long)]
     pub trajectory: Option<String>,
+    /// Policy judging the trajectory (the daemon's default policy when absent).
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// ${WORKSPACE} of the policy [default: the current directory].
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
     /// The daemon's control socket.
     #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
     pub control_socket: PathBuf,

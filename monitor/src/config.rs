@@ -13,6 +13,8 @@ pub const DEFAULT_CONTROL_SOCKET: &str = "/run/agent-monitor/control.sock";
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9617";
 pub const DEFAULT_CGROUP_PARENT: &str = "agent-monitor";
 pub const DEFAULT_RINGBUF_BYTES: u32 = 16 << 20;
+pub const DEFAULT_POLICY_DIR: &str = "/etc/agent-monitor/policies";
+pub const DEFAULT_POLICY: &str = "default";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DaemonConfig {
@@ -22,6 +24,11 @@ pub struct DaemonConfig {
     /// Directory, relative to the cgroup2 mount, holding trajectory cgroups.
     pub cgroup_parent: PathBuf,
     pub ringbuf_bytes: u32,
+    /// Policy directory; `None` when the default directory does not exist
+    /// (the embedded default policy alone is loaded).
+    pub policy_dir: Option<PathBuf>,
+    /// Policy of a trajectory opened without `--policy`.
+    pub default_policy: String,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -34,6 +41,8 @@ pub enum ConfigError {
     RingbufSize(u32),
     #[error("--control-socket {0:?}: expected an absolute path")]
     ControlSocket(String),
+    #[error("--policy-dir {0:?}: not a directory")]
+    PolicyDir(String),
 }
 
 impl DaemonConfig {
@@ -48,6 +57,11 @@ impl DaemonConfig {
         if !args.control_socket.is_absolute() {
             return Err(ConfigError::ControlSocket(args.control_socket.display().to_string()));
         }
+        let policy_dir = match &args.policy_dir {
+            Some(dir) if dir.is_dir() => Some(dir.clone()),
+            Some(dir) => return Err(ConfigError::PolicyDir(dir.display().to_string())),
+            None => Some(PathBuf::from(DEFAULT_POLICY_DIR)).filter(|d| d.is_dir()),
+        };
         Ok(DaemonConfig {
             events: match &args.events {
                 None => Output::Stdout,
@@ -58,6 +72,8 @@ impl DaemonConfig {
             control_socket: args.control_socket.clone(),
             cgroup_parent: parent.to_owned(),
             ringbuf_bytes: args.ringbuf_size,
+            policy_dir,
+            default_policy: args.default_policy.clone(),
         })
     }
 }
@@ -91,5 +107,9 @@ mod tests {
         }
         assert_eq!(parse(&["--ringbuf-size", "5000"]), Err(ConfigError::RingbufSize(5000)));
         assert!(parse(&["--control-socket", "rel.sock"]).is_err());
+        assert_eq!(
+            parse(&["--policy-dir", "/nonexistent/policies"]),
+            Err(ConfigError::PolicyDir("/nonexistent/policies".into()))
+        );
     }
 }

@@ -17,13 +17,17 @@ use crate::{
     config::DaemonConfig,
     control::{
         self,
-        protocol::HookStatus,
+        protocol::{ClassEnforcement, HookStatus},
         server::{Context, ControlError},
     },
+    enforce::Enforcer,
     events::pipeline::{Pipeline, PipelineError},
     host::{self, HostError},
+    loader::mechanism,
     loader::{self, LoadError, LoadOptions},
     metrics::{self, Metrics},
+    policy::{self, Diagnostic},
+    reload::{self, Reloader},
     sinks::{jsonl, Bus},
 };
 
@@ -46,6 +50,10 @@ pub enum DaemonError {
     Pipeline(#[from] PipelineError),
     #[error("{0}")]
     Io(#[from] io::Error),
+    #[error("invalid policies, not starting:\n{}", .0.iter().map(|d| format!("  {d}")).collect::<Vec<_>>().join("\n"))]
+    Policy(Vec<Diagnostic>),
+    #[error("the default policy {0:?} is not defined (--default-policy; loaded: {1})")]
+    DefaultPolicy(String, String),
 }
 
 pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
@@ -55,28 +63,70 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     host::ensure_tracefs()?;
     let hierarchy = Hierarchy::discover()?;
     let offsets = btf::kernel_offsets(VMLINUX_BTF.as_ref())?;
+    // Policies before anything is loaded: a broken policy stops the start.
+    let set = policy::load_daemon_set(config.policy_dir.as_deref()).map_err(DaemonError::Policy)?;
+    if set.get(&config.default_policy).is_none() {
+        let names: Vec<&str> = set.policies().iter().map(|p| p.name.as_str()).collect();
+        return Err(DaemonError::DefaultPolicy(config.default_policy.clone(), names.join(", ")));
+    }
+    match &config.policy_dir {
+        Some(dir) => tracing::info!(dir = %dir.display(), policies = set.policies().len(), "policies loaded"),
+        None => tracing::info!("no policy directory; the embedded default policy is loaded"),
+    }
 
     let parent = hierarchy.mount_point.join(&config.cgroup_parent);
     cgroup::create_all(&parent)?;
     sweep_stale(&parent);
 
-    let (loaded, maps) = loader::load(&LoadOptions {
+    let (loaded, maps, policy_maps) = loader::load(&LoadOptions {
         offsets,
         ringbuf_bytes: config.ringbuf_bytes,
         wakeup_bytes: WAKEUP_BYTES.min(u64::from(config.ringbuf_bytes) / 4),
         cgroup_parent: &parent,
     })?;
-    for h in &loaded.hooks {
-        tracing::info!(hook = h.hook, mechanism = h.mechanism, "{}", h.detail);
-    }
-
     let metrics = Metrics::new();
+    for h in &loaded.hooks {
+        metrics.hook_mechanism.with_label_values(&[h.hook, h.mechanism]).set(1);
+        if h.mechanism == mechanism::UNAVAILABLE {
+            tracing::warn!(hook = h.hook, mechanism = h.mechanism, "{}", h.detail);
+        } else {
+            tracing::info!(hook = h.hook, mechanism = h.mechanism, "{}", h.detail);
+        }
+    }
+    let e = loaded.enforcement;
+    tracing::info!(file = e.file, exec = e.exec, network = e.network, "enforcement per rule class");
+    for (class, m) in [("file", e.file), ("exec", e.exec)] {
+        if m == mechanism::KILL {
+            tracing::warn!(
+                "{class} rules are enforced by killing the process (no BPF LSM on this kernel): a denied {class} \
+                 operation has already happened when the process dies (see docs/policy.md)"
+            );
+        }
+    }
+    for p in set.policies() {
+        let weak: Vec<&str> = [("file", e.file), ("exec", e.exec), ("network", e.network)]
+            .into_iter()
+            .filter(|(_, m)| matches!(*m, mechanism::AUDIT_ONLY | mechanism::UNAVAILABLE))
+            .map(|(c, _)| c)
+            .collect();
+        if p.mode == policy::Mode::Enforce && !weak.is_empty() {
+            tracing::error!(
+                policy = %p.name,
+                "policy is in enforce mode but this kernel cannot enforce its {} rules: they are only recorded",
+                weak.join(", ")
+            );
+        }
+    }
+    let policy_table = Arc::new(std::sync::RwLock::new(reload::table(&set)));
+    let enforcer = Enforcer::new(policy_maps, set);
+    metrics.set_rule_counts(&enforcer.rule_counts());
+
     let metrics_listener = metrics::bind(config.metrics_addr).await?;
     let (bus, sink_rx) = Bus::new();
     let sink = jsonl::spawn(config.events.clone(), sink_rx)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
-    let pipeline = Pipeline::new(maps, bus, metrics.clone())?;
+    let pipeline = Pipeline::new(maps, enforcer, loaded.runtime_flags, bus, metrics.clone())?;
     let pipeline = tokio::spawn(pipeline.run(cmd_rx, stop_rx.clone()));
 
     let (watcher, watch_events) = control::watcher::new()?;
@@ -92,7 +142,29 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
             detail: h.detail.clone(),
         })
         .collect();
-    let ctx = Arc::new(Context { hierarchy, parent: parent.clone(), pipeline: cmd_tx, watcher, hooks });
+    let reloader = Reloader {
+        dir: config.policy_dir.clone(),
+        default_policy: config.default_policy.clone(),
+        pipeline: cmd_tx.clone(),
+        metrics: metrics.clone(),
+        table: policy_table.clone(),
+    };
+    let reload_task = tokio::spawn(reloader.run(stop_rx.clone()));
+    let ctx = Arc::new(Context {
+        hierarchy,
+        parent: parent.clone(),
+        pipeline: cmd_tx,
+        watcher,
+        hooks,
+        enforcement: ClassEnforcement {
+            file: e.file.to_owned(),
+            exec: e.exec.to_owned(),
+            network: e.network.to_owned(),
+        },
+        policies: policy_table,
+        policy_dir: config.policy_dir.as_ref().map(|d| d.display().to_string()),
+        default_policy: config.default_policy.clone(),
+    });
     let control_task = tokio::spawn(control::server::serve(listener, ctx, stop_rx.clone()));
 
     let mut metrics_stop = stop_rx.clone();
@@ -119,6 +191,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     let _ = stop_tx.send(true);
     let _ = control_task.await;
     let _ = watch_task.await;
+    let _ = reload_task.await;
     let _ = metrics_task.await;
     let result = if pipeline.is_finished() && result.is_err() { result } else { result.and(flatten(pipeline.await)) };
     // The pipeline held the last sender: the sink drains and flushes.

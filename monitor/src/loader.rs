@@ -5,16 +5,17 @@
 use std::{fs::File, path::Path};
 
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, TracePoint},
-    Ebpf, EbpfError, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{CgroupAttachMode, CgroupSockAddr, Lsm, ProgramError, TracePoint},
+    Btf, Ebpf, EbpfError, EbpfLoader,
 };
 use monitor_common::{
-    maps::{KernelOffsets, RuntimeConfig, TrajectoryValue},
+    maps::{runtime, KernelOffsets, LsmProbe, RuntimeConfig, TrajectoryValue},
     names,
+    policy::{ExecValue, FileValue, NetValue, PolicyConfig},
 };
 
-use crate::hooks::{Attach, Hook, HookClass, HOOKS};
+use crate::hooks::{Attach, Hook, HookClass, HOOKS, LSM_HOOKS, OPEN_TRACEPOINTS};
 
 /// The kernel programs, built by `build.rs` from `monitor-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor-ebpf"));
@@ -69,9 +70,41 @@ pub struct LoadOptions<'a> {
 pub struct HookState {
     pub hook: &'static str,
     pub class: HookClass,
-    /// `observe` when attached, `unavailable` otherwise.
+    /// One of the `mechanism` constants.
     pub mechanism: &'static str,
     pub detail: String,
+}
+
+/// How a hook carries out a deny verdict (`status`, logs, metrics).
+pub mod mechanism {
+    /// BPF LSM: the operation fails with `EPERM` before it happens.
+    pub const LSM_DENY: &str = "lsm-deny";
+    /// Tracepoint + `SIGKILL`: the process dies before it returns to user space.
+    pub const KILL: &str = "kill";
+    /// cgroup socket hook: the call fails with `EPERM`.
+    pub const CGROUP_DENY: &str = "cgroup-deny";
+    /// Records decisions, cannot block.
+    pub const AUDIT_ONLY: &str = "audit-only";
+    /// Records only; another hook of the class enforces.
+    pub const OBSERVE: &str = "observe";
+    pub const UNAVAILABLE: &str = "unavailable";
+}
+
+/// The mechanism enforcing each rule class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Enforcement {
+    pub file: &'static str,
+    pub exec: &'static str,
+    pub network: &'static str,
+}
+
+/// The policy maps, written by `crate::enforce`.
+pub struct PolicyMapHandles {
+    pub config: Array<MapData, PolicyConfig>,
+    pub file: LpmTrie<MapData, [u8; 256], FileValue>,
+    pub exec: LpmTrie<MapData, [u8; 256], ExecValue>,
+    pub net4: LpmTrie<MapData, [u8; 8], NetValue>,
+    pub net6: LpmTrie<MapData, [u8; 20], NetValue>,
 }
 
 /// The maps the event pipeline owns.
@@ -87,9 +120,12 @@ pub struct Loaded {
     // Owns the programs and their links; dropping detaches.
     _ebpf: Ebpf,
     pub hooks: Vec<HookState>,
+    pub enforcement: Enforcement,
+    /// [`RuntimeConfig::flags`] the pipeline must keep writing.
+    pub runtime_flags: u64,
 }
 
-pub fn load(opts: &LoadOptions<'_>) -> Result<(Loaded, PipelineMaps), LoadError> {
+pub fn load(opts: &LoadOptions<'_>) -> Result<(Loaded, PipelineMaps, PolicyMapHandles), LoadError> {
     let mut ebpf = EbpfLoader::new()
         .override_global(names::GLOBAL_OFFSETS, &opts.offsets, true)
         .override_global(names::GLOBAL_WAKEUP_BYTES, &opts.wakeup_bytes, true)
@@ -100,10 +136,47 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<(Loaded, PipelineMaps), LoadError>
     let cgroup = File::open(opts.cgroup_parent)
         .map_err(|source| LoadError::CgroupOpen { path: opts.cgroup_parent.display().to_string(), source })?;
 
-    let mut hooks = Vec::with_capacity(HOOKS.len());
+    let mut hooks = Vec::new();
     for hook in HOOKS {
         hooks.push(attach(&mut ebpf, hook, &cgroup)?);
     }
+    // The strongest mechanism for file and exec rules: BPF LSM if its
+    // programs load, attach and demonstrably run; else the tracepoints' kill.
+    let lsm = probe_lsm(&mut ebpf);
+    let lsm_active = lsm.iter().all(|h| h.mechanism == mechanism::LSM_DENY);
+    let runtime_flags = if lsm_active { runtime::LSM_FILE | runtime::LSM_EXEC } else { 0 };
+    if lsm_active {
+        let mut config: Array<&mut MapData, RuntimeConfig> =
+            Array::try_from(ebpf.map_mut(names::MAP_CONFIG).ok_or(LoadError::MissingMap(names::MAP_CONFIG))?)
+                .map_err(map_err(names::MAP_CONFIG))?;
+        config
+            .set(0, RuntimeConfig { trajectory_levels: 0, flags: runtime_flags }, 0)
+            .map_err(map_err(names::MAP_CONFIG))?;
+    } else {
+        for hook in OPEN_TRACEPOINTS {
+            hooks.push(attach(&mut ebpf, hook, &cgroup)?);
+        }
+    }
+    hooks.extend(lsm);
+    for h in hooks.iter_mut() {
+        if h.mechanism != mechanism::UNAVAILABLE && h.class != HookClass::Connect && !h.hook.starts_with("lsm:") {
+            h.mechanism = if lsm_active { mechanism::OBSERVE } else { mechanism::KILL };
+            if lsm_active {
+                h.detail.push_str("; records only, BPF LSM enforces");
+            }
+        }
+    }
+    let file_exec = if lsm_active { mechanism::LSM_DENY } else { mechanism::KILL };
+    let enforcement = Enforcement { file: file_exec, exec: file_exec, network: mechanism::CGROUP_DENY };
+
+    let policy = PolicyMapHandles {
+        config: Array::try_from(take(&mut ebpf, names::MAP_POLICY_CONFIG)?)
+            .map_err(map_err(names::MAP_POLICY_CONFIG))?,
+        file: LpmTrie::try_from(take(&mut ebpf, names::MAP_POLICY_FILE)?).map_err(map_err(names::MAP_POLICY_FILE))?,
+        exec: LpmTrie::try_from(take(&mut ebpf, names::MAP_POLICY_EXEC)?).map_err(map_err(names::MAP_POLICY_EXEC))?,
+        net4: LpmTrie::try_from(take(&mut ebpf, names::MAP_POLICY_NET4)?).map_err(map_err(names::MAP_POLICY_NET4))?,
+        net6: LpmTrie::try_from(take(&mut ebpf, names::MAP_POLICY_NET6)?).map_err(map_err(names::MAP_POLICY_NET6))?,
+    };
 
     let maps = PipelineMaps {
         events: RingBuf::try_from(take(&mut ebpf, names::MAP_EVENTS)?).map_err(map_err(names::MAP_EVENTS))?,
@@ -114,7 +187,101 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<(Loaded, PipelineMaps), LoadError>
         config: Array::try_from(take(&mut ebpf, names::MAP_CONFIG)?).map_err(map_err(names::MAP_CONFIG))?,
         losses: PerCpuArray::try_from(take(&mut ebpf, names::MAP_LOSSES)?).map_err(map_err(names::MAP_LOSSES))?,
     };
-    Ok((Loaded { _ebpf: ebpf, hooks }, maps))
+    Ok((Loaded { _ebpf: ebpf, hooks, enforcement, runtime_flags }, maps, policy))
+}
+
+/// Loads and attaches the LSM programs and checks that the kernel calls
+/// them: an open and an exec by the daemon itself must each move the
+/// program's invocation counter. Any failure leaves the programs unloaded
+/// and says why; the programs judge nothing until the runtime flags say so.
+fn probe_lsm(ebpf: &mut Ebpf) -> Vec<HookState> {
+    let unavailable = |hook: &Hook, detail: String| HookState {
+        hook: hook.name,
+        class: hook.class,
+        mechanism: mechanism::UNAVAILABLE,
+        detail,
+    };
+    let btf = match Btf::from_sys_fs() {
+        Ok(btf) => btf,
+        Err(e) => return LSM_HOOKS.iter().map(|h| unavailable(h, format!("cannot read kernel BTF: {e}"))).collect(),
+    };
+    let mut failure = None;
+    for hook in LSM_HOOKS {
+        let Attach::Lsm { name } = hook.attach else { continue };
+        let result = (|| -> Result<(), String> {
+            let prog: &mut Lsm = ebpf
+                .program_mut(hook.program)
+                .ok_or("program missing from the object")?
+                .try_into()
+                .map_err(|e: ProgramError| e.to_string())?;
+            prog.load(name, &btf).map_err(|e| format!("load failed: {}", error_chain(&e)))?;
+            prog.attach().map_err(|e| format!("attach failed: {}", error_chain(&e)))?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            failure = Some(format!("{}: {e}", hook.name));
+            break;
+        }
+    }
+    let failure = failure.or_else(|| lsm_self_test(ebpf).err());
+    match failure {
+        None => LSM_HOOKS
+            .iter()
+            .map(|h| HookState {
+                hook: h.name,
+                class: h.class,
+                mechanism: mechanism::LSM_DENY,
+                detail: format!("BPF LSM security_{}: refuses with EPERM; self-test passed", h.lsm_name()),
+            })
+            .collect(),
+        Some(why) => {
+            for hook in LSM_HOOKS {
+                let lsm: Option<&mut Lsm> = ebpf.program_mut(hook.program).and_then(|p| p.try_into().ok());
+                if let Some(p) = lsm {
+                    let _ = p.unload();
+                }
+            }
+            LSM_HOOKS.iter().map(|h| unavailable(h, why.clone())).collect()
+        }
+    }
+}
+
+/// Triggers `file_open` and `bprm_check_security` and reads the programs'
+/// invocation counters.
+fn lsm_self_test(ebpf: &mut Ebpf) -> Result<(), String> {
+    let counts = |ebpf: &mut Ebpf| -> Result<[u64; 2], String> {
+        let map = ebpf.map_mut(names::MAP_LSM_PROBE).ok_or("no LSM probe map")?;
+        let probe: PerCpuArray<&mut MapData, u64> = PerCpuArray::try_from(map).map_err(|e| e.to_string())?;
+        let sum = |i: LsmProbe| probe.get(&(i as u32), 0).map(|v| v.iter().sum::<u64>()).map_err(|e| e.to_string());
+        Ok([sum(LsmProbe::FileOpen)?, sum(LsmProbe::BprmCheck)?])
+    };
+    let before = counts(ebpf)?;
+    let _ = File::open("/proc/self/stat");
+    let exe = std::env::current_exe().map_err(|e| format!("self-test: {e}"))?;
+    let _ = std::process::Command::new(exe)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    let after = counts(ebpf)?;
+    if after[0] > before[0] && after[1] > before[1] {
+        Ok(())
+    } else {
+        Err("the LSM programs attached but the kernel never called them: BPF LSM is built but `bpf` is not in the \
+             active LSM list (/sys/kernel/security/lsm; add it to the lsm= boot parameter)"
+            .into())
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError> {
@@ -136,7 +303,7 @@ fn attach(ebpf: &mut Ebpf, hook: &Hook, cgroup: &File) -> Result<HookState, Load
                 return Ok(HookState {
                     hook: hook.name,
                     class: hook.class,
-                    mechanism: "unavailable",
+                    mechanism: mechanism::UNAVAILABLE,
                     detail: format!("tracepoint {category}/{name} does not exist on this kernel"),
                 });
             }
@@ -146,7 +313,7 @@ fn attach(ebpf: &mut Ebpf, hook: &Hook, cgroup: &File) -> Result<HookState, Load
             Ok(HookState {
                 hook: hook.name,
                 class: hook.class,
-                mechanism: "observe",
+                mechanism: mechanism::OBSERVE,
                 detail: format!("tracepoint {category}/{name}"),
             })
         }
@@ -162,10 +329,11 @@ fn attach(ebpf: &mut Ebpf, hook: &Hook, cgroup: &File) -> Result<HookState, Load
             Ok(HookState {
                 hook: hook.name,
                 class: hook.class,
-                mechanism: "observe",
-                detail: "cgroup sock_addr hook on the trajectory parent cgroup".into(),
+                mechanism: mechanism::CGROUP_DENY,
+                detail: "cgroup sock_addr hook on the trajectory parent cgroup; refuses with EPERM".into(),
             })
         }
+        Attach::Lsm { .. } => unreachable!("LSM hooks are attached by probe_lsm"),
     }
 }
 

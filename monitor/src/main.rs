@@ -51,7 +51,9 @@ fn main() -> ExitCode {
             }
         }
         Commands::Run(args) => {
-            let err = monitor::run::run(&args.control_socket, args.trajectory, &args.command);
+            let spec =
+                monitor::run::RunSpec { trajectory: args.trajectory, policy: args.policy, workspace: args.workspace };
+            let err = monitor::run::run(&args.control_socket, spec, &args.command);
             eprintln!("agent-monitor run: {}", chain(&err));
             ExitCode::from(err.exit_code() as u8)
         }

@@ -3,7 +3,7 @@
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -12,6 +12,15 @@ pub struct Metrics {
     pub trajectories_active: IntGauge,
     pub trajectories_started: IntCounter,
     pub trajectories_ended: IntCounter,
+    /// Policy decisions on exec/open/connect, by policy, class and decision.
+    pub decisions: IntCounterVec,
+    /// Blocked operations, by policy, class and mechanism.
+    pub denials: IntCounterVec,
+    pub policy_reloads: IntCounterVec,
+    pub policy_rules: IntGaugeVec,
+    /// 1 for the mechanism each hook uses (an alert fires on `audit-only`
+    /// or `unavailable`).
+    pub hook_mechanism: IntGaugeVec,
 }
 
 impl Metrics {
@@ -36,8 +45,50 @@ impl Metrics {
             IntCounter::new("agent_monitor_trajectories_started_total", "Trajectories opened.").expect("valid metric");
         let trajectories_ended =
             IntCounter::new("agent_monitor_trajectories_ended_total", "Trajectories closed.").expect("valid metric");
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "agent_monitor_policy_decisions_total",
+                "Policy decisions on exec, open and connect, by policy, class (file, exec, network) and decision (allow, audit, deny).",
+            ),
+            &["policy", "class", "decision"],
+        )
+        .expect("valid metric");
+        let denials = IntCounterVec::new(
+            Opts::new(
+                "agent_monitor_denials_total",
+                "Operations blocked, by policy, class (file, exec, network) and mechanism (lsm-deny, kill, cgroup-deny).",
+            ),
+            &["policy", "class", "mechanism"],
+        )
+        .expect("valid metric");
+        let policy_reloads = IntCounterVec::new(
+            Opts::new("agent_monitor_policy_reloads_total", "Policy reloads, by result (success, failure)."),
+            &["result"],
+        )
+        .expect("valid metric");
+        let policy_rules = IntGaugeVec::new(
+            Opts::new("agent_monitor_policy_rules", "Rules of each loaded policy, by class."),
+            &["policy", "class"],
+        )
+        .expect("valid metric");
+        let hook_mechanism = IntGaugeVec::new(
+            Opts::new(
+                "agent_monitor_hook_mechanism",
+                "1 for the enforcement mechanism each hook runs with (lsm-deny, kill, cgroup-deny, observe, audit-only, unavailable).",
+            ),
+            &["hook", "mechanism"],
+        )
+        .expect("valid metric");
+        for r in ["success", "failure"] {
+            policy_reloads.with_label_values(&[r]);
+        }
         for c in [
-            Box::new(events.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(decisions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(denials.clone()),
+            Box::new(policy_reloads.clone()),
+            Box::new(policy_rules.clone()),
+            Box::new(hook_mechanism.clone()),
+            Box::new(events.clone()),
             Box::new(events_lost.clone()),
             Box::new(trajectories_active.clone()),
             Box::new(trajectories_started.clone()),
@@ -60,7 +111,29 @@ impl Metrics {
             trajectories_active,
             trajectories_started,
             trajectories_ended,
+            decisions,
+            denials,
+            policy_reloads,
+            policy_rules,
+            hook_mechanism,
         })
+    }
+
+    pub fn count_decision(&self, policy: &str, class: &str, decision: &str, mechanism: Option<&str>) {
+        self.decisions.with_label_values(&[policy, class, decision]).inc();
+        if decision == "deny" {
+            self.denials.with_label_values(&[policy, class, mechanism.unwrap_or("none")]).inc();
+        }
+    }
+
+    /// Replaces the rule-count gauges with the loaded set's.
+    pub fn set_rule_counts(&self, counts: &[(String, [usize; 3])]) {
+        self.policy_rules.reset();
+        for (policy, [file, exec, network]) in counts {
+            for (class, n) in [("file", file), ("exec", exec), ("network", network)] {
+                self.policy_rules.with_label_values(&[policy, class]).set(*n as i64);
+            }
+        }
     }
 
     pub fn render(&self) -> String {

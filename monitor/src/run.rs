@@ -4,7 +4,13 @@
 //! answers, so by the time `exec` happens everything the command does is
 //! recorded, and the exit status is the command's own.
 
-use std::{ffi::OsString, os::unix::process::CommandExt, path::Path, process::Command};
+use std::{
+    collections::BTreeMap,
+    ffi::OsString,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use crate::control::{
     client::{self, ClientError},
@@ -37,11 +43,31 @@ impl RunError {
     }
 }
 
+/// What to open.
+pub struct RunSpec {
+    pub trajectory: Option<String>,
+    pub policy: Option<String>,
+    /// `${WORKSPACE}`; the current directory when absent.
+    pub workspace: Option<PathBuf>,
+}
+
 /// Never returns on success: the process image is replaced by `command`.
-pub fn run(socket: &Path, trajectory: Option<String>, command: &[OsString]) -> RunError {
+pub fn run(socket: &Path, spec: RunSpec, command: &[OsString]) -> RunError {
+    let mut vars = BTreeMap::new();
+    // Canonical, as the kernel names files: rules compare resolved paths.
+    let workspace = match spec.workspace.map_or_else(std::env::current_dir, std::fs::canonicalize) {
+        Ok(w) => w,
+        Err(e) => return ClientError::Protocol(format!("cannot determine the workspace directory: {e}")).into(),
+    };
+    vars.insert("WORKSPACE".to_owned(), workspace.to_string_lossy().into_owned());
+    if let Some(home) = std::env::var_os("HOME").and_then(|h| std::fs::canonicalize(h).ok()) {
+        vars.insert("HOME".to_owned(), home.to_string_lossy().into_owned());
+    }
     let request = Request::OpenTrajectory {
-        trajectory,
+        trajectory: spec.trajectory,
         command: command.iter().map(|a| a.to_string_lossy().into_owned()).collect(),
+        policy: spec.policy,
+        vars,
     };
     let id = match client::request(socket, &request) {
         Ok(Response::Opened { trajectory, .. }) => trajectory,

@@ -25,9 +25,24 @@ pub fn render(s: &Status) -> String {
     for h in &s.hooks {
         let _ = writeln!(out, "{:<20} {:<8} {:<12} {}", h.hook, h.class, h.mechanism, h.detail);
     }
+    let e = &s.enforcement;
+    let _ = writeln!(out, "\nenforcement: file={} exec={} network={}", e.file, e.exec, e.network);
+    let _ = writeln!(
+        out,
+        "\npolicies from {}:",
+        s.policy_dir.as_deref().unwrap_or("the embedded default only (no policy directory)")
+    );
+    for p in &s.policies {
+        let [f, x, n] = p.rules;
+        let _ = writeln!(out, "  {:<20} {:<8} file={f} exec={x} network={n}  {}", p.name, p.mode, p.file);
+    }
     let _ = writeln!(out, "\n{} open trajectories", s.trajectories.len());
     for t in &s.trajectories {
-        let _ = writeln!(out, "  {:<24} records={:<8} lost={:<6} {}", t.trajectory, t.records, t.lost, t.cgroup);
+        let _ = writeln!(
+            out,
+            "  {:<24} policy={:<12} records={:<8} lost={:<6} {}",
+            t.trajectory, t.policy, t.records, t.lost, t.cgroup
+        );
     }
     out
 }

@@ -128,10 +128,58 @@ impl Daemon {
         c.arg("--").args(cmd).output().expect("spawn agent-monitor run")
     }
 
-    /// All records so far.
+    /// `agent-monitor run --policy P --workspace W [--trajectory id] -- cmd...`.
+    pub fn run_policy(&self, trajectory: &str, policy: &str, workspace: &Path, cmd: &[&str]) -> Output {
+        self.run_policy_cmd(trajectory, policy, workspace, cmd).output().expect("spawn agent-monitor run")
+    }
+
+    /// The `run` command of [`Self::run_policy`], for spawning.
+    pub fn run_policy_cmd(&self, trajectory: &str, policy: &str, workspace: &Path, cmd: &[&str]) -> Command {
+        let mut c = Command::new(monitor_bin());
+        c.arg("run").arg("--control-socket").arg(&self.socket);
+        c.args(["--trajectory", trajectory, "--policy", policy, "--workspace"]).arg(workspace);
+        c.arg("--").args(cmd);
+        c
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// `status --json` of this daemon.
+    pub fn status(&self) -> Value {
+        let out = Command::new(monitor_bin())
+            .arg("status")
+            .arg("--json")
+            .arg("--control-socket")
+            .arg(&self.socket)
+            .output()
+            .expect("spawn agent-monitor status");
+        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    /// Waits until a metric line `name{labels} value` has a value >= `min`.
+    pub fn wait_metric(&self, series: &str, min: f64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if metric_value(&self.metrics(), series).is_some_and(|v| v >= min) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("{series} did not reach {min} within 20 s; daemon log:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// All complete records so far (a line the sink is still writing, with
+    /// no newline yet, is left for the next read).
     pub fn records(&self) -> Vec<Value> {
         let text = std::fs::read_to_string(&self.events).unwrap_or_default();
-        text.lines()
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        complete
+            .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("invalid JSON line {l:?}: {e}")))
             .collect()
     }
@@ -194,6 +242,11 @@ impl Drop for Daemon {
             self.stop();
         }
     }
+}
+
+/// Value of one series (exact `name{labels}` text) in a metrics scrape.
+pub fn metric_value(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 pub fn cgroup2_mount() -> Option<PathBuf> {

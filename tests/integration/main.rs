@@ -6,6 +6,7 @@
 //! daemon recorded. They must run as root (`cargo xtask test`); as any other
 //! user they fail with a message saying so, never skip.
 
+mod enforce;
 mod harness;
 mod observe;
 mod operator_errors;

@@ -87,11 +87,24 @@ fn status_reports_every_hook_and_open_trajectories() {
     assert!(out.status.success(), "{out:?}");
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let hooks = status["hooks"].as_array().unwrap();
-    for hook in ["exec", "open:openat", "connect:connect4", "connect:connect6", "connect:sendmsg4", "connect:sendmsg6"]
-    {
+    for hook in ["connect:connect4", "connect:connect6", "connect:sendmsg4", "connect:sendmsg6"] {
         let h = hooks.iter().find(|h| h["hook"] == hook).unwrap_or_else(|| panic!("{hook} missing: {status}"));
-        assert_eq!(h["mechanism"], "observe", "{h}");
+        assert_eq!(h["mechanism"], "cgroup-deny", "{h}");
     }
+    // File and exec: the LSM hooks enforce, or they say why not and the
+    // tracepoints kill.
+    let lsm = hooks.iter().find(|h| h["hook"] == "lsm:file_open").expect("lsm:file_open listed");
+    if lsm["mechanism"] == "lsm-deny" {
+        assert_eq!(status["enforcement"]["file"], "lsm-deny");
+    } else {
+        assert_eq!(lsm["mechanism"], "unavailable", "{lsm}");
+        assert!(!lsm["detail"].as_str().unwrap().is_empty());
+        let open = hooks.iter().find(|h| h["hook"] == "open:openat/exit").expect("open tracepoints attached");
+        assert_eq!(open["mechanism"], "kill", "{open}");
+        assert_eq!(status["enforcement"]["file"], "kill");
+    }
+    let exec = hooks.iter().find(|h| h["hook"] == "exec").unwrap();
+    assert!(exec["mechanism"] == "kill" || exec["mechanism"] == "observe", "{exec}");
     let trajectories = status["trajectories"].as_array().unwrap();
     assert_eq!(trajectories.len(), 1);
     assert_eq!(trajectories[0]["trajectory"], "status-1");
@@ -99,7 +112,7 @@ fn status_reports_every_hook_and_open_trajectories() {
 
     let text = Command::new(monitor_bin()).args(["status", "--control-socket"]).arg(&d.socket).output().unwrap();
     let text = String::from_utf8_lossy(&text.stdout);
-    assert!(text.contains("open:openat") && text.contains("status-1"), "{text}");
+    assert!(text.contains("lsm:file_open") && text.contains("status-1"), "{text}");
     let _ = child.kill();
     let _ = child.wait();
 }

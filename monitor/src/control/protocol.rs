@@ -14,6 +14,12 @@ pub enum Request {
         /// The command about to run, for the `trajectory_start` record.
         #[serde(default)]
         command: Vec<String>,
+        /// Policy name; the daemon's default policy when absent.
+        #[serde(default)]
+        policy: Option<String>,
+        /// Policy variables (`WORKSPACE`, `HOME`), absolute paths.
+        #[serde(default)]
+        vars: std::collections::BTreeMap<String, String>,
     },
     /// What the daemon enforces and observes, per hook, and what is open.
     Status,
@@ -26,7 +32,31 @@ pub struct Status {
     pub version: String,
     pub kernel: String,
     pub hooks: Vec<HookStatus>,
+    /// The mechanism enforcing each rule class.
+    pub enforcement: ClassEnforcement,
+    /// The loaded policies.
+    pub policies: Vec<PolicyStatus>,
+    /// Where policies are loaded from (`null`: the embedded default only).
+    pub policy_dir: Option<String>,
     pub trajectories: Vec<TrajectoryStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassEnforcement {
+    pub file: String,
+    pub exec: String,
+    pub network: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyStatus {
+    pub name: String,
+    pub mode: String,
+    pub file: String,
+    /// Rules per class: file, exec, network.
+    pub rules: [usize; 3],
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,7 +64,8 @@ pub struct Status {
 pub struct HookStatus {
     pub hook: String,
     pub class: String,
-    /// `observe` or `unavailable` (enforcement mechanisms come with policy).
+    /// `lsm-deny`, `kill`, `cgroup-deny`, `audit-only`, `observe` (records,
+    /// another hook enforces) or `unavailable`.
     pub mechanism: String,
     pub detail: String,
 }
@@ -48,12 +79,13 @@ pub struct TrajectoryStatus {
     pub records: u64,
     /// Records the kernel could not deliver.
     pub lost: u64,
+    pub policy: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Response {
-    Opened { ok: monostate::True, trajectory: String, cgroup: String },
+    Opened { ok: monostate::True, trajectory: String, cgroup: String, policy: String },
     Status { ok: monostate::True, status: Status },
     Error { ok: monostate::False, error: String },
 }
@@ -103,15 +135,45 @@ mod tests {
     fn wire_format() {
         let r: Request =
             serde_json::from_str(r#"{"op":"open_trajectory","trajectory":"t1","command":["sh"]}"#).unwrap();
-        assert_eq!(r, Request::OpenTrajectory { trajectory: Some("t1".into()), command: vec!["sh".into()] });
+        assert_eq!(
+            r,
+            Request::OpenTrajectory {
+                trajectory: Some("t1".into()),
+                command: vec!["sh".into()],
+                policy: None,
+                vars: Default::default()
+            }
+        );
+        let r: Request =
+            serde_json::from_str(r#"{"op":"open_trajectory","policy":"reviewer","vars":{"WORKSPACE":"/src/repo"}}"#)
+                .unwrap();
+        let Request::OpenTrajectory { policy, vars, .. } = r else { panic!() };
+        assert_eq!((policy.as_deref(), vars["WORKSPACE"].as_str()), (Some("reviewer"), "/src/repo"));
         assert!(serde_json::from_str::<Request>(r#"{"op":"open_trajectory","bogus":1}"#).is_err());
-        let ok = Response::Opened { ok: monostate::True, trajectory: "t1".into(), cgroup: "/cg".into() };
+        let ok = Response::Opened {
+            ok: monostate::True,
+            trajectory: "t1".into(),
+            cgroup: "/cg".into(),
+            policy: "default".into(),
+        };
         let text = serde_json::to_string(&ok).unwrap();
-        assert_eq!(text, r#"{"ok":true,"trajectory":"t1","cgroup":"/cg"}"#);
+        assert_eq!(text, r#"{"ok":true,"trajectory":"t1","cgroup":"/cg","policy":"default"}"#);
         assert_eq!(serde_json::from_str::<Response>(&text).unwrap(), ok);
         let status = Response::Status {
             ok: monostate::True,
-            status: Status { version: "0".into(), kernel: "6".into(), hooks: vec![], trajectories: vec![] },
+            status: Status {
+                version: "0".into(),
+                kernel: "6".into(),
+                hooks: vec![],
+                enforcement: ClassEnforcement {
+                    file: "kill".into(),
+                    exec: "kill".into(),
+                    network: "cgroup-deny".into(),
+                },
+                policies: vec![],
+                policy_dir: None,
+                trajectories: vec![],
+            },
         };
         let text = serde_json::to_string(&status).unwrap();
         assert_eq!(serde_json::from_str::<Response>(&text).unwrap(), status);

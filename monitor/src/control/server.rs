@@ -19,15 +19,17 @@ use tokio::{
 };
 
 use super::{
-    protocol::{monostate, HookStatus, Request, Response, Status},
+    protocol::{monostate, ClassEnforcement, HookStatus, Request, Response, Status},
     watcher::Watcher,
 };
 use crate::{
     cgroup::{self, Hierarchy},
+    enforce::Binding,
     events::{
         pipeline::{Command, EndReason, OpenSpec},
         record::{Bytes, Process},
     },
+    reload::PolicyTable,
     trajectory,
 };
 
@@ -84,6 +86,11 @@ pub struct Context {
     pub watcher: Watcher,
     /// Per-hook state from startup.
     pub hooks: Vec<HookStatus>,
+    pub enforcement: ClassEnforcement,
+    pub policies: PolicyTable,
+    pub policy_dir: Option<String>,
+    /// Policy of trajectories opened without one.
+    pub default_policy: String,
 }
 
 pub async fn serve(listener: UnixListener, ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
@@ -117,9 +124,10 @@ async fn handle(stream: UnixStream, ctx: &Context) -> io::Result<()> {
         match serde_json::from_str::<Request>(&line) {
             Err(e) => Response::error(format!("invalid request: {e}")),
             Ok(Request::Status) => status(ctx).await,
-            Ok(Request::OpenTrajectory { trajectory, command }) => match cred.pid() {
+            Ok(Request::OpenTrajectory { trajectory, command, policy, vars }) => match cred.pid() {
                 Some(pid) if pid > 0 => {
-                    open_trajectory(ctx, trajectory, command, pid as u32, cred.uid(), cred.gid()).await
+                    let binding = Binding { policy: policy.unwrap_or_else(|| ctx.default_policy.clone()), vars };
+                    open_trajectory(ctx, trajectory, command, binding, pid as u32, cred.uid(), cred.gid()).await
                 }
                 _ => Response::error("cannot identify the requesting process"),
             },
@@ -134,6 +142,7 @@ async fn open_trajectory(
     ctx: &Context,
     requested: Option<String>,
     command: Vec<String>,
+    binding: Binding,
     pid: u32,
     uid: u32,
     gid: u32,
@@ -174,6 +183,7 @@ async fn open_trajectory(
         level,
         command: command.iter().map(|s| Bytes::from(s.as_str())).collect(),
         client: client_process(pid, uid, gid),
+        binding: binding.clone(),
     };
     if ctx.pipeline.send(Command::Open { spec, reply }).await.is_err() {
         return fail("the daemon is shutting down".into());
@@ -189,8 +199,8 @@ async fn open_trajectory(
         let _ = ctx.pipeline.send(Command::Close { cgroup_id, reason: EndReason::StartFailed }).await;
         return Response::error(format!("cannot move process {pid} into the trajectory: {e}"));
     }
-    tracing::info!(trajectory = %id, pid, "trajectory opened");
-    Response::Opened { ok: monostate::True, trajectory: id, cgroup: path.display().to_string() }
+    tracing::info!(trajectory = %id, pid, policy = %binding.policy, "trajectory opened");
+    Response::Opened { ok: monostate::True, trajectory: id, cgroup: path.display().to_string(), policy: binding.policy }
 }
 
 async fn status(ctx: &Context) -> Response {
@@ -208,6 +218,9 @@ async fn status(ctx: &Context) -> Response {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             kernel,
             hooks: ctx.hooks.clone(),
+            enforcement: ctx.enforcement.clone(),
+            policies: ctx.policies.read().expect("not poisoned").clone(),
+            policy_dir: ctx.policy_dir.clone(),
             trajectories,
         },
     }

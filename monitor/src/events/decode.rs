@@ -5,7 +5,8 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use monitor_common::event::{
-    flags, ConnectEvent, ConnectOp, EventHeader, EventKind, ExecEvent, OpenEvent, OpenSyscall, AT_FDCWD,
+    decision, flags, mechanism, ConnectEvent, ConnectOp, EventHeader, EventKind, ExecEvent, OpenEvent, OpenSyscall,
+    AT_FDCWD,
 };
 
 use super::record::{Body, Bytes, Process};
@@ -29,6 +30,47 @@ pub struct Decoded {
     pub trajectory_cgroup: u64,
     pub process: Process,
     pub body: Body,
+    pub verdict: RawVerdict,
+}
+
+/// The kernel's decision on the operation, before the daemon names the
+/// policy instance and rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawVerdict {
+    /// Policy instance id; meaningless when `decision` is `None`.
+    pub policy: u32,
+    pub rule_id: u32,
+    /// The rule's action (`allow`, `audit`, `deny`).
+    pub action: Option<&'static str>,
+    /// `allow`, `audit`, `deny`; `None` when no policy judged.
+    pub decision: Option<&'static str>,
+    /// How a denial was carried out (`lsm`, `kill`, `cgroup`).
+    pub mechanism: Option<&'static str>,
+}
+
+fn verdict(h: &EventHeader) -> Result<RawVerdict, DecodeError> {
+    let decision = match h.decision {
+        decision::NONE => None,
+        decision::ALLOW => Some("allow"),
+        decision::AUDIT => Some("audit"),
+        decision::DENY => Some("deny"),
+        other => return Err(DecodeError::Field { field: "decision", value: other.into() }),
+    };
+    let action = match h.action {
+        0 => None,
+        1 => Some("allow"),
+        2 => Some("audit"),
+        3 => Some("deny"),
+        other => return Err(DecodeError::Field { field: "action", value: other.into() }),
+    };
+    let mechanism = match h.mechanism {
+        mechanism::NONE => None,
+        mechanism::LSM => Some("lsm-deny"),
+        mechanism::KILL => Some("kill"),
+        mechanism::CGROUP => Some("cgroup-deny"),
+        other => return Err(DecodeError::Field { field: "mechanism", value: other.into() }),
+    };
+    Ok(RawVerdict { policy: h.policy, rule_id: h.rule_id, action, decision, mechanism })
 }
 
 impl PartialEq for Process {
@@ -57,6 +99,7 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, DecodeError> {
             comm: Some(Bytes::from(until_nul(&header.comm))),
         },
         body,
+        verdict: verdict(&header)?,
     })
 }
 
@@ -88,10 +131,16 @@ fn exec(e: &ExecEvent) -> Body {
     let argv = if args.is_empty() { Vec::new() } else { args.split(|&c| c == 0).map(Bytes::from).collect() };
     Body::Exec {
         filename: Bytes::from(prefix(&e.filename, e.filename_len)),
+        path: resolved(e.header.flags, &e.path, e.path_len),
         argv,
         filename_truncated: e.header.flags & flags::PATH_TRUNCATED != 0,
         argv_truncated: e.header.flags & flags::ARGS_TRUNCATED != 0,
     }
+}
+
+/// The kernel-resolved path, when the record has one.
+fn resolved(header_flags: u32, path: &[u8], len: u32) -> Option<Bytes> {
+    (header_flags & flags::PATH_RESOLVED != 0).then(|| Bytes::from(prefix(path, len)))
 }
 
 fn open(e: &OpenEvent) -> Result<Body, DecodeError> {
@@ -100,16 +149,22 @@ fn open(e: &OpenEvent) -> Result<Body, DecodeError> {
         Some(OpenSyscall::Openat2) => "openat2",
         Some(OpenSyscall::Open) => "open",
         Some(OpenSyscall::Creat) => "creat",
+        Some(OpenSyscall::Lsm) => "lsm",
         None => return Err(DecodeError::Field { field: "syscall", value: e.syscall }),
     };
+    let lsm = e.syscall == OpenSyscall::Lsm as u32;
     Ok(Body::Open {
         syscall,
-        path: Bytes::from(prefix(&e.path, e.path_len)),
+        path: resolved(e.header.flags, &e.path, e.path_len),
+        requested: (!lsm && e.header.flags & flags::READ_FAILED == 0)
+            .then(|| Bytes::from(prefix(&e.requested, e.requested_len))),
         dfd: (e.dfd != AT_FDCWD).then_some(e.dfd),
         flags: e.flags,
         access: access_mode(e.flags),
         mode: e.mode,
+        result: e.ret,
         path_truncated: e.header.flags & flags::PATH_TRUNCATED != 0,
+        path_unresolved: e.header.flags & flags::PATH_UNRESOLVED != 0,
     })
 }
 
@@ -160,6 +215,11 @@ mod tests {
             ppid: 9,
             uid: 1000,
             gid: 1000,
+            policy: 3,
+            rule_id: 5,
+            action: 3,
+            decision: 3,
+            mechanism: 2,
             _pad: 0,
             comm,
         }
@@ -178,8 +238,13 @@ mod tests {
             args_len: 0,
             filename: [0; FILENAME_LEN],
             args: [0; ARGS_LEN],
+            path_len: 12,
+            _pad: 0,
+            path: [0; PATH_LEN],
         };
         e.filename[..8].copy_from_slice(b"/bin/cat");
+        e.path[..12].copy_from_slice(b"/usr/bin/cat");
+        e.header.flags = flags::PATH_RESOLVED;
         let args = b"cat\0/etc/hostname\0";
         e.args[..args.len()].copy_from_slice(args);
         e.args_len = args.len() as u32;
@@ -187,9 +252,14 @@ mod tests {
         assert_eq!(d.trajectory_cgroup, 7);
         assert_eq!(d.process.comm, Some(Bytes::from("cat")));
         assert_eq!(
+            d.verdict,
+            RawVerdict { policy: 3, rule_id: 5, action: Some("deny"), decision: Some("deny"), mechanism: Some("kill") }
+        );
+        assert_eq!(
             d.body,
             Body::Exec {
                 filename: Bytes::from("/bin/cat"),
+                path: Some(Bytes::from("/usr/bin/cat")),
                 argv: vec![Bytes::from("cat"), Bytes::from("/etc/hostname")],
                 filename_truncated: false,
                 argv_truncated: false,
@@ -205,15 +275,26 @@ mod tests {
             dfd: AT_FDCWD,
             flags: 0o1101,
             mode: 0o644,
+            ret: 3,
             path_len: 4,
+            requested_len: 3,
             _pad: 0,
             path: [0; PATH_LEN],
+            requested: [0; PATH_LEN],
         };
         e.path[..4].copy_from_slice(b"/tmp");
-        e.header.flags = flags::PATH_TRUNCATED;
+        e.requested[..3].copy_from_slice(b"tmp");
+        e.header.flags = flags::PATH_TRUNCATED | flags::PATH_RESOLVED;
         let d = decode(&bytes_of(&e)).unwrap();
-        let Body::Open { path, dfd, access, path_truncated, .. } = d.body else { panic!() };
-        assert_eq!((path, dfd, access, path_truncated), (Bytes::from("/tmp"), None, "write", true));
+        let Body::Open { path, requested, dfd, access, path_truncated, result, .. } = d.body else { panic!() };
+        assert_eq!(
+            (path, requested, dfd, access, path_truncated, result),
+            (Some(Bytes::from("/tmp")), Some(Bytes::from("tmp")), None, "write", true, 3)
+        );
+        // Without PATH_RESOLVED there is no resolved path (a failed open).
+        e.header.flags = 0;
+        let Body::Open { path, .. } = decode(&bytes_of(&e)).unwrap().body else { panic!() };
+        assert_eq!(path, None);
     }
 
     #[test]
@@ -246,5 +327,17 @@ mod tests {
         assert!(matches!(decode(&h), Err(DecodeError::Size { .. })));
         h[0] = 99;
         assert_eq!(decode(&h), Err(DecodeError::UnknownKind(99)));
+        let mut c = ConnectEvent {
+            header: header(EventKind::Connect),
+            op: 1,
+            family: 2,
+            protocol: 6,
+            sock_type: 1,
+            port: 1,
+            _pad: [0; 6],
+            addr: [0; 16],
+        };
+        c.header.decision = 9;
+        assert_eq!(decode(&bytes_of(&c)), Err(DecodeError::Field { field: "decision", value: 9 }));
     }
 }

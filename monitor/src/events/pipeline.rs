@@ -11,7 +11,12 @@
 //! pending (see `WAKEUP_BYTES` in the kernel crate); a timer tick collects
 //! smaller batches, bounding latency to [`POLL_INTERVAL`].
 
-use std::{collections::HashMap as StdHashMap, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap as StdHashMap,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf};
 use monitor_common::maps::{LossReason, RuntimeConfig, TrajectoryValue};
@@ -21,10 +26,18 @@ use tokio::{
 };
 
 use super::{
-    decode::decode,
-    record::{Body, Bytes, Process, Record, Timestamp, SCHEMA_VERSION},
+    decode::{decode, Decoded},
+    record::{Body, Bytes, Process, Record, Timestamp, Verdict, SCHEMA_VERSION},
 };
-use crate::{cgroup, control::protocol::TrajectoryStatus, loader::PipelineMaps, metrics::Metrics, sinks::Bus};
+use crate::{
+    cgroup,
+    control::protocol::TrajectoryStatus,
+    enforce::{Binding, EnforceError, Enforcer},
+    loader::PipelineMaps,
+    metrics::Metrics,
+    policy::PolicySet,
+    sinks::Bus,
+};
 
 /// Longest a record waits in the ring buffer when traffic is light.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
@@ -41,6 +54,8 @@ pub enum PipelineError {
     Map(#[source] aya::maps::MapError),
     #[error("ring buffer poll failed: {0}")]
     Poll(#[source] std::io::Error),
+    #[error(transparent)]
+    Policy(#[from] EnforceError),
     #[error("the event pipeline has stopped")]
     Stopped,
 }
@@ -55,6 +70,8 @@ pub struct OpenSpec {
     pub command: Vec<Bytes>,
     /// The process that asked (it is the first to join).
     pub client: Process,
+    /// The policy judging it.
+    pub binding: Binding,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,13 +84,30 @@ pub enum EndReason {
 
 #[derive(Debug)]
 pub enum Command {
-    Open { spec: OpenSpec, reply: oneshot::Sender<Result<(), PipelineError>> },
-    Close { cgroup_id: u64, reason: EndReason },
-    List { reply: oneshot::Sender<Vec<TrajectoryStatus>> },
+    Open {
+        spec: OpenSpec,
+        reply: oneshot::Sender<Result<(), PipelineError>>,
+    },
+    Close {
+        cgroup_id: u64,
+        reason: EndReason,
+    },
+    List {
+        reply: oneshot::Sender<Vec<TrajectoryStatus>>,
+    },
+    /// Replace the policy set: every open trajectory is rebound to its
+    /// policy compiled from `set`, or, if any fails, nothing changes.
+    Reload {
+        set: PolicySet,
+        reply: oneshot::Sender<Result<(), PipelineError>>,
+    },
 }
 
 struct Trajectory {
     id: Arc<str>,
+    binding: Binding,
+    /// The policy instance bound in the kernel.
+    instance: u32,
     cgroup: PathBuf,
     level: u32,
     next_seq: u64,
@@ -117,10 +151,19 @@ pub struct Pipeline {
     bus: Bus,
     metrics: Arc<Metrics>,
     pending: Vec<Record>,
+    enforcer: Enforcer,
+    /// [`RuntimeConfig::flags`] chosen at load.
+    runtime_flags: u64,
 }
 
 impl Pipeline {
-    pub fn new(maps: PipelineMaps, bus: Bus, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+    pub fn new(
+        maps: PipelineMaps,
+        enforcer: Enforcer,
+        runtime_flags: u64,
+        bus: Bus,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
         Ok(Pipeline {
             // SAFETY: the ring buffer's fd is owned by the value moved into the
             // AsyncFd and lives exactly as long as the registration.
@@ -136,6 +179,8 @@ impl Pipeline {
             bus,
             metrics,
             pending: Vec::with_capacity(BATCH),
+            enforcer,
+            runtime_flags,
         })
     }
 
@@ -196,13 +241,19 @@ impl Pipeline {
                             cgroup: t.cgroup.display().to_string(),
                             records: t.next_seq - 1,
                             lost: t.lost_reported,
+                            policy: t.binding.policy.clone(),
                         })
                         .collect();
                     list.sort_by(|a, b| a.trajectory.cmp(&b.trajectory));
                     let _ = reply.send(list);
                 }
+                Wake::Command(Command::Reload { set, reply }) => {
+                    self.drain().await;
+                    let _ = reply.send(self.reload(set));
+                }
                 Wake::Data => self.drain().await,
                 Wake::Tick => {
+                    self.enforcer.tick(Instant::now());
                     self.clock = Clock::sample();
                     self.drain().await;
                     self.report_losses().await;
@@ -223,19 +274,18 @@ impl Pipeline {
         if self.trajectories.values().any(|t| *t.id == *spec.id) || self.trajectories.contains_key(&spec.cgroup_id) {
             return Err(PipelineError::Duplicate(spec.id));
         }
-        // Loss counters first, so the kernel can count from the first record.
-        let zero = PerCpuValues::try_from(vec![0u64; aya::util::nr_cpus().map_err(|(_, e)| PipelineError::Poll(e))?])
-            .map_err(PipelineError::Poll)?;
-        self.trajectory_losses.insert(spec.cgroup_id, zero, 0).map_err(PipelineError::MapFull)?;
-        if let Err(e) = self.trajectory_map.insert(spec.cgroup_id, TrajectoryValue::default(), 0) {
-            let _ = self.trajectory_losses.remove(&spec.cgroup_id);
-            return Err(PipelineError::MapFull(e));
+        let instance = self.enforcer.open(&spec.binding)?;
+        if let Err(e) = self.register(&spec, instance) {
+            self.enforcer.retire(instance, Instant::now());
+            return Err(e);
         }
         let now = clock_ns(libc::CLOCK_BOOTTIME);
         self.trajectories.insert(
             spec.cgroup_id,
             Trajectory {
                 id: spec.id.into(),
+                binding: spec.binding,
+                instance,
                 cgroup: spec.cgroup.clone(),
                 level: spec.level,
                 next_seq: 1,
@@ -246,9 +296,47 @@ impl Pipeline {
         self.write_levels()?;
         self.metrics.trajectories_started.inc();
         self.metrics.trajectories_active.set(self.trajectories.len() as i64);
-        let body = Body::TrajectoryStart { cgroup: spec.cgroup.display().to_string(), command: spec.command };
+        let body = Body::TrajectoryStart {
+            cgroup: spec.cgroup.display().to_string(),
+            command: spec.command,
+            policy: self.trajectories[&spec.cgroup_id].binding.policy.clone(),
+        };
         self.push(spec.cgroup_id, now, body, spec.client);
         self.flush().await;
+        Ok(())
+    }
+
+    /// Kernel side of opening: loss counters first, so the kernel can count
+    /// from the first record, then the trajectory with its policy instance.
+    fn register(&mut self, spec: &OpenSpec, instance: u32) -> Result<(), PipelineError> {
+        let zero = PerCpuValues::try_from(vec![0u64; aya::util::nr_cpus().map_err(|(_, e)| PipelineError::Poll(e))?])
+            .map_err(PipelineError::Poll)?;
+        self.trajectory_losses.insert(spec.cgroup_id, zero, 0).map_err(PipelineError::MapFull)?;
+        let value = TrajectoryValue { policy: instance, _pad: 0 };
+        if let Err(e) = self.trajectory_map.insert(spec.cgroup_id, value, 0) {
+            let _ = self.trajectory_losses.remove(&spec.cgroup_id);
+            return Err(PipelineError::MapFull(e));
+        }
+        Ok(())
+    }
+
+    /// Rebinds every open trajectory to its policy compiled from `set`: all
+    /// new instances are written first, then each binding flips in one map
+    /// update, then the old instances retire.
+    fn reload(&mut self, set: PolicySet) -> Result<(), PipelineError> {
+        let ids: Vec<u64> = self.trajectories.keys().copied().collect();
+        let bindings: Vec<Binding> = ids.iter().map(|id| self.trajectories[id].binding.clone()).collect();
+        let instances = self.enforcer.open_all(set, &bindings)?;
+        let now = Instant::now();
+        for (cgroup_id, instance) in ids.into_iter().zip(instances) {
+            let t = self.trajectories.get_mut(&cgroup_id).expect("listed above");
+            let value = TrajectoryValue { policy: instance, _pad: 0 };
+            // Replacing an existing key cannot fail for lack of room.
+            self.trajectory_map.insert(cgroup_id, value, 0).map_err(PipelineError::Map)?;
+            let old = std::mem::replace(&mut t.instance, instance);
+            self.enforcer.retire(old, now);
+        }
+        self.metrics.set_rule_counts(&self.enforcer.rule_counts());
         Ok(())
     }
 
@@ -268,6 +356,7 @@ impl Pipeline {
         self.flush().await;
         let t = self.trajectories.remove(&cgroup_id).expect("present above");
         let _ = self.trajectory_map.remove(&cgroup_id);
+        self.enforcer.retire(t.instance, Instant::now());
         let _ = self.trajectory_losses.remove(&cgroup_id);
         if let Err(e) = self.write_levels() {
             tracing::error!("updating trajectory levels after closing {}: {e}", t.id);
@@ -284,7 +373,9 @@ impl Pipeline {
 
     fn write_levels(&mut self) -> Result<(), PipelineError> {
         let levels = self.trajectories.values().fold(0u64, |m, t| m | 1u64.checked_shl(t.level).unwrap_or(0));
-        self.config.set(0, RuntimeConfig { trajectory_levels: levels }, 0).map_err(PipelineError::Map)
+        self.config
+            .set(0, RuntimeConfig { trajectory_levels: levels, flags: self.runtime_flags }, 0)
+            .map_err(PipelineError::Map)
     }
 
     /// Reads everything the kernel has submitted and publishes it.
@@ -297,7 +388,10 @@ impl Pipeline {
                 n += 1;
                 match decode(&item) {
                     Ok(d) => match self.trajectories.get_mut(&d.trajectory_cgroup) {
-                        Some(t) => self.pending.push(make_record(&self.clock, t, d)),
+                        Some(t) => {
+                            let verdict = describe(&mut self.enforcer, &self.metrics, &d);
+                            self.pending.push(make_record(&self.clock, t, d, verdict));
+                        }
                         None => self.metrics.events_lost.with_label_values(&["unknown_trajectory"]).inc(),
                     },
                     Err(e) => {
@@ -324,6 +418,7 @@ impl Pipeline {
                 seq,
                 body,
                 process,
+                verdict: None,
             });
         }
     }
@@ -370,7 +465,26 @@ impl Pipeline {
     }
 }
 
-fn make_record(clock: &Clock, t: &mut Trajectory, d: super::decode::Decoded) -> Record {
+/// Names the policy and rule of a kernel record's verdict, and counts it.
+fn describe(enforcer: &mut Enforcer, metrics: &Metrics, d: &Decoded) -> Verdict {
+    let v = d.verdict;
+    let named = v.decision.and_then(|_| enforcer.describe(v.policy, v.rule_id));
+    let (policy, rule) = match named {
+        Some(n) => (Some(n.policy), Some(n.rule)),
+        None => (None, None),
+    };
+    if let (Some(decision), Some(policy)) = (v.decision, &policy) {
+        let class = match d.body {
+            Body::Exec { .. } => "exec",
+            Body::Open { .. } => "file",
+            _ => "network",
+        };
+        metrics.count_decision(policy, class, decision, v.mechanism);
+    }
+    Verdict { decision: v.decision, action: v.action, policy, rule, mechanism: v.mechanism }
+}
+
+fn make_record(clock: &Clock, t: &mut Trajectory, d: Decoded, verdict: Verdict) -> Record {
     let seq = t.next_seq;
     t.next_seq += 1;
     Record {
@@ -380,5 +494,6 @@ fn make_record(clock: &Clock, t: &mut Trajectory, d: super::decode::Decoded) -> 
         seq,
         body: d.body,
         process: d.process,
+        verdict: Some(verdict),
     }
 }

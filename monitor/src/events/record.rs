@@ -27,6 +27,26 @@ pub struct Record {
     pub body: Body,
     #[serde(flatten)]
     pub process: Process,
+    /// Present on exec, open and connect records.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+}
+
+/// The policy's decision on an exec, open or connect.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    /// `allow`, `audit` (allowed and recorded as a policy hit) or `deny`
+    /// (blocked); `null` when no policy judged the operation.
+    pub decision: Option<&'static str>,
+    /// The deciding rule's action; differs from `decision` in audit mode
+    /// (`action: deny`, `decision: audit`).
+    pub action: Option<&'static str>,
+    pub policy: Option<Arc<str>>,
+    /// `file:line` of the deciding rule, or `default`.
+    pub rule: Option<Arc<str>>,
+    /// How a denial was carried out: `lsm-deny`, `kill`, `cgroup-deny`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mechanism: Option<&'static str>,
 }
 
 /// The process a record is about; all fields are `null` for records no
@@ -49,8 +69,11 @@ fn is_false(b: &bool) -> bool {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Body {
     Exec {
-        /// The filename the kernel executed.
+        /// The filename the kernel executed, as the caller named it.
         filename: Bytes,
+        /// The executable's path resolved from the kernel's dentries: what
+        /// the policy judged. `null` when it could not be resolved.
+        path: Option<Bytes>,
         argv: Vec<Bytes>,
         #[serde(skip_serializing_if = "is_false")]
         filename_truncated: bool,
@@ -58,9 +81,16 @@ pub enum Body {
         argv_truncated: bool,
     },
     Open {
+        /// `openat`, `openat2`, `open`, `creat`, or `lsm` (BPF LSM
+        /// `file_open`, whatever the syscall).
         syscall: &'static str,
-        /// As passed by the process; relative paths resolve against `dfd`.
-        path: Bytes,
+        /// The opened file's path resolved from the kernel's dentries: what
+        /// the policy judged. `null` when nothing was opened.
+        path: Option<Bytes>,
+        /// The path as the process passed it (syscall tracepoints); relative
+        /// paths resolve against `dfd`. Absent from `lsm` records.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        requested: Option<Bytes>,
         /// Directory fd of a relative path; absent for the cwd (`AT_FDCWD`).
         #[serde(skip_serializing_if = "Option::is_none")]
         dfd: Option<i32>,
@@ -68,8 +98,14 @@ pub enum Body {
         /// `read`, `write` or `read_write`, from the access mode in `flags`.
         access: &'static str,
         mode: u32,
+        /// The syscall's result: a descriptor or `-errno`; from `lsm`, 0 or
+        /// `-1` (`-EPERM`) when refused.
+        result: i32,
         #[serde(skip_serializing_if = "is_false")]
         path_truncated: bool,
+        /// The file's path was deeper than the kernel walk's bound.
+        #[serde(skip_serializing_if = "is_false")]
+        path_unresolved: bool,
     },
     Connect {
         /// `connect`, or `sendmsg` for a datagram sent to an explicit address.
@@ -84,6 +120,8 @@ pub enum Body {
     TrajectoryStart {
         cgroup: String,
         command: Vec<Bytes>,
+        /// The policy judging the trajectory.
+        policy: String,
     },
     TrajectoryEnd {
         /// `exited` (the cgroup emptied) or `daemon_shutdown`.
@@ -183,6 +221,7 @@ mod tests {
             seq: 3,
             body: Body::Gap { lost: 7, reason: "ringbuf_full" },
             process: Process::default(),
+            verdict: None,
         };
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
         assert_eq!(v["kind"], "gap");
@@ -190,5 +229,20 @@ mod tests {
         assert_eq!(v["seq"], 3);
         assert!(v["pid"].is_null());
         assert_eq!(v["ts"], "1970-01-01T00:00:00.000000000Z");
+        assert!(v.get("decision").is_none(), "no verdict fields on a gap: {v}");
+
+        let r = Record {
+            verdict: Some(Verdict {
+                decision: Some("deny"),
+                action: Some("deny"),
+                policy: Some("default".into()),
+                rule: Some("policies/default.yaml:12".into()),
+                mechanism: Some("kill"),
+            }),
+            ..r
+        };
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!((v["decision"].as_str(), v["rule"].as_str()), (Some("deny"), Some("policies/default.yaml:12")));
+        assert_eq!(v["mechanism"], "kill");
     }
 }

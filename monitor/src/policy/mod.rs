@@ -25,7 +25,7 @@ pub use diagnostic::{Diagnostic, Pos};
 pub use judge::{judge_connect, judge_exec, judge_file, Decision, PolicyMaps};
 pub use model::{Access, AccessSet, Action, Cidr, Mode, Policy, PortRange, Protocol, RuleClass, RuleId, RuleOrigin};
 pub use template::{PathKind, PathPattern, Var, Vars};
-pub use validate::{check, load_dir, validate_file, PolicySet};
+pub use validate::{check, load_daemon_set, load_dir, validate_file, PolicySet, EMBEDDED_DEFAULT_FILE};
 
 impl PolicySet {
     /// Resolves and compiles policy `name` for a trajectory with `vars`.

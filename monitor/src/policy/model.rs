@@ -81,6 +81,13 @@ impl Mode {
         }
     }
 
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        }
+    }
+
     pub const fn to_abi(self) -> u8 {
         match self {
             Mode::Enforce => mode::ENFORCE,

@@ -333,3 +333,38 @@ fn parse_name(s: &str) -> Result<String, String> {
         Err(format!("invalid policy name {s:?}: expected 1..={MAX_NAME_LEN} characters of A-Z a-z 0-9 - _ ."))
     }
 }
+
+/// Where the embedded default policy says it comes from in events and
+/// diagnostics.
+pub const EMBEDDED_DEFAULT_FILE: &str = "<embedded>/default.yaml";
+/// The policy the daemon carries so it enforces something with no
+/// configuration: `policies/default.yaml` as built.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../../policies/default.yaml");
+
+/// The daemon's policy set: every file of `dir` (when given), plus the
+/// embedded default policy unless a file in `dir` defines a policy of the
+/// same name. Invalid files make the whole set invalid.
+pub fn load_daemon_set(dir: Option<&Path>) -> Result<PolicySet, Vec<Diagnostic>> {
+    let mut sources = Vec::new();
+    if let Some(dir) = dir {
+        let files = std::fs::read_dir(dir)
+            .map_err(|e| vec![Diagnostic::new(dir, Pos::FILE, "", format!("cannot read policy directory: {e}"))])?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| matches!(p.extension().and_then(|x| x.to_str()), Some("yaml" | "yml")))
+            .collect::<Vec<_>>();
+        let mut files = files;
+        files.sort();
+        let (found, errors) = read_files(&files);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        sources = found;
+    }
+    let set = PolicySet::from_sources(&sources)?;
+    let (embedded, _) = validate_file(Path::new(EMBEDDED_DEFAULT_FILE), EMBEDDED_DEFAULT)?;
+    if set.get(&embedded.name).is_some() {
+        return Ok(set);
+    }
+    sources.push((PathBuf::from(EMBEDDED_DEFAULT_FILE), EMBEDDED_DEFAULT.to_owned()));
+    PolicySet::from_sources(&sources)
+}

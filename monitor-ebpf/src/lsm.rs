@@ -1,0 +1,148 @@
+//! BPF LSM enforcement: `file_open` and `bprm_check_security` refuse a
+//! denied open or exec with `EPERM` before it happens, judged on the
+//! kernel's resolved `struct file`. They cover every way to open or exec,
+//! io_uring included.
+//!
+//! A kernel can accept and attach these programs and still never call them
+//! (BPF LSM built but `bpf` missing from `lsm=`). Each program therefore
+//! counts its invocations in [`LSM_PROBE`] before anything else, and the
+//! daemon turns enforcement on (`runtime::LSM_*`) only after a self-test saw
+//! the counters move; until then the programs judge nothing and the
+//! tracepoint fallback stays in charge.
+
+use aya_ebpf::{macros::lsm, programs::LsmContext};
+use monitor_common::{
+    event::{flags, mechanism, EventKind, ExecEvent, OpenEvent, OpenSyscall, AT_FDCWD, FILENAME_LEN},
+    maps::{runtime, LsmProbe},
+};
+
+use crate::{
+    exec::write_path,
+    maps::{offsets, runtime_flags, LSM_PROBE},
+    pathres, policy,
+    policy::Access,
+    record, trajectory,
+};
+
+const EPERM: i32 = 1;
+/// `__FMODE_EXEC` in `f_flags`: the open of a binary by exec itself, judged
+/// by the exec rules instead.
+const FMODE_EXEC_FLAG: u32 = 0o40;
+
+#[inline(always)]
+fn probe(which: LsmProbe) {
+    if let Some(n) = LSM_PROBE.get_ptr_mut(which as u32) {
+        unsafe { *n += 1 };
+    }
+}
+
+#[inline(always)]
+fn read_u64(addr: u64) -> Option<u64> {
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(addr as *const u64).ok() }
+}
+
+#[lsm(hook = "file_open")]
+pub fn lsm_file_open(ctx: LsmContext) -> i32 {
+    probe(LsmProbe::FileOpen);
+    // An earlier LSM program's refusal stands.
+    let prev: i32 = ctx.arg(1);
+    if prev != 0 {
+        return prev;
+    }
+    if runtime_flags() & runtime::LSM_FILE == 0 {
+        return 0;
+    }
+    let file: u64 = ctx.arg(0);
+    on_file_open(file)
+}
+
+#[inline(always)]
+fn on_file_open(file: u64) -> i32 {
+    let Some(member) = trajectory::current() else {
+        return 0;
+    };
+    let off = offsets();
+    let f_flags: u32 =
+        unsafe { aya_ebpf::helpers::bpf_probe_read_kernel((file + off.file_f_flags) as *const u32) }.unwrap_or(0);
+    if f_flags & FMODE_EXEC_FLAG != 0 {
+        return 0;
+    }
+    let resolved = pathres::file_path(file);
+    let verdict = match &resolved {
+        Some(r) => policy::file(member.policy, pathres::key_from_resolved(r, member.policy), Access::of_flags(f_flags)),
+        None => policy::file_default(member.policy),
+    };
+    let result = if verdict.blocks() { -EPERM } else { 0 };
+    if let Some(mut rec) = record::reserve::<OpenEvent>(&member) {
+        let ev = rec.as_mut_ptr();
+        unsafe {
+            record::fill_header(&raw mut (*ev).header, EventKind::Open, &member, &verdict, mechanism::LSM);
+            (*ev).syscall = OpenSyscall::Lsm as u32;
+            (*ev).dfd = AT_FDCWD;
+            (*ev).flags = f_flags;
+            (*ev).mode = 0;
+            (*ev).ret = result;
+            (*ev)._pad = 0;
+            write_path(&raw mut (*ev).header.flags, &raw mut (*ev).path_len, &raw mut (*ev).path, &resolved);
+            (*ev).requested_len = 0;
+            (*ev).requested[0] = 0;
+        }
+        record::submit(rec);
+    }
+    result
+}
+
+#[lsm(hook = "bprm_check_security")]
+pub fn lsm_bprm_check(ctx: LsmContext) -> i32 {
+    probe(LsmProbe::BprmCheck);
+    let prev: i32 = ctx.arg(1);
+    if prev != 0 {
+        return prev;
+    }
+    if runtime_flags() & runtime::LSM_EXEC == 0 {
+        return 0;
+    }
+    let bprm: u64 = ctx.arg(0);
+    on_bprm_check(bprm)
+}
+
+#[inline(always)]
+fn on_bprm_check(bprm: u64) -> i32 {
+    let Some(member) = trajectory::current() else {
+        return 0;
+    };
+    let file = read_u64(bprm + offsets().bprm_file).unwrap_or(0);
+    let resolved = pathres::file_path(file);
+    let verdict = match &resolved {
+        Some(r) => policy::exec(member.policy, pathres::key_from_resolved(r, member.policy)),
+        None => policy::exec_default(member.policy),
+    };
+    if !verdict.blocks() {
+        // Allowed: `sched_process_exec` records it, with its argv.
+        return 0;
+    }
+    if let Some(mut rec) = record::reserve::<ExecEvent>(&member) {
+        let ev = rec.as_mut_ptr();
+        unsafe {
+            record::fill_header(&raw mut (*ev).header, EventKind::Exec, &member, &verdict, mechanism::LSM);
+            write_path(&raw mut (*ev).header.flags, &raw mut (*ev).path_len, &raw mut (*ev).path, &resolved);
+            // The refused exec never gets an argv or a new image; its
+            // filename is the resolved path.
+            let n = (*ev).path_len as usize;
+            let n = if n < FILENAME_LEN - 1 { n } else { FILENAME_LEN - 1 };
+            aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+                (&raw mut (*ev).filename).cast(),
+                (n & (FILENAME_LEN - 1)) as u32,
+                (&raw const (*ev).path).cast(),
+            );
+            (*ev).filename[n & (FILENAME_LEN - 1)] = 0;
+            (*ev).filename_len = n as u32;
+            if n == FILENAME_LEN - 1 {
+                (*ev).header.flags |= flags::PATH_TRUNCATED;
+            }
+            (*ev).args_len = 0;
+        }
+        record::submit(rec);
+    }
+    -EPERM
+}

@@ -1,0 +1,205 @@
+//! Policy decisions: one trie lookup per operation, then bounded work.
+//! The daemon's `monitor::policy::judge` is the reference these must agree
+//! with (and its tests check the compiled maps against a naive rule scan).
+
+use aya_ebpf::maps::lpm_trie::Key;
+use monitor_common::{
+    event::{decision, EventHeader},
+    policy::{action, mode, FileValue, NetValue, PathKey, PolicyConfig, PolicyVerdict, MAX_PORT_RULES, RULE_DEFAULT},
+};
+
+use crate::maps::{PathKeyData, POLICY_CONFIG, POLICY_EXEC, POLICY_FILE, POLICY_NET4, POLICY_NET6};
+
+/// A decision for one operation.
+#[derive(Clone, Copy)]
+pub struct Verdict {
+    pub policy: u32,
+    pub rule_id: u32,
+    /// The rule's or default's action, 0 when no policy judged.
+    pub action: u8,
+    /// One of `decision`.
+    pub decision: u8,
+}
+
+impl Verdict {
+    pub const NONE: Verdict = Verdict { policy: u32::MAX, rule_id: RULE_DEFAULT, action: 0, decision: decision::NONE };
+
+    /// Whether the operation must be stopped.
+    #[inline(always)]
+    pub fn blocks(&self) -> bool {
+        self.decision == decision::DENY
+    }
+
+    /// Copies the verdict into a record header (mechanism set by the caller).
+    #[inline(always)]
+    pub fn write(&self, h: *mut EventHeader) {
+        unsafe {
+            (*h).policy = self.policy;
+            (*h).rule_id = self.rule_id;
+            (*h).action = self.action;
+            (*h).decision = self.decision;
+        }
+    }
+}
+
+#[inline(always)]
+fn config(policy: u32) -> Option<PolicyConfig> {
+    let c = *POLICY_CONFIG.get(policy)?;
+    // A slot never written (or cleared) has mode 0: no policy.
+    if c.mode == 0 {
+        return None;
+    }
+    Some(c)
+}
+
+#[inline(always)]
+fn outcome(policy: u32, cfg: &PolicyConfig, v: PolicyVerdict) -> Verdict {
+    let decision = match v.action {
+        action::DENY if cfg.mode == mode::ENFORCE => decision::DENY,
+        action::DENY | action::AUDIT => decision::AUDIT,
+        _ => decision::ALLOW,
+    };
+    Verdict { policy, rule_id: v.rule_id, action: v.action, decision }
+}
+
+#[inline(always)]
+fn default(action: u8) -> PolicyVerdict {
+    PolicyVerdict { rule_id: RULE_DEFAULT, action, _pad: [0; 3] }
+}
+
+#[inline(always)]
+fn as_trie_key(key: &PathKey) -> &Key<PathKeyData> {
+    // SAFETY: `PathKey` is `#[repr(C)] { prefixlen: u32, policy: [u8; 4],
+    // path: [u8; PATH_KEY_LEN] }`, the layout of `Key<PathKeyData>`.
+    unsafe { &*(key as *const PathKey as *const Key<PathKeyData>) }
+}
+
+/// Judges a file access; `key` holds the lookup key for `policy`. An
+/// access that both reads and writes takes the stronger of the two
+/// verdicts (the read one on a tie).
+#[inline(always)]
+pub fn file(policy: u32, key: &PathKey, access: Access) -> Verdict {
+    let Some(cfg) = config(policy) else {
+        return Verdict::NONE;
+    };
+    let v = match POLICY_FILE.get(as_trie_key(key)) {
+        Some(FileValue { read, write }) => {
+            if !access.write || (access.read && read.action >= write.action) {
+                *read
+            } else {
+                *write
+            }
+        }
+        None => default(cfg.file_default),
+    };
+    outcome(policy, &cfg, v)
+}
+
+/// What an open asks for.
+#[derive(Clone, Copy)]
+pub struct Access {
+    pub read: bool,
+    pub write: bool,
+}
+
+const O_ACCMODE: u32 = 0o3;
+const O_WRONLY: u32 = 0o1;
+const O_RDWR: u32 = 0o2;
+const O_CREAT: u32 = 0o100;
+const O_TRUNC: u32 = 0o1000;
+
+impl Access {
+    /// From open flags: the access mode, and creating or truncating counts
+    /// as writing.
+    #[inline(always)]
+    pub fn of_flags(flags: u32) -> Access {
+        let mode = flags & O_ACCMODE;
+        Access { read: mode != O_WRONLY, write: mode == O_WRONLY || mode == O_RDWR || flags & (O_CREAT | O_TRUNC) != 0 }
+    }
+}
+
+/// The policy's file default, for an access whose path is unknown.
+#[inline(always)]
+pub fn file_default(policy: u32) -> Verdict {
+    match config(policy) {
+        Some(cfg) => outcome(policy, &cfg, default(cfg.file_default)),
+        None => Verdict::NONE,
+    }
+}
+
+/// The policy's exec default, for a binary whose path is unknown.
+#[inline(always)]
+pub fn exec_default(policy: u32) -> Verdict {
+    match config(policy) {
+        Some(cfg) => outcome(policy, &cfg, default(cfg.exec_default)),
+        None => Verdict::NONE,
+    }
+}
+
+/// Judges an exec of the binary in `key`.
+#[inline(always)]
+pub fn exec(policy: u32, key: &PathKey) -> Verdict {
+    let Some(cfg) = config(policy) else {
+        return Verdict::NONE;
+    };
+    let v = match POLICY_EXEC.get(as_trie_key(key)) {
+        Some(v) => *v,
+        None => default(cfg.exec_default),
+    };
+    outcome(policy, &cfg, v)
+}
+
+/// Judges a connection to an IPv4 destination (network byte order).
+#[inline(always)]
+pub fn net4(policy: u32, addr: [u8; 4], port: u16, protocol: u8) -> Verdict {
+    let Some(cfg) = config(policy) else {
+        return Verdict::NONE;
+    };
+    let p = policy.to_be_bytes();
+    let key = Key::new(64, [p[0], p[1], p[2], p[3], addr[0], addr[1], addr[2], addr[3]]);
+    let v = match POLICY_NET4.get(&key) {
+        Some(value) => ports(value, port, protocol),
+        None => default(cfg.network_default),
+    };
+    outcome(policy, &cfg, v)
+}
+
+/// Judges a connection to an IPv6 destination (network byte order). An
+/// IPv4-mapped address (`::ffff:a.b.c.d`) is judged by the IPv4 rules.
+#[inline(always)]
+pub fn net6(policy: u32, addr: [u8; 16], port: u16, protocol: u8) -> Verdict {
+    if addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff {
+        return net4(policy, [addr[12], addr[13], addr[14], addr[15]], port, protocol);
+    }
+    let Some(cfg) = config(policy) else {
+        return Verdict::NONE;
+    };
+    let mut data = [0u8; 20];
+    data[..4].copy_from_slice(&policy.to_be_bytes());
+    data[4..].copy_from_slice(&addr);
+    let key = Key::new(32 + 128, data);
+    let v = match POLICY_NET6.get(&key) {
+        Some(value) => ports(value, port, protocol),
+        None => default(cfg.network_default),
+    };
+    outcome(policy, &cfg, v)
+}
+
+/// The first port rule of an entry matching `port` and `protocol`, in the
+/// precedence order the compiler wrote them, else the entry's fallback.
+#[inline(always)]
+fn ports(value: &NetValue, port: u16, protocol: u8) -> PolicyVerdict {
+    let count = value.count as usize;
+    let mut i = 0;
+    while i < MAX_PORT_RULES {
+        if i >= count {
+            break;
+        }
+        let r = &value.rules[i];
+        if r.port_lo <= port && port <= r.port_hi && (r.protocol == 0 || r.protocol == protocol) {
+            return PolicyVerdict { rule_id: r.rule_id, action: r.action, _pad: [0; 3] };
+        }
+        i += 1;
+    }
+    value.fallback
+}

@@ -1,0 +1,264 @@
+//! Policy instances in the kernel maps.
+//!
+//! A trajectory is judged by one *instance*: its policy compiled with its
+//! own variables (`${WORKSPACE}`, `${HOME}`), written under an instance id
+//! that heads every key of the policy maps and is bound to the trajectory's
+//! cgroup in the trajectory map. The kernel reads that binding once per
+//! operation, so changing rules is: write a complete new instance, rebind
+//! (one map update), and only later delete the old one. At no instant is a
+//! trajectory unbound, and no decision mixes two instances.
+//!
+//! Retired instances keep their entries for [`RETIRE_AFTER`] (programs that
+//! read the old id just before the rebind finish long before), and their
+//! description (policy name, rule origins) until the id is reused, which is
+//! first-in first-out over [`MAX_POLICIES`] ids, so records still queued in
+//! the ring buffer are described by the rules that judged them.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use aya::maps::lpm_trie::Key;
+use monitor_common::policy::{PathKey, MAX_POLICIES, RULE_DEFAULT};
+
+use crate::{
+    loader::PolicyMapHandles,
+    policy::{compile::MapEntries, OpenError, PolicySet, Vars},
+};
+
+/// How long a retired instance's entries stay in the kernel maps.
+pub const RETIRE_AFTER: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnforceError {
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error("all {MAX_POLICIES} policy instance ids are in use")]
+    NoIds,
+    #[error("writing policy map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// What a trajectory asked for: the policy name and its variables.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binding {
+    pub policy: String,
+    pub vars: Vars,
+}
+
+struct Instance {
+    set: Arc<PolicySet>,
+    policy: Arc<str>,
+    /// Keys to delete when retired.
+    entries: Option<MapEntries>,
+}
+
+/// How an event's verdict reads in the stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Described {
+    pub policy: Arc<str>,
+    /// `file:line` of the deciding rule, or `default`.
+    pub rule: Arc<str>,
+}
+
+pub struct Enforcer {
+    maps: PolicyMapHandles,
+    set: Arc<PolicySet>,
+    instances: HashMap<u32, Instance>,
+    /// Ids never used or retired longest ago first.
+    free: VecDeque<u32>,
+    retiring: VecDeque<(Instant, u32)>,
+    /// Rule descriptions, cached per (instance, rule).
+    described: HashMap<(u32, u32), Described>,
+}
+
+impl Enforcer {
+    pub fn new(maps: PolicyMapHandles, set: PolicySet) -> Self {
+        Enforcer {
+            maps,
+            set: Arc::new(set),
+            instances: HashMap::new(),
+            free: (0..MAX_POLICIES).collect(),
+            retiring: VecDeque::new(),
+            described: HashMap::new(),
+        }
+    }
+
+    pub fn set(&self) -> &Arc<PolicySet> {
+        &self.set
+    }
+
+    /// Compiles `binding` against the current set and writes it; returns
+    /// the instance id to bind.
+    pub fn open(&mut self, binding: &Binding) -> Result<u32, EnforceError> {
+        let set = self.set.clone();
+        self.open_in(&set, binding)
+    }
+
+    fn open_in(&mut self, set: &Arc<PolicySet>, binding: &Binding) -> Result<u32, EnforceError> {
+        let compiled = set.open(&binding.policy, &binding.vars)?;
+        let id = self.take_id()?;
+        let entries = compiled.map_entries(id);
+        if let Err(e) = self.write(&entries) {
+            self.delete(&entries);
+            self.free.push_back(id);
+            return Err(e);
+        }
+        self.described.retain(|(i, _), _| *i != id);
+        self.instances
+            .insert(id, Instance { set: set.clone(), policy: binding.policy.as_str().into(), entries: Some(entries) });
+        Ok(id)
+    }
+
+    /// Compiles every binding against `set`, all or nothing: on success the
+    /// new ids (in order) and `set` becomes current; on failure nothing
+    /// written stays and the current set is unchanged.
+    pub fn open_all(&mut self, set: PolicySet, bindings: &[Binding]) -> Result<Vec<u32>, EnforceError> {
+        let set = Arc::new(set);
+        let mut ids = Vec::with_capacity(bindings.len());
+        for b in bindings {
+            match self.open_in(&set, b) {
+                Ok(id) => ids.push(id),
+                Err(e) => {
+                    for id in ids {
+                        self.discard(id);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        self.set = set;
+        Ok(ids)
+    }
+
+    /// The trajectory bound to `id` is gone or rebound: delete its entries
+    /// after [`RETIRE_AFTER`].
+    pub fn retire(&mut self, id: u32, now: Instant) {
+        if self.instances.contains_key(&id) {
+            self.retiring.push_back((now + RETIRE_AFTER, id));
+        }
+    }
+
+    /// Deletes the entries of instances retired long enough ago.
+    pub fn tick(&mut self, now: Instant) {
+        while let Some(&(due, id)) = self.retiring.front() {
+            if due > now {
+                break;
+            }
+            self.retiring.pop_front();
+            self.discard_entries(id);
+            self.free.push_back(id);
+        }
+    }
+
+    /// Names the policy and rule of a kernel verdict.
+    pub fn describe(&mut self, id: u32, rule_id: u32) -> Option<Described> {
+        if let Some(d) = self.described.get(&(id, rule_id)) {
+            return Some(d.clone());
+        }
+        let inst = self.instances.get(&id)?;
+        let rule: Arc<str> = if rule_id == RULE_DEFAULT {
+            "default".into()
+        } else {
+            inst.set.rule(rule_id).map_or_else(|| format!("#{rule_id}"), |o| o.to_string()).into()
+        };
+        let d = Described { policy: inst.policy.clone(), rule };
+        self.described.insert((id, rule_id), d.clone());
+        Some(d)
+    }
+
+    /// Number of (file, exec, network) rules of each policy in the set.
+    pub fn rule_counts(&self) -> Vec<(String, [usize; 3])> {
+        self.set
+            .policies()
+            .iter()
+            .map(|p| (p.name.clone(), [p.file_rules.len(), p.exec_rules.len(), p.network_rules.len()]))
+            .collect()
+    }
+
+    fn take_id(&mut self) -> Result<u32, EnforceError> {
+        self.free.pop_front().ok_or(EnforceError::NoIds)
+    }
+
+    /// Removes an instance that was never bound.
+    fn discard(&mut self, id: u32) {
+        self.discard_entries(id);
+        self.instances.remove(&id);
+        self.free.push_back(id);
+    }
+
+    fn discard_entries(&mut self, id: u32) {
+        if let Some(entries) = self.instances.get_mut(&id).and_then(|i| i.entries.take()) {
+            self.delete(&entries);
+        }
+    }
+
+    /// Tries first, config last: the config entry is what makes lookups of
+    /// this id judge at all.
+    fn write(&mut self, e: &MapEntries) -> Result<(), EnforceError> {
+        let err = |map| move |source| EnforceError::Map { map, source };
+        for (k, v) in &e.file {
+            self.maps.file.insert(&path_key(k), v, 0).map_err(err("POLICY_FILE"))?;
+        }
+        for (k, v) in &e.exec {
+            self.maps.exec.insert(&path_key(k), v, 0).map_err(err("POLICY_EXEC"))?;
+        }
+        for (k, v) in &e.net4 {
+            self.maps.net4.insert(&net4_key(k), v, 0).map_err(err("POLICY_NET4"))?;
+        }
+        for (k, v) in &e.net6 {
+            self.maps.net6.insert(&net6_key(k), v, 0).map_err(err("POLICY_NET6"))?;
+        }
+        for (id, c) in &e.config {
+            self.maps.config.set(*id, c, 0).map_err(err("POLICY_CONFIG"))?;
+        }
+        Ok(())
+    }
+
+    /// Config first (lookups of this id stop judging), then the tries.
+    fn delete(&mut self, e: &MapEntries) {
+        for (id, c) in &e.config {
+            let cleared = monitor_common::policy::PolicyConfig { mode: 0, ..*c };
+            let _ = self.maps.config.set(*id, cleared, 0);
+        }
+        for (k, _) in &e.file {
+            let _ = self.maps.file.remove(&path_key(k));
+        }
+        for (k, _) in &e.exec {
+            let _ = self.maps.exec.remove(&path_key(k));
+        }
+        for (k, _) in &e.net4 {
+            let _ = self.maps.net4.remove(&net4_key(k));
+        }
+        for (k, _) in &e.net6 {
+            let _ = self.maps.net6.remove(&net6_key(k));
+        }
+    }
+}
+
+fn path_key(k: &PathKey) -> Key<[u8; 256]> {
+    let mut data = [0u8; 256];
+    data[..4].copy_from_slice(&k.policy);
+    data[4..].copy_from_slice(&k.path);
+    Key::new(k.prefixlen, data)
+}
+
+fn net4_key(k: &monitor_common::policy::Net4Key) -> Key<[u8; 8]> {
+    let mut data = [0u8; 8];
+    data[..4].copy_from_slice(&k.policy);
+    data[4..].copy_from_slice(&k.addr);
+    Key::new(k.prefixlen, data)
+}
+
+fn net6_key(k: &monitor_common::policy::Net6Key) -> Key<[u8; 20]> {
+    let mut data = [0u8; 20];
+    data[..4].copy_from_slice(&k.policy);
+    data[4..].copy_from_slice(&k.addr);
+    Key::new(k.prefixlen, data)
+}

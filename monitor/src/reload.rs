@@ -1,0 +1,128 @@
+//! Policy reload: on SIGHUP or a change in the policy directory, validate
+//! the whole directory again and hand the new set to the pipeline, which
+//! rebinds every open trajectory atomically (see `crate::enforce`). An
+//! invalid directory is refused as a whole; the running policies keep
+//! enforcing.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use futures_util::StreamExt;
+use inotify::{Inotify, WatchMask};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::{mpsc, oneshot, watch},
+};
+
+use crate::{
+    control::protocol::PolicyStatus,
+    events::pipeline::Command,
+    metrics::Metrics,
+    policy::{load_daemon_set, PolicySet},
+};
+
+/// Editors write a file in several steps; changes closer together than
+/// this make one reload.
+const SETTLE: Duration = Duration::from_millis(200);
+
+/// The loaded policies as `status` shows them.
+pub type PolicyTable = Arc<RwLock<Vec<PolicyStatus>>>;
+
+pub fn table(set: &PolicySet) -> Vec<PolicyStatus> {
+    set.policies()
+        .iter()
+        .map(|p| PolicyStatus {
+            name: p.name.clone(),
+            mode: p.mode.as_str().to_owned(),
+            file: p.file.display().to_string(),
+            rules: [p.file_rules.len(), p.exec_rules.len(), p.network_rules.len()],
+        })
+        .collect()
+}
+
+pub struct Reloader {
+    pub dir: Option<PathBuf>,
+    pub default_policy: String,
+    pub pipeline: mpsc::Sender<Command>,
+    pub metrics: Arc<Metrics>,
+    pub table: PolicyTable,
+}
+
+impl Reloader {
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("cannot install the SIGHUP handler; policies reload only on directory changes: {e}");
+                return;
+            }
+        };
+        let mut changes = self.dir.as_ref().and_then(|dir| {
+            let inotify = Inotify::init().ok()?;
+            let mask = WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO | WatchMask::MOVED_FROM | WatchMask::DELETE;
+            if let Err(e) = inotify.watches().add(dir, mask | WatchMask::CREATE) {
+                tracing::warn!("cannot watch {} for changes (SIGHUP still reloads): {e}", dir.display());
+                return None;
+            }
+            inotify.into_event_stream([0u8; 4096]).ok()
+        });
+        loop {
+            let trigger = tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => return,
+                _ = hup.recv() => "SIGHUP",
+                Some(_) = async {
+                    match changes.as_mut() {
+                        Some(c) => c.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => "policy directory change",
+            };
+            if let Some(c) = changes.as_mut() {
+                // Let a burst of writes settle, then drop what queued up.
+                tokio::time::sleep(SETTLE).await;
+                while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(1), c.next()).await {}
+            }
+            self.reload(trigger).await;
+        }
+    }
+
+    async fn reload(&self, trigger: &str) {
+        let dir = self.dir.clone();
+        let loaded = tokio::task::spawn_blocking(move || load_daemon_set(dir.as_deref())).await;
+        let set = match loaded {
+            Ok(Ok(set)) => set,
+            Ok(Err(diagnostics)) => {
+                for d in &diagnostics {
+                    tracing::error!("policy reload refused: {d}");
+                }
+                return self.failed(trigger, "invalid policy files; the running policies stay in force");
+            }
+            Err(e) => return self.failed(trigger, &format!("loader task failed: {e}")),
+        };
+        if set.get(&self.default_policy).is_none() {
+            return self.failed(trigger, &format!("the default policy {:?} is no longer defined", self.default_policy));
+        }
+        let table = table(&set);
+        let (reply, answer) = oneshot::channel();
+        if self.pipeline.send(Command::Reload { set, reply }).await.is_err() {
+            return;
+        }
+        match answer.await {
+            Ok(Ok(())) => {
+                *self.table.write().expect("not poisoned") = table;
+                self.metrics.policy_reloads.with_label_values(&["success"]).inc();
+                tracing::info!(trigger, "policies reloaded");
+            }
+            Ok(Err(e)) => self.failed(trigger, &format!("{e}; the running policies stay in force")),
+            Err(_) => {}
+        }
+    }
+
+    fn failed(&self, trigger: &str, why: &str) {
+        self.metrics.policy_reloads.with_label_values(&["failure"]).inc();
+        tracing::error!(trigger, "policy reload failed: {why}");
+    }
+}
