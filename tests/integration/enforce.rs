@@ -38,7 +38,10 @@ fn setup(policy: &str) -> Setup {
     std::fs::create_dir_all(ws.join("bin")).unwrap();
     std::fs::write(ws.join("secret/key"), "SECRET-CONTENT\n").unwrap();
     std::fs::write(ws.join("public"), "public\n").unwrap();
-    std::fs::copy("/bin/true", ws.join("bin/forbidden")).unwrap();
+    // A real ELF binary (in the VM guests /bin/true is busybox, which
+    // would not run under another name): the test agent, run as
+    // `forbidden sleep 0`.
+    std::fs::copy(agent_bin(), ws.join("bin/forbidden")).unwrap();
     std::fs::set_permissions(ws.join("bin/forbidden"), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(policies.join("test.yaml"), policy).unwrap();
     Setup { _dir: dir, policies, ws }
@@ -158,7 +161,7 @@ fn denied_exec_never_runs_the_binary() {
     let bin = s.ws.join("bin/forbidden");
     // Through a symlink elsewhere, too.
     std::os::unix::fs::symlink(&bin, s.ws.join("alias")).unwrap();
-    let out = d.run_policy("deny-exec", "test", &s.ws, &[bin.to_str().unwrap()]);
+    let out = d.run_policy("deny-exec", "test", &s.ws, &[bin.to_str().unwrap(), "sleep", "0"]);
     match mechanism.as_str() {
         // `run` itself execs the binary: EPERM reaches it.
         "lsm-deny" => assert_eq!(out.status.code(), Some(126), "{out:?}"),
@@ -169,7 +172,7 @@ fn denied_exec_never_runs_the_binary() {
         "deny-exec-alias",
         "test",
         &s.ws,
-        &["sh", "-c", &format!("'{}'; echo rc=$?", s.ws.join("alias").display())],
+        &["sh", "-c", &format!("'{}' sleep 0; echo rc=$?", s.ws.join("alias").display())],
     );
     let rc = if mechanism == "kill" { "rc=137" } else { "rc=126" };
     assert!(stdout(&out).contains(rc), "{out:?}");
@@ -192,7 +195,11 @@ fn audit_mode_records_the_same_decisions_and_blocks_nothing() {
         "audit",
         "test",
         &s.ws,
-        &["sh", "-c", &format!("cat '{}' && '{}' && echo ran", key.display(), s.ws.join("bin/forbidden").display())],
+        &[
+            "sh",
+            "-c",
+            &format!("cat '{}' && '{}' sleep 0 && echo ran", key.display(), s.ws.join("bin/forbidden").display()),
+        ],
     );
     assert!(stdout(&out).contains("SECRET-CONTENT") && stdout(&out).contains("ran"), "{out:?}");
     let recs = d.trajectory("audit");
