@@ -39,6 +39,9 @@ const O_WRONLY: u32 = 0o1;
 const O_CREAT: u32 = 0o100;
 const O_TRUNC: u32 = 0o1000;
 const SIGKILL: u32 = 9;
+/// An `O_PATH` descriptor names a file without opening it for I/O; BPF LSM
+/// `file_open` never sees such opens, so neither does the policy here.
+const O_PATH: u32 = 0o10000000;
 
 #[tracepoint]
 pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
@@ -187,7 +190,9 @@ fn on_exit(syscall: OpenSyscall, ret: i64) {
     let access = Access::of_flags(open_flags);
 
     let mut resolved = None;
-    let verdict = if ret >= 0 {
+    let verdict = if open_flags & O_PATH != 0 {
+        Verdict::NONE
+    } else if ret >= 0 {
         resolved = pathres::file_path(fd_file(ret));
         match &resolved {
             Some(r) => policy::file(member.policy, pathres::key_from_resolved(r, member.policy), access),

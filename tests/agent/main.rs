@@ -25,13 +25,26 @@ fn main() {
             report(UdpSocket::bind(bind).and_then(|s| s.send_to(b"agent", target)).map(drop))
         }
         ["open", path] => report(std::fs::File::open(path).map(drop)),
+        // Name the file with O_PATH (no I/O), then open it for reading
+        // through /proc/self/fd and read it: prints the content on success.
+        ["reopen-opath", path] => {
+            use std::{io::Read, os::unix::fs::OpenOptionsExt};
+            let named = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH).open(path);
+            report(named.and_then(|f| {
+                use std::os::fd::AsRawFd;
+                let mut s = String::new();
+                std::fs::File::open(format!("/proc/self/fd/{}", f.as_raw_fd()))?.read_to_string(&mut s)?;
+                print!("{s}");
+                Ok(())
+            }))
+        }
         ["write", path] => {
             report(std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(path).map(drop))
         }
         ["double-fork", cmd @ ..] if !cmd.is_empty() => double_fork(cmd),
         ["sleep", ms] => std::thread::sleep(Duration::from_millis(ms.parse().expect("milliseconds"))),
         _ => {
-            eprintln!("usage: test-agent connect|sendto IP PORT | open|write PATH | double-fork CMD... | sleep MS");
+            eprintln!("usage: test-agent connect|sendto IP PORT | open|write|reopen-opath PATH | double-fork CMD... | sleep MS");
             exit(2)
         }
     }

@@ -154,6 +154,24 @@ fn symlinks_relative_paths_and_proc_fd_resolve_to_the_denied_file() {
 }
 
 #[test]
+fn o_path_then_reopen_through_proc_is_judged_on_the_real_file() {
+    let s = setup(&file_exec_policy("enforce"));
+    let d = daemon(&s);
+    let mechanism = d.status()["enforcement"]["file"].as_str().unwrap().to_owned();
+    let key = s.ws.join("secret/key");
+    // Attacker: an O_PATH descriptor (not judged, allows no I/O), then a
+    // real open of /proc/self/fd/N, hoping the proc path is what is judged.
+    let out =
+        d.run_policy("opath", "test", &s.ws, &[agent_bin().to_str().unwrap(), "reopen-opath", key.to_str().unwrap()]);
+    assert!(!stdout(&out).contains("SECRET-CONTENT"), "the secret leaked: {out:?}");
+    assert_stopped(&out, &mechanism);
+    let recs = d.trajectory("opath");
+    let denied: Vec<&Value> = of_kind(&recs, "open").into_iter().filter(|r| r["decision"] == "deny").collect();
+    assert_eq!(denied.len(), 1, "{recs:#?}");
+    assert_eq!(denied[0]["path"], key.to_str().unwrap(), "judged on the real file: {}", denied[0]);
+}
+
+#[test]
 fn denied_exec_never_runs_the_binary() {
     let s = setup(&file_exec_policy("enforce"));
     let d = daemon(&s);
