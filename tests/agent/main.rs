@@ -25,6 +25,10 @@ fn main() {
             report(UdpSocket::bind(bind).and_then(|s| s.send_to(b"agent", target)).map(drop))
         }
         ["open", path] => report(std::fs::File::open(path).map(drop)),
+        // A second thread rewrites the path buffer between ALLOWED and
+        // DENIED (same length) while this one opens and reads it N times;
+        // prints every distinct content it managed to read.
+        ["race-open", allowed, denied, n] => race_open(allowed, denied, n.parse().expect("count")),
         // Name the file with O_PATH (no I/O), then open it for reading
         // through /proc/self/fd and read it: prints the content on success.
         ["reopen-opath", path] => {
@@ -44,7 +48,7 @@ fn main() {
         ["double-fork", cmd @ ..] if !cmd.is_empty() => double_fork(cmd),
         ["sleep", ms] => std::thread::sleep(Duration::from_millis(ms.parse().expect("milliseconds"))),
         _ => {
-            eprintln!("usage: test-agent connect|sendto IP PORT | open|write|reopen-opath PATH | double-fork CMD... | sleep MS");
+            eprintln!("usage: test-agent connect|sendto IP PORT | open|write|reopen-opath PATH | race-open ALLOWED DENIED N | double-fork CMD... | sleep MS");
             exit(2)
         }
     }
@@ -95,4 +99,49 @@ fn double_fork(cmd: &[&str]) {
         libc::execvp(argv[0], argv.as_ptr());
         libc::_exit(127);
     }
+}
+
+/// The check-then-use race on a path string: the path buffer changes under
+/// the open. A monitor that judged the string it read at syscall entry
+/// could approve `allowed` while the kernel opens `denied`.
+fn race_open(allowed: &str, denied: &str, n: usize) {
+    use std::{
+        collections::BTreeSet,
+        io::Read,
+        sync::atomic::{AtomicBool, Ordering},
+    };
+    assert_eq!(allowed.len(), denied.len(), "paths of the same length");
+    let buf: &'static mut [u8] = Box::leak(vec![0u8; allowed.len() + 1].into_boxed_slice());
+    buf[..allowed.len()].copy_from_slice(allowed.as_bytes());
+    let ptr = buf.as_mut_ptr() as usize;
+    static STOP: AtomicBool = AtomicBool::new(false);
+    let (a, d) = (allowed.as_bytes().to_vec(), denied.as_bytes().to_vec());
+    let flipper = std::thread::spawn(move || {
+        let mut flip = false;
+        while !STOP.load(Ordering::Relaxed) {
+            let src = if flip { &d } else { &a };
+            // SAFETY: the buffer outlives the thread (leaked); racing writes
+            // are the point of the test and bytes have no invalid values.
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), ptr as *mut u8, src.len()) };
+            flip = !flip;
+        }
+    });
+    let mut seen = BTreeSet::new();
+    for _ in 0..n {
+        // SAFETY: NUL-terminated buffer of fixed length.
+        let fd = unsafe { libc::open(ptr as *const libc::c_char, libc::O_RDONLY) };
+        if fd >= 0 {
+            use std::os::fd::FromRawFd;
+            let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+            let mut s = String::new();
+            let _ = f.read_to_string(&mut s);
+            seen.insert(s);
+        }
+    }
+    STOP.store(true, Ordering::Relaxed);
+    let _ = flipper.join();
+    for s in seen {
+        print!("{s}");
+    }
+    println!("done");
 }

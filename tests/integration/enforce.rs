@@ -172,6 +172,33 @@ fn o_path_then_reopen_through_proc_is_judged_on_the_real_file() {
 }
 
 #[test]
+fn a_path_rewritten_during_the_open_cannot_smuggle_the_denied_file() {
+    let s = setup(&file_exec_policy("enforce"));
+    let d = daemon(&s);
+    // Same length: ws/aaaaaa/key vs ws/secret/key.
+    let allowed = s.ws.join("aaaaaa/key");
+    std::fs::create_dir_all(allowed.parent().unwrap()).unwrap();
+    std::fs::write(&allowed, "ALLOWED\n").unwrap();
+    let denied = s.ws.join("secret/key");
+    let out = d.run_policy(
+        "race",
+        "test",
+        &s.ws,
+        &[agent_bin().to_str().unwrap(), "race-open", allowed.to_str().unwrap(), denied.to_str().unwrap(), "20000"],
+    );
+    assert!(!stdout(&out).contains("SECRET-CONTENT"), "the race smuggled the secret out: {out:?}");
+    let recs = d.trajectory("race");
+    // The race did reach the secret, and every open the kernel performed of
+    // it was judged as the secret.
+    let of_secret: Vec<&Value> =
+        of_kind(&recs, "open").into_iter().filter(|r| r["path"] == denied.to_str().unwrap()).collect();
+    assert!(!of_secret.is_empty(), "the race never opened the secret; the test proved nothing: {out:?}");
+    for r in of_secret {
+        assert_eq!(r["decision"], "deny", "{r}");
+    }
+}
+
+#[test]
 fn denied_exec_never_runs_the_binary() {
     let s = setup(&file_exec_policy("enforce"));
     let d = daemon(&s);
