@@ -159,11 +159,16 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<(Loaded, PipelineMaps, PolicyMapHa
     }
     hooks.extend(lsm);
     for h in hooks.iter_mut() {
-        if h.mechanism != mechanism::UNAVAILABLE && h.class != HookClass::Connect && !h.hook.starts_with("lsm:") {
-            h.mechanism = if lsm_active { mechanism::OBSERVE } else { mechanism::KILL };
-            if lsm_active {
-                h.detail.push_str("; records only, BPF LSM enforces");
-            }
+        if h.mechanism == mechanism::UNAVAILABLE || h.class == HookClass::Connect || h.hook.starts_with("lsm:") {
+            continue;
+        }
+        if lsm_active {
+            h.detail.push_str("; records only, BPF LSM enforces");
+        } else if h.class == HookClass::Open && !h.hook.ends_with("/exit") {
+            // Entry keeps the request; its exit hook judges and kills.
+            h.detail.push_str("; keeps the request for the exit hook, which enforces");
+        } else {
+            h.mechanism = mechanism::KILL;
         }
     }
     let file_exec = if lsm_active { mechanism::LSM_DENY } else { mechanism::KILL };
