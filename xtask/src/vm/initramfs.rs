@@ -1,12 +1,14 @@
 //! The guest's root filesystem: a newc cpio archive holding busybox, the
-//! guest `/init` (`tests/vm/init.sh`), the test executables and every
-//! shared library `ldd` names for them. Written directly, so building it
-//! needs neither `cpio` nor root (the `/dev/console` node is just a header).
+//! guest `/init` (`tests/vm/init.sh`), the test executables, every shared
+//! library `ldd` names for them, and the repository's data files the tests
+//! read. Written directly, so building it needs neither `cpio` nor root (the
+//! `/dev/console` node is just a header).
 
 use std::{
     collections::BTreeSet,
     fs::File,
     io::{BufWriter, Write},
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -23,6 +25,17 @@ pub const GUEST_DIR: &str = "opt/vmtest";
 /// tests assert on; dash execs the `cat` symlink like a host shell does.
 /// `setpriv`: busybox's lacks `--reuid`/`--regid`/`--clear-groups`.
 const HOST_TOOLS: &[(&str, &str)] = &[("sh", "/bin/dash"), ("setpriv", "/usr/bin/setpriv")];
+
+/// Repository directories packed at their host path: tests find data files
+/// (the shipped policies, fixtures, the event schema) through
+/// `env!("CARGO_MANIFEST_DIR")`, an absolute host path compiled into the
+/// test executable. A test reading from elsewhere in the repository needs its
+/// directory added here.
+const REPO_DATA: &[&str] = &["docs", "policies", "tests"];
+
+/// The crate whose `CARGO_MANIFEST_DIR` the integration tests see; it must
+/// exist in the guest for `CARGO_MANIFEST_DIR/..` to resolve.
+const TEST_CRATE: &str = "monitor";
 
 /// Host executables to pack, by their guest file name under [`GUEST_DIR`].
 pub struct Payload {
@@ -72,7 +85,33 @@ pub fn build(root: &Path, payload: &Payload, out: &Path) -> Result<()> {
         let rel = lib.strip_prefix("/").expect("ldd paths are absolute");
         cpio.file(rel.to_str().context("non-UTF-8 library path")?, 0o755, &read(&lib)?)?;
     }
+    cpio.dir(guest_path(&root.join(TEST_CRATE))?)?;
+    for dir in REPO_DATA {
+        pack_tree(&mut cpio, &root.join(dir))?;
+    }
     cpio.finish()
+}
+
+/// Every regular file under `dir`, at its host path.
+fn pack_tree(cpio: &mut Cpio, dir: &Path) -> Result<()> {
+    cpio.dir(guest_path(dir)?)?;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let path = entry?.path();
+        let meta = std::fs::metadata(&path)?;
+        if meta.is_dir() {
+            pack_tree(cpio, &path)?;
+        } else if meta.is_file() {
+            let perm = if meta.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 };
+            cpio.file(guest_path(&path)?, perm, &read(&path)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// An absolute host path as an archive name (no leading `/`).
+fn guest_path(path: &Path) -> Result<&str> {
+    let rel = path.strip_prefix("/").with_context(|| format!("{} is not absolute", path.display()))?;
+    rel.to_str().with_context(|| format!("non-UTF-8 path {}", path.display()))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
