@@ -213,6 +213,9 @@ pub fn table(rows: &[Row]) -> String {
             r.duration.as_secs_f64()
         );
     }
+    if rows.iter().all(|r| r.skipped.is_empty()) {
+        s.push_str("\nNo test was skipped or ignored on any kernel.\n");
+    }
     for r in rows.iter().filter(|r| !r.skipped.is_empty()) {
         let _ = writeln!(s, "\nSkipped on {}:", r.kernel);
         for (t, why) in &r.skipped {
