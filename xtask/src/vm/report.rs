@@ -53,13 +53,13 @@ pub fn parse(text: &str) -> Parsed {
         } else if let Some(name) = line.strip_prefix("test ").and_then(|l| l.strip_suffix(" ...")) {
             p.running = Some(name.into());
         } else if let Some((name, result)) = test_line(line) {
-            p.running = None;
-            match result {
-                "ok" => p.ok.push(name.into()),
-                "FAILED" => p.failed.push(name.into()),
-                r if r.starts_with("ignored") => p.ignored.push(name.into()),
-                _ => {}
+            if !record(&mut p, name, result) {
+                // A kernel message printed while the test ran took the rest
+                // of libtest's line; the result follows on a line of its own.
+                p.running = Some(name.into());
             }
+        } else if let Some(name) = p.running.clone().filter(|_| is_result(line)) {
+            record(&mut p, &name, line);
         } else if line == "failures:" && p.failure_output.is_empty() {
             in_failures = true;
         } else if in_failures && !line.starts_with("VMTEST-") {
@@ -67,6 +67,23 @@ pub fn parse(text: &str) -> Parsed {
         }
     }
     p
+}
+
+fn is_result(r: &str) -> bool {
+    r == "ok" || r == "FAILED" || r.starts_with("ignored")
+}
+
+/// Counts one test's result; false if `result` is not one.
+fn record(p: &mut Parsed, name: &str, result: &str) -> bool {
+    let list = match result {
+        "ok" => &mut p.ok,
+        "FAILED" => &mut p.failed,
+        r if r.starts_with("ignored") => &mut p.ignored,
+        _ => return false,
+    };
+    list.push(name.into());
+    p.running = None;
+    true
 }
 
 /// `(hook, mechanism)` from the daemon's startup line for one hook.
@@ -287,6 +304,15 @@ VMTEST-END
             "{t}"
         );
         assert!(t.contains("- observe::c: kernel lacks BPF LSM"), "{t}");
+    }
+
+    #[test]
+    fn a_kernel_message_inside_a_test_line_does_not_lose_the_test() {
+        let hung = parse("test a::b ... ok\ntest a::c ... [   37.9] rcu: INFO: rcu_preempt detected stalls\n[   64.2] watchdog: BUG: soft lockup - CPU#0 stuck for 44s!\n");
+        assert_eq!(hung.running.as_deref(), Some("a::c"), "the hang is blamed on the test that was running");
+        let late = parse("test a::c ... [   37.9] rcu: INFO: stall\nok\ntest a::d ... ok\n");
+        assert_eq!(late.ok, ["a::c", "a::d"]);
+        assert_eq!(late.running, None);
     }
 
     #[test]
