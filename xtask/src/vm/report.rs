@@ -146,7 +146,10 @@ pub struct Row {
     pub failed: usize,
     /// `(test, reason)`: skip-file entries and `#[ignore]`d tests.
     pub skipped: Vec<(String, String)>,
+    /// Grouped, for the table: `observe ×9`.
     pub mechanisms: String,
+    /// `(hook, mechanism)` as the daemon reported them.
+    pub hooks: Vec<(String, String)>,
     pub duration: Duration,
     /// Why the row failed, when it did.
     pub problem: Option<String>,
@@ -175,6 +178,7 @@ impl Row {
             failed: p.failed.len(),
             skipped,
             mechanisms: mechanisms(&p.mechanisms),
+            hooks: p.mechanisms.clone(),
             duration,
             problem: None,
         }
@@ -230,6 +234,7 @@ pub fn table(rows: &[Row]) -> String {
             r.duration.as_secs_f64()
         );
     }
+    s.push_str(&hooks_table(rows));
     if rows.iter().all(|r| r.skipped.is_empty()) {
         s.push_str("\nNo test was skipped or ignored on any kernel.\n");
     }
@@ -243,6 +248,36 @@ pub fn table(rows: &[Row]) -> String {
         if let Some(p) = &r.problem {
             let _ = writeln!(s, "\n{} failed: {p}", r.kernel);
         }
+    }
+    s
+}
+
+/// One line per hook, one column per kernel: the mechanism the daemon
+/// reported for that hook there (`-` when it reported none).
+fn hooks_table(rows: &[Row]) -> String {
+    let mut hooks: Vec<&str> = Vec::new();
+    for (hook, _) in rows.iter().flat_map(|r| &r.hooks) {
+        if !hooks.contains(&hook.as_str()) {
+            hooks.push(hook);
+        }
+    }
+    if hooks.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("\nMechanism per hook, as the daemon reported it:\n\n| hook |");
+    for r in rows {
+        let _ = write!(s, " {} |", r.kernel);
+    }
+    s.push_str("\n| --- |");
+    s.push_str(&" --- |".repeat(rows.len()));
+    s.push('\n');
+    for hook in hooks {
+        let _ = write!(s, "| {hook} |");
+        for r in rows {
+            let mech = r.hooks.iter().find(|(h, _)| h == hook).map_or("-", |(_, m)| m.as_str());
+            let _ = write!(s, " {mech} |");
+        }
+        s.push('\n');
     }
     s
 }
@@ -304,6 +339,7 @@ VMTEST-END
             "{t}"
         );
         assert!(t.contains("- observe::c: kernel lacks BPF LSM"), "{t}");
+        assert!(t.contains("| hook | 6.1 |\n| --- | --- |\n| exec | observe |\n| open:creat | unavailable |"), "{t}");
     }
 
     #[test]
