@@ -50,9 +50,10 @@ impl Default for VmArgs {
 /// Several times the slowest guest measured (docs/testing.md), low enough
 /// that a hung guest leaves the whole run well inside CI's budget.
 const DEFAULT_TIMEOUT_SECS: u64 = 600;
-/// One guest at a time: a guest under TCG keeps a host core busy, and on the
-/// two-core CI machine two guests side by side (plus the daemon they start)
-/// slowed each other until tests inside hit their own timeouts.
+/// One guest at a time: a guest under TCG keeps about one host core busy,
+/// so on the two-core CI machine two side by side finished only 5 to 15 %
+/// sooner, each guest taking 1.5 times as long and so nearer the timeouts
+/// the tests keep inside (docs/testing.md).
 const DEFAULT_JOBS: usize = 1;
 
 /// Lines of console output shown when a guest ends without a result.
