@@ -38,6 +38,12 @@ must mount -t bpf bpf /sys/fs/bpf
 must mount -t securityfs securityfs /sys/kernel/security
 must mount -t tracefs tracefs /sys/kernel/tracing
 must ip link set lo up
+# The repository's data files, at the host path the tests were built in
+# (xtask/src/vm/initramfs.rs says why); after the mounts above, which would
+# hide them if packed there directly (a clone under /tmp).
+repo=$(cat /opt/vmtest/repo-path)
+must mkdir -p "$repo"
+must mount -o bind /opt/vmtest/repo "$repo"
 hostname vmtest
 
 echo "VMTEST-BEGIN"

@@ -34,7 +34,16 @@ pub fn boot(b: &Boot<'_>) -> Result<(Exit, Duration)> {
     // TCG, not KVM: with KVM this nested setup hangs after the TSC line
     // (PLATFORM.md). `panic=-1` plus `-no-reboot` turns a guest panic into a
     // QEMU exit; `quiet` keeps kernel chatter from splitting test lines.
-    let cmdline = format!("console=ttyS0 panic=-1 quiet lsm={}", b.lsm);
+    // A CPU stuck in the kernel (a guest once spun on both CPUs until the
+    // time bound) or a task blocked for two minutes panics the guest
+    // instead of waiting for the bound; the stack traces `quiet` keeps off
+    // the console (every CPU's, for a soft lockup) are in the kernel's log
+    // buffer, which `panic_print=0x20` replays onto the console at the panic.
+    let cmdline = format!(
+        "console=ttyS0 panic=-1 quiet softlockup_panic=1 softlockup_all_cpu_backtrace=1 hung_task_panic=1 \
+         panic_print=0x20 lsm={}",
+        b.lsm
+    );
     let log = File::create(b.log).with_context(|| format!("cannot create {}", b.log.display()))?;
     let start = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")

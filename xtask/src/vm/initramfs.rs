@@ -1,12 +1,14 @@
 //! The guest's root filesystem: a newc cpio archive holding busybox, the
-//! guest `/init` (`tests/vm/init.sh`), the test executables and every
-//! shared library `ldd` names for them. Written directly, so building it
-//! needs neither `cpio` nor root (the `/dev/console` node is just a header).
+//! guest `/init` (`tests/vm/init.sh`), the test executables, every shared
+//! library `ldd` names for them, and the repository's data files the tests
+//! read. Written directly, so building it needs neither `cpio` nor root (the
+//! `/dev/console` node is just a header).
 
 use std::{
     collections::BTreeSet,
     fs::File,
     io::{BufWriter, Write},
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -23,6 +25,27 @@ pub const GUEST_DIR: &str = "opt/vmtest";
 /// tests assert on; dash execs the `cat` symlink like a host shell does.
 /// `setpriv`: busybox's lacks `--reuid`/`--regid`/`--clear-groups`.
 const HOST_TOOLS: &[(&str, &str)] = &[("sh", "/bin/dash"), ("setpriv", "/usr/bin/setpriv")];
+
+/// Repository directories the tests read data files from (the shipped
+/// policies, fixtures, the event schema). They find them through
+/// `env!("CARGO_MANIFEST_DIR")`, an absolute host path compiled into the test
+/// executable, so the guest needs them at that same path. They are packed
+/// under [`REPO_DIR`] and `/init` bind-mounts that over the host path read
+/// from [`REPO_PATH_FILE`], after its own mounts: packed at the host path
+/// directly, a clone under `/tmp` or `/run` would be hidden by the tmpfs
+/// mounted there. A test reading from elsewhere in the repository needs its
+/// directory added here.
+const REPO_DATA: &[&str] = &["docs", "policies", "tests"];
+
+/// The crate whose `CARGO_MANIFEST_DIR` the integration tests see; it must
+/// exist in the guest for `CARGO_MANIFEST_DIR/..` to resolve.
+const TEST_CRATE: &str = "monitor";
+
+/// Where the repository's data files sit in the archive; `tests/vm/init.sh`
+/// uses this and the next.
+const REPO_DIR: &str = "opt/vmtest/repo";
+/// Holds the workspace root's host path.
+const REPO_PATH_FILE: &str = "opt/vmtest/repo-path";
 
 /// Host executables to pack, by their guest file name under [`GUEST_DIR`].
 pub struct Payload {
@@ -72,7 +95,36 @@ pub fn build(root: &Path, payload: &Payload, out: &Path) -> Result<()> {
         let rel = lib.strip_prefix("/").expect("ldd paths are absolute");
         cpio.file(rel.to_str().context("non-UTF-8 library path")?, 0o755, &read(&lib)?)?;
     }
+    let root_path = root.to_str().context("the workspace path is not UTF-8")?;
+    if !root.is_absolute() || root.parent().is_none() {
+        bail!("the workspace path {root_path} must be absolute and not /");
+    }
+    cpio.file(REPO_PATH_FILE, 0o644, format!("{root_path}\n").as_bytes())?;
+    cpio.dir(&format!("{REPO_DIR}/{TEST_CRATE}"))?;
+    for dir in REPO_DATA {
+        pack_tree(&mut cpio, &root.join(dir), &format!("{REPO_DIR}/{dir}"))?;
+    }
     cpio.finish()
+}
+
+/// Every regular file under the host directory `dir`, as `name` and below.
+fn pack_tree(cpio: &mut Cpio, dir: &Path, name: &str) -> Result<()> {
+    cpio.dir(name)?;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let entry = entry?;
+        let path = entry.path();
+        let file_name = entry.file_name();
+        let child =
+            format!("{name}/{}", file_name.to_str().with_context(|| format!("non-UTF-8 path {}", path.display()))?);
+        let meta = std::fs::metadata(&path)?;
+        if meta.is_dir() {
+            pack_tree(cpio, &path, &child)?;
+        } else if meta.is_file() {
+            let perm = if meta.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 };
+            cpio.file(&child, perm, &read(&path)?)?;
+        }
+    }
+    Ok(())
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {

@@ -53,13 +53,13 @@ pub fn parse(text: &str) -> Parsed {
         } else if let Some(name) = line.strip_prefix("test ").and_then(|l| l.strip_suffix(" ...")) {
             p.running = Some(name.into());
         } else if let Some((name, result)) = test_line(line) {
-            p.running = None;
-            match result {
-                "ok" => p.ok.push(name.into()),
-                "FAILED" => p.failed.push(name.into()),
-                r if r.starts_with("ignored") => p.ignored.push(name.into()),
-                _ => {}
+            if !record(&mut p, name, result) {
+                // A kernel message printed while the test ran took the rest
+                // of libtest's line; the result follows on a line of its own.
+                p.running = Some(name.into());
             }
+        } else if let Some(name) = p.running.clone().filter(|_| is_result(line)) {
+            record(&mut p, &name, line);
         } else if line == "failures:" && p.failure_output.is_empty() {
             in_failures = true;
         } else if in_failures && !line.starts_with("VMTEST-") {
@@ -67,6 +67,23 @@ pub fn parse(text: &str) -> Parsed {
         }
     }
     p
+}
+
+fn is_result(r: &str) -> bool {
+    r == "ok" || r == "FAILED" || r.starts_with("ignored")
+}
+
+/// Counts one test's result; false if `result` is not one.
+fn record(p: &mut Parsed, name: &str, result: &str) -> bool {
+    let list = match result {
+        "ok" => &mut p.ok,
+        "FAILED" => &mut p.failed,
+        r if r.starts_with("ignored") => &mut p.ignored,
+        _ => return false,
+    };
+    list.push(name.into());
+    p.running = None;
+    true
 }
 
 /// `(hook, mechanism)` from the daemon's startup line for one hook.
@@ -129,7 +146,10 @@ pub struct Row {
     pub failed: usize,
     /// `(test, reason)`: skip-file entries and `#[ignore]`d tests.
     pub skipped: Vec<(String, String)>,
+    /// Grouped, for the table: `observe ×9`.
     pub mechanisms: String,
+    /// `(hook, mechanism)` as the daemon reported them.
+    pub hooks: Vec<(String, String)>,
     pub duration: Duration,
     /// Why the row failed, when it did.
     pub problem: Option<String>,
@@ -158,6 +178,7 @@ impl Row {
             failed: p.failed.len(),
             skipped,
             mechanisms: mechanisms(&p.mechanisms),
+            hooks: p.mechanisms.clone(),
             duration,
             problem: None,
         }
@@ -213,6 +234,10 @@ pub fn table(rows: &[Row]) -> String {
             r.duration.as_secs_f64()
         );
     }
+    s.push_str(&hooks_table(rows));
+    if rows.iter().all(|r| r.skipped.is_empty()) {
+        s.push_str("\nNo test was skipped or ignored on any kernel.\n");
+    }
     for r in rows.iter().filter(|r| !r.skipped.is_empty()) {
         let _ = writeln!(s, "\nSkipped on {}:", r.kernel);
         for (t, why) in &r.skipped {
@@ -223,6 +248,36 @@ pub fn table(rows: &[Row]) -> String {
         if let Some(p) = &r.problem {
             let _ = writeln!(s, "\n{} failed: {p}", r.kernel);
         }
+    }
+    s
+}
+
+/// One line per hook, one column per kernel: the mechanism the daemon
+/// reported for that hook there (`-` when it reported none).
+fn hooks_table(rows: &[Row]) -> String {
+    let mut hooks: Vec<&str> = Vec::new();
+    for (hook, _) in rows.iter().flat_map(|r| &r.hooks) {
+        if !hooks.contains(&hook.as_str()) {
+            hooks.push(hook);
+        }
+    }
+    if hooks.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("\nMechanism per hook, as the daemon reported it:\n\n| hook |");
+    for r in rows {
+        let _ = write!(s, " {} |", r.kernel);
+    }
+    s.push_str("\n| --- |");
+    s.push_str(&" --- |".repeat(rows.len()));
+    s.push('\n');
+    for hook in hooks {
+        let _ = write!(s, "| {hook} |");
+        for r in rows {
+            let mech = r.hooks.iter().find(|(h, _)| h == hook).map_or("-", |(_, m)| m.as_str());
+            let _ = write!(s, " {mech} |");
+        }
+        s.push('\n');
     }
     s
 }
@@ -284,6 +339,16 @@ VMTEST-END
             "{t}"
         );
         assert!(t.contains("- observe::c: kernel lacks BPF LSM"), "{t}");
+        assert!(t.contains("| hook | 6.1 |\n| --- | --- |\n| exec | observe |\n| open:creat | unavailable |"), "{t}");
+    }
+
+    #[test]
+    fn a_kernel_message_inside_a_test_line_does_not_lose_the_test() {
+        let hung = parse("test a::b ... ok\ntest a::c ... [   37.9] rcu: INFO: rcu_preempt detected stalls\n[   64.2] watchdog: BUG: soft lockup - CPU#0 stuck for 44s!\n");
+        assert_eq!(hung.running.as_deref(), Some("a::c"), "the hang is blamed on the test that was running");
+        let late = parse("test a::c ... [   37.9] rcu: INFO: stall\nok\ntest a::d ... ok\n");
+        assert_eq!(late.ok, ["a::c", "a::d"]);
+        assert_eq!(late.running, None);
     }
 
     #[test]
