@@ -41,8 +41,29 @@ fn read_u64(addr: u64) -> Option<u64> {
     unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(addr as *const u64).ok() }
 }
 
+/// Bounds an LSM program's return value where the verifier can see it.
+/// Kernels since 6.9 reject an LSM program unless they can prove its return
+/// value lies in [-4095, 0]; the compiler may derive `-EPERM`/0 with
+/// arithmetic the verifier does not follow, so the value is reloaded
+/// through a volatile stack slot (the compiler cannot fold what follows)
+/// and clamped with comparisons the verifier tracks.
+#[inline(always)]
+fn lsm_ret(r: i32) -> i32 {
+    let slot = r as i64;
+    let r = unsafe { core::ptr::read_volatile(&slot) };
+    if !(-4095..=0).contains(&r) {
+        return 0;
+    }
+    r as i32
+}
+
 #[lsm(hook = "file_open")]
 pub fn lsm_file_open(ctx: LsmContext) -> i32 {
+    lsm_ret(file_open(&ctx))
+}
+
+#[inline(always)]
+fn file_open(ctx: &LsmContext) -> i32 {
     probe(LsmProbe::FileOpen);
     // An earlier LSM program's refusal stands.
     let prev: i32 = ctx.arg(1);
@@ -94,6 +115,11 @@ fn on_file_open(file: u64) -> i32 {
 
 #[lsm(hook = "bprm_check_security")]
 pub fn lsm_bprm_check(ctx: LsmContext) -> i32 {
+    lsm_ret(bprm_check(&ctx))
+}
+
+#[inline(always)]
+fn bprm_check(ctx: &LsmContext) -> i32 {
     probe(LsmProbe::BprmCheck);
     let prev: i32 = ctx.arg(1);
     if prev != 0 {
