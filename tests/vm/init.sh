@@ -54,6 +54,11 @@ export HOME=/root TMPDIR=/tmp NO_COLOR=1 RUST_BACKTRACE=1
 export AGENT_MONITOR_BIN=/opt/vmtest/agent-monitor
 export TEST_AGENT_BIN=/opt/vmtest/test-agent
 export AGENT_MONITOR_SKIP_FILE=/run/vmtest-skips
+# Booted with bpf in lsm=: the daemon must enforce file and exec with BPF
+# LSM here, and the tests fail if it fell back to kill.
+case " $(cat /proc/cmdline) " in
+*" lsm="*bpf*) export AGENT_MONITOR_EXPECT_LSM=1 ;;
+esac
 cd /tmp
 
 # Start the daemon once on its own so the console shows which mechanism each
