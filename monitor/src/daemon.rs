@@ -95,6 +95,9 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     }
     let e = loaded.enforcement;
     tracing::info!(file = e.file, exec = e.exec, network = e.network, "enforcement per rule class");
+    for (class, m) in [("file", e.file), ("exec", e.exec), ("network", e.network)] {
+        metrics.enforcement.with_label_values(&[class, m]).set(1);
+    }
     for (class, m) in [("file", e.file), ("exec", e.exec)] {
         if m == mechanism::KILL {
             tracing::warn!(
