@@ -97,7 +97,7 @@ fn systemd_analyze_verifies_the_unit() {
     assert!(out.stdout.is_empty() && out.stderr.is_empty(), "systemd-analyze verify complained");
 
     // The exposure score of the sandbox, so a change that weakens it is
-    // noticed (2.6 when written; systemd calls up to 4.9 "OK").
+    // noticed (2.8 when written; systemd calls up to 4.9 "OK").
     let out = run(&analyze, &[&"security", &"--offline=true", &"--threshold=30", &unit]);
     assert_success(&out, "systemd-analyze security --threshold=30 (exposure above 3.0)");
 }

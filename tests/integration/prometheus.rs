@@ -32,11 +32,9 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    /// Starts `prometheus` with `deploy/prometheus.yml` and
-    /// `deploy/alerts.yml`, changed only to scrape `target` and evaluate
-    /// every second.
-    fn start(target: u16) -> Prometheus {
-        let binary = tool("prometheus", "prometheus");
+    /// Starts `binary` with `deploy/prometheus.yml` and `deploy/alerts.yml`,
+    /// changed only to scrape `target` and evaluate every second.
+    fn start(binary: &Path, target: u16) -> Prometheus {
         let deploy = deploy_dir();
         let shipped = std::fs::read_to_string(deploy.join("prometheus.yml")).unwrap();
         let mut config = shipped.clone();
@@ -158,10 +156,12 @@ fn metric_names(expr: &str) -> Vec<String> {
 
 #[test]
 fn prometheus_scrapes_exactly_the_denials_a_trajectory_caused() {
+    // The tool first: nothing to clean up if it is missing.
+    let binary = tool("prometheus", "prometheus");
     let policies = tempfile::tempdir().unwrap();
     write_policy(policies.path());
     let d = Daemon::start_with(&["--policy-dir", policies.path().to_str().unwrap()]);
-    let mut prom = Prometheus::start(d.metrics_port);
+    let mut prom = Prometheus::start(&binary, d.metrics_port);
     let up = r#"up{job="agent-monitor"}"#;
     let denials = r#"agent_monitor_denials_total{job="agent-monitor",policy="prom-test",class="network",mechanism="cgroup-deny"}"#;
 
