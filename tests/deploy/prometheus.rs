@@ -16,7 +16,7 @@ use std::{
 use serde_json::Value;
 
 use crate::{
-    deploy::{alert_queries, dashboard_queries, deploy_dir, tool},
+    files::{alert_queries, dashboard_queries, deploy_dir, tool},
     harness::{agent_bin, free_port, Daemon},
 };
 

@@ -3,8 +3,6 @@
 //! alert rules, `systemd-analyze` for the unit, `strace` for the unit's
 //! system call filter. A missing tool fails the test with the package to
 //! install (`cargo xtask setup` installs them); it never skips.
-//!
-//! These check files, not kernels: the VM matrix has no use for them.
 
 use std::{
     collections::BTreeSet,
@@ -14,8 +12,8 @@ use std::{
 };
 
 use crate::{
+    confined::{fixture, unit_values, Confined, UNIT},
     harness::{agent_bin, monitor_bin},
-    service::{fixture, unit_values, Confined, UNIT},
 };
 
 /// `deploy/` of this checkout.
