@@ -4,7 +4,7 @@ use std::{ffi::OsString, net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{DEFAULT_CGROUP_PARENT, DEFAULT_CONTROL_SOCKET, DEFAULT_METRICS_ADDR};
+use crate::config::DEFAULT_CONTROL_SOCKET;
 
 #[derive(Debug, Parser)]
 #[command(name = "agent-monitor", version, about = "Kernel-level monitor and containment for AI coding agents")]
@@ -50,31 +50,41 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+/// Daemon flags. Every setting but `--config` can also be set in the config
+/// file; a flag given here wins over the file (`config.rs` merges them), so
+/// the defaults are applied there, not by clap.
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
+    /// Configuration file (YAML; keys in docs/operations.md)
+    /// [default: /etc/agent-monitor/config.yaml if it exists]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Append JSON Lines events to FILE instead of stdout (`-` is stdout).
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
-    /// Address of the Prometheus /metrics endpoint.
-    #[arg(long, default_value = DEFAULT_METRICS_ADDR)]
-    pub metrics_addr: SocketAddr,
-    /// Unix socket for `run` and other clients (root only).
-    #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
-    pub control_socket: PathBuf,
-    /// Directory below the cgroup2 mount that holds trajectory cgroups.
-    #[arg(long, default_value = DEFAULT_CGROUP_PARENT)]
-    pub cgroup_parent: String,
-    /// Kernel ring buffer size in bytes (a power of two).
-    #[arg(long, default_value_t = crate::config::DEFAULT_RINGBUF_BYTES)]
-    pub ringbuf_size: u32,
+    /// Address of the Prometheus /metrics endpoint; anything but loopback
+    /// exposes it to the network [default: 127.0.0.1:9617]
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Unix socket for `run` and other clients (root only)
+    /// [default: /run/agent-monitor/control.sock]
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+    /// Directory below the cgroup2 mount that holds trajectory cgroups
+    /// [default: agent-monitor]
+    #[arg(long, value_name = "DIR")]
+    pub cgroup_parent: Option<String>,
+    /// Kernel ring buffer size in bytes, a power of two [default: 16777216]
+    #[arg(long, value_name = "BYTES")]
+    pub ringbuf_size: Option<u32>,
     /// Directory of policy YAML files, reloaded on SIGHUP and on change
     /// [default: /etc/agent-monitor/policies if it exists; the embedded
     /// default policy is always available]
     #[arg(long, value_name = "DIR")]
     pub policy_dir: Option<PathBuf>,
-    /// Policy of trajectories opened without `--policy`.
-    #[arg(long, default_value = crate::config::DEFAULT_POLICY)]
-    pub default_policy: String,
+    /// Policy of trajectories opened without `--policy` [default: default]
+    #[arg(long, value_name = "NAME")]
+    pub default_policy: Option<String>,
 }
 
 #[derive(Debug, Args)]

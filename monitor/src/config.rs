@@ -1,14 +1,32 @@
-//! Daemon configuration: command-line flags become a validated
+//! Daemon configuration: the config file (`/etc/agent-monitor/config.yaml`
+//! or `--config FILE`) and the command-line flags become one validated
 //! [`DaemonConfig`] here, and every filesystem location the daemon uses is
 //! decided in this one place.
+//!
+//! A flag given on the command line wins over the file's value, which wins
+//! over the built-in default. The file is checked the way policy files are:
+//! unknown keys and wrong types stop the parse with file, line, column and
+//! key; every value problem (of the file and of the flags) is reported at
+//! once. A value the file sets is checked even when a flag overrides it, so
+//! a file that is wrong does not lie in wait for the day the flag goes.
+//! `docs/operations.md` documents the keys.
 
 use std::{
+    fmt, io,
     net::SocketAddr,
     path::{Component, Path, PathBuf},
 };
 
-use crate::{cli::DaemonArgs, sinks::jsonl::Output};
+use serde::Deserialize;
+use serde_saphyr::Spanned;
 
+use crate::{
+    cli::DaemonArgs,
+    policy::{Diagnostic, Pos},
+    sinks::jsonl::Output,
+};
+
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/agent-monitor/config.yaml";
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/agent-monitor/control.sock";
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9617";
 pub const DEFAULT_CGROUP_PARENT: &str = "agent-monitor";
@@ -18,6 +36,8 @@ pub const DEFAULT_POLICY: &str = "default";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DaemonConfig {
+    /// The config file that was read, if any.
+    pub config_file: Option<PathBuf>,
     pub events: Output,
     pub metrics_addr: SocketAddr,
     pub control_socket: PathBuf,
@@ -31,50 +51,310 @@ pub struct DaemonConfig {
     pub default_policy: String,
 }
 
+/// Everything wrong with the configuration, in file order, then flags.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ConfigError {
-    #[error(
-        "--cgroup-parent {0:?}: expected a relative path of plain names below the cgroup2 mount, e.g. agent-monitor"
-    )]
-    CgroupParent(String),
-    #[error("--ringbuf-size {0}: expected a power of two of at least 4096 bytes")]
-    RingbufSize(u32),
-    #[error("--control-socket {0:?}: expected an absolute path")]
-    ControlSocket(String),
-    #[error("--policy-dir {0:?}: not a directory")]
-    PolicyDir(String),
+#[error("{}", render(.0))]
+pub struct ConfigError(pub Vec<Problem>);
+
+/// One problem with one setting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// A command-line flag's value; `message` starts with the value.
+    Flag { flag: &'static str, message: String },
+    /// The config file: unreadable, malformed, or a value in it.
+    File(Diagnostic),
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::Flag { flag, message } => write!(f, "{flag} {message}"),
+            Problem::File(d) => d.fmt(f),
+        }
+    }
+}
+
+fn render(problems: &[Problem]) -> String {
+    match problems {
+        [one] => one.to_string(),
+        many => {
+            let lines: Vec<String> = many.iter().map(|p| format!("  {p}")).collect();
+            format!("invalid configuration:\n{}", lines.join("\n"))
+        }
+    }
+}
+
+/// The config file as written. Every value stays a [`Spanned`] string so
+/// that all value errors are reported together, each at its place.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigDoc {
+    #[serde(default)]
+    events: Option<Str>,
+    #[serde(default)]
+    metrics_addr: Option<Str>,
+    #[serde(default)]
+    control_socket: Option<Str>,
+    #[serde(default)]
+    cgroup_parent: Option<Str>,
+    #[serde(default)]
+    ringbuf_size: Option<Str>,
+    #[serde(default)]
+    policy_dir: Option<Str>,
+    #[serde(default)]
+    default_policy: Option<Str>,
+}
+
+type Str = Spanned<String>;
+
+/// A parsed config file and the name it is reported under.
+struct ConfigFile {
+    path: PathBuf,
+    doc: ConfigDoc,
 }
 
 impl DaemonConfig {
+    /// Flags plus `--config FILE`, or [`DEFAULT_CONFIG_FILE`] when it exists.
     pub fn from_args(args: &DaemonArgs) -> Result<Self, ConfigError> {
-        let parent = Path::new(&args.cgroup_parent);
-        if args.cgroup_parent.is_empty() || !parent.components().all(|c| matches!(c, Component::Normal(_))) {
-            return Err(ConfigError::CgroupParent(args.cgroup_parent.clone()));
-        }
-        if !args.ringbuf_size.is_power_of_two() || args.ringbuf_size < 4096 {
-            return Err(ConfigError::RingbufSize(args.ringbuf_size));
-        }
-        if !args.control_socket.is_absolute() {
-            return Err(ConfigError::ControlSocket(args.control_socket.display().to_string()));
-        }
-        let policy_dir = match &args.policy_dir {
-            Some(dir) if dir.is_dir() => Some(dir.clone()),
-            Some(dir) => return Err(ConfigError::PolicyDir(dir.display().to_string())),
-            None => Some(PathBuf::from(DEFAULT_POLICY_DIR)).filter(|d| d.is_dir()),
+        Self::from_args_with_default(args, Path::new(DEFAULT_CONFIG_FILE))
+    }
+
+    /// [`Self::from_args`] with another default config file location, for
+    /// tests that must not depend on the host's `/etc`.
+    pub fn from_args_with_default(args: &DaemonArgs, default_file: &Path) -> Result<Self, ConfigError> {
+        let (path, explicit) = match &args.config {
+            Some(path) => (path.as_path(), true),
+            None => (default_file, false),
         };
-        Ok(DaemonConfig {
-            events: match &args.events {
-                None => Output::Stdout,
-                Some(p) if p.as_os_str() == "-" => Output::Stdout,
-                Some(p) => Output::File(p.clone()),
-            },
-            metrics_addr: args.metrics_addr,
-            control_socket: args.control_socket.clone(),
-            cgroup_parent: parent.to_owned(),
-            ringbuf_bytes: args.ringbuf_size,
-            policy_dir,
-            default_policy: args.default_policy.clone(),
+        let file = match ConfigFile::read(path, explicit) {
+            Ok(f) => Some(f),
+            Err(ReadError::Missing) => None,
+            Err(ReadError::Invalid(e)) => return Err(e),
+        };
+        Resolver { file: file.as_ref(), problems: Vec::new() }.resolve(args)
+    }
+}
+
+enum ReadError {
+    /// The default file does not exist: built-in defaults apply.
+    Missing,
+    Invalid(ConfigError),
+}
+
+impl ConfigFile {
+    /// Reads and parses `path`. A missing file is an error when it was
+    /// named explicitly (`--config`), and [`ReadError::Missing`] otherwise.
+    fn read(path: &Path, explicit: bool) -> Result<ConfigFile, ReadError> {
+        let invalid = |d| ReadError::Invalid(ConfigError(vec![Problem::File(d)]));
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !explicit => return Err(ReadError::Missing),
+            Err(e) => return Err(invalid(Diagnostic::new(path, Pos::FILE, "", format!("cannot read: {e}")))),
+        };
+        let doc = parse(path, &text).map_err(invalid)?;
+        Ok(ConfigFile { path: path.to_owned(), doc })
+    }
+}
+
+/// Parses the file's structure. A structural error (bad YAML, unknown key,
+/// wrong type) stops the parse, so it is the only diagnostic. An empty file
+/// (or one of comments only) configures nothing.
+fn parse(file: &Path, text: &str) -> Result<ConfigDoc, Diagnostic> {
+    let mut options = serde_saphyr::options! {};
+    options.with_snippet = false;
+    let mut field = String::new();
+    serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
+        serde_path_to_error::deserialize::<_, Option<ConfigDoc>>(de).map_err(|e| {
+            field = field_path(e.path());
+            e.into_inner()
         })
+    })
+    .map(Option::unwrap_or_default)
+    .map_err(|e| {
+        let e = e.without_snippet();
+        let message = serde_saphyr::MessageFormatter::format_message(&serde_saphyr::DefaultMessageFormatter, e);
+        Diagnostic::new(file, e.location().map(Pos::from).unwrap_or(Pos::FILE), field, message.into_owned())
+    })
+}
+
+/// The key as users write it. `Spanned` deserializes through an inner
+/// `value` field, which is not a key of the file (the same reasoning as the
+/// policy schema's path).
+fn field_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let keys: Vec<String> = path
+        .iter()
+        .filter_map(|s| match s {
+            Segment::Map { key } if key != "value" => Some(key.clone()),
+            Segment::Enum { variant } => Some(variant.clone()),
+            _ => None,
+        })
+        .collect();
+    keys.join(".")
+}
+
+/// One setting: its flag, its key in the file, how a file value is parsed,
+/// and the check every value passes whichever source it came from. Messages
+/// start with the offending value.
+struct Setting<T> {
+    flag: &'static str,
+    key: &'static str,
+    parse: fn(&str) -> Result<T, String>,
+    check: fn(&T) -> Result<(), String>,
+}
+
+struct Resolver<'a> {
+    file: Option<&'a ConfigFile>,
+    problems: Vec<Problem>,
+}
+
+impl Resolver<'_> {
+    /// The flag's value if given, else the file's, else `None`; both are
+    /// checked when present.
+    fn get<T>(&mut self, s: Setting<T>, written: Option<&Str>, flag: Option<T>) -> Option<T> {
+        let from_file = match (self.file, written) {
+            (Some(file), Some(w)) => match (s.parse)(&w.value).and_then(|v| (s.check)(&v).map(|()| v)) {
+                Ok(v) => Some(v),
+                Err(message) => {
+                    self.problems.push(Problem::File(Diagnostic::new(&file.path, Pos::of(w), s.key, message)));
+                    None
+                }
+            },
+            _ => None,
+        };
+        match flag {
+            Some(v) => match (s.check)(&v) {
+                Ok(()) => Some(v),
+                Err(message) => {
+                    self.problems.push(Problem::Flag { flag: s.flag, message });
+                    None
+                }
+            },
+            None => from_file,
+        }
+    }
+
+    fn resolve(mut self, args: &DaemonArgs) -> Result<DaemonConfig, ConfigError> {
+        let empty = ConfigDoc::default();
+        let doc = self.file.map_or(&empty, |f| &f.doc);
+        let events = self.get(
+            Setting { flag: "--events", key: "events", parse: |s| file_path(s, true).map(output), check: |_| Ok(()) },
+            doc.events.as_ref(),
+            args.events.clone().map(output),
+        );
+        let metrics_addr = self.get(
+            Setting {
+                flag: "--metrics-addr",
+                key: "metrics_addr",
+                parse: |s| s.parse().map_err(|_| format!("{s:?}: expected an address and port, e.g. 127.0.0.1:9617")),
+                check: |_| Ok(()),
+            },
+            doc.metrics_addr.as_ref(),
+            args.metrics_addr,
+        );
+        let control_socket = self.get(
+            Setting {
+                flag: "--control-socket",
+                key: "control_socket",
+                parse: |s| file_path(s, false),
+                check: |p| match p.is_absolute() {
+                    true => Ok(()),
+                    false => Err(format!("{:?}: expected an absolute path", p.display().to_string())),
+                },
+            },
+            doc.control_socket.as_ref(),
+            args.control_socket.clone(),
+        );
+        let cgroup_parent = self.get(
+            Setting {
+                flag: "--cgroup-parent",
+                key: "cgroup_parent",
+                parse: |s| Ok(s.to_owned()),
+                check: |s| {
+                    let plain = Path::new(s).components().all(|c| matches!(c, Component::Normal(_)));
+                    match !s.is_empty() && plain {
+                        true => Ok(()),
+                        false => Err(format!(
+                            "{s:?}: expected a relative path of plain names below the cgroup2 mount, e.g. agent-monitor"
+                        )),
+                    }
+                },
+            },
+            doc.cgroup_parent.as_ref(),
+            args.cgroup_parent.clone(),
+        );
+        let ringbuf_bytes = self.get(
+            Setting {
+                flag: "--ringbuf-size",
+                key: "ringbuf_size",
+                parse: |s| s.parse().map_err(|_| format!("{s:?}: expected a number of bytes")),
+                check: |n: &u32| match n.is_power_of_two() && *n >= 4096 {
+                    true => Ok(()),
+                    false => Err(format!("{n}: expected a power of two of at least 4096 bytes")),
+                },
+            },
+            doc.ringbuf_size.as_ref(),
+            args.ringbuf_size,
+        );
+        let policy_dir = self.get(
+            Setting {
+                flag: "--policy-dir",
+                key: "policy_dir",
+                parse: |s| file_path(s, false),
+                check: |p| match p.is_dir() {
+                    true => Ok(()),
+                    false => Err(format!("{:?}: not a directory", p.display().to_string())),
+                },
+            },
+            doc.policy_dir.as_ref(),
+            args.policy_dir.clone(),
+        );
+        let default_policy = self.get(
+            Setting {
+                flag: "--default-policy",
+                key: "default_policy",
+                parse: |s| Ok(s.to_owned()),
+                check: |s| match s.is_empty() {
+                    false => Ok(()),
+                    true => Err("\"\": expected a policy name".into()),
+                },
+            },
+            doc.default_policy.as_ref(),
+            args.default_policy.clone(),
+        );
+        if !self.problems.is_empty() {
+            return Err(ConfigError(self.problems));
+        }
+        let default = |s: &str| s.parse().expect("valid built-in default");
+        Ok(DaemonConfig {
+            config_file: self.file.map(|f| f.path.clone()),
+            events: events.unwrap_or(Output::Stdout),
+            metrics_addr: metrics_addr.unwrap_or_else(|| default(DEFAULT_METRICS_ADDR)),
+            control_socket: control_socket.unwrap_or_else(|| DEFAULT_CONTROL_SOCKET.into()),
+            cgroup_parent: cgroup_parent.unwrap_or_else(|| DEFAULT_CGROUP_PARENT.into()).into(),
+            ringbuf_bytes: ringbuf_bytes.unwrap_or(DEFAULT_RINGBUF_BYTES),
+            policy_dir: policy_dir.or_else(|| Some(PathBuf::from(DEFAULT_POLICY_DIR)).filter(|d| d.is_dir())),
+            default_policy: default_policy.unwrap_or_else(|| DEFAULT_POLICY.into()),
+        })
+    }
+}
+
+/// A path written in the config file: absolute, because the daemon's
+/// working directory is nobody's business (`/` under systemd). `-` means
+/// stdout where `allow_stdout`.
+fn file_path(s: &str, allow_stdout: bool) -> Result<PathBuf, String> {
+    match Path::new(s) {
+        _ if allow_stdout && s == "-" => Ok(s.into()),
+        p if p.is_absolute() => Ok(p.to_owned()),
+        _ => Err(format!("{s:?}: expected an absolute path{}", if allow_stdout { " or - (stdout)" } else { "" })),
+    }
+}
+
+fn output(p: PathBuf) -> Output {
+    if p.as_os_str() == "-" {
+        Output::Stdout
+    } else {
+        Output::File(p)
     }
 }
 
@@ -85,31 +365,215 @@ mod tests {
     use super::*;
     use crate::cli::{Cli, Commands};
 
-    fn parse(extra: &[&str]) -> Result<DaemonConfig, ConfigError> {
+    /// No file at the default location: only flags and built-in defaults.
+    const NO_DEFAULT: &str = "/nonexistent/agent-monitor/config.yaml";
+
+    fn parse_with(default_file: &Path, extra: &[&str]) -> Result<DaemonConfig, ConfigError> {
         let cli = Cli::try_parse_from(["agent-monitor", "daemon"].iter().chain(extra)).unwrap();
         let Commands::Daemon(args) = cli.command else { panic!() };
-        DaemonConfig::from_args(&args)
+        DaemonConfig::from_args_with_default(&args, default_file)
+    }
+
+    fn parse(extra: &[&str]) -> Result<DaemonConfig, ConfigError> {
+        parse_with(Path::new(NO_DEFAULT), extra)
+    }
+
+    fn flag_problem(flag: &'static str, message: &str) -> ConfigError {
+        ConfigError(vec![Problem::Flag { flag, message: message.into() }])
+    }
+
+    /// A config file in a temporary directory.
+    fn file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    fn problems(r: Result<DaemonConfig, ConfigError>) -> Vec<String> {
+        r.unwrap_err().0.iter().map(ToString::to_string).collect()
     }
 
     #[test]
     fn defaults() {
         let c = parse(&[]).unwrap();
+        assert_eq!(c.config_file, None);
         assert_eq!(c.events, Output::Stdout);
         assert_eq!(c.metrics_addr.to_string(), DEFAULT_METRICS_ADDR);
         assert!(c.metrics_addr.ip().is_loopback());
         assert_eq!(c.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
+        assert_eq!(c.cgroup_parent, PathBuf::from(DEFAULT_CGROUP_PARENT));
+        assert_eq!(c.ringbuf_bytes, DEFAULT_RINGBUF_BYTES);
+        assert_eq!(c.default_policy, DEFAULT_POLICY);
     }
 
     #[test]
     fn rejects_escaping_cgroup_parent_and_bad_sizes() {
         for bad in ["../x", "/abs", "", "a/../b"] {
-            assert!(matches!(parse(&["--cgroup-parent", bad]), Err(ConfigError::CgroupParent(_))), "{bad}");
+            assert_eq!(
+                parse(&["--cgroup-parent", bad]),
+                Err(flag_problem(
+                    "--cgroup-parent",
+                    &format!(
+                        "{bad:?}: expected a relative path of plain names below the cgroup2 mount, e.g. agent-monitor"
+                    )
+                )),
+                "{bad}"
+            );
         }
-        assert_eq!(parse(&["--ringbuf-size", "5000"]), Err(ConfigError::RingbufSize(5000)));
+        assert_eq!(
+            parse(&["--ringbuf-size", "5000"]).unwrap_err().to_string(),
+            "--ringbuf-size 5000: expected a power of two of at least 4096 bytes"
+        );
         assert!(parse(&["--control-socket", "rel.sock"]).is_err());
         assert_eq!(
-            parse(&["--policy-dir", "/nonexistent/policies"]),
-            Err(ConfigError::PolicyDir("/nonexistent/policies".into()))
+            parse(&["--policy-dir", "/nonexistent/policies"]).unwrap_err().to_string(),
+            "--policy-dir \"/nonexistent/policies\": not a directory"
         );
+    }
+
+    #[test]
+    fn file_values_apply_and_flags_override_them() {
+        let (dir, path) = file(&format!(
+            "# comment\nevents: /var/log/agent-monitor/events.jsonl\nmetrics_addr: 0.0.0.0:9700\nringbuf_size: 65536\n\
+             cgroup_parent: agents/monitor\ncontrol_socket: /run/am/control.sock\npolicy_dir: {}\n\
+             default_policy: reviewer\n",
+            std::env::temp_dir().display()
+        ));
+        let c = parse(&["--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(c.config_file.as_deref(), Some(path.as_path()));
+        assert_eq!(c.events, Output::File("/var/log/agent-monitor/events.jsonl".into()));
+        assert_eq!(c.metrics_addr.to_string(), "0.0.0.0:9700");
+        assert_eq!(c.ringbuf_bytes, 65536);
+        assert_eq!(c.cgroup_parent, PathBuf::from("agents/monitor"));
+        assert_eq!(c.control_socket, PathBuf::from("/run/am/control.sock"));
+        assert_eq!(c.policy_dir, Some(std::env::temp_dir()));
+        assert_eq!(c.default_policy, "reviewer");
+
+        let c = parse(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--metrics-addr",
+            "127.0.0.1:9800",
+            "--events",
+            "-",
+            "--ringbuf-size",
+            "8192",
+        ])
+        .unwrap();
+        assert_eq!(c.metrics_addr.to_string(), "127.0.0.1:9800");
+        assert_eq!(c.events, Output::Stdout);
+        assert_eq!(c.ringbuf_bytes, 8192);
+        assert_eq!(c.default_policy, "reviewer", "keys without a flag on the command line keep the file's value");
+        drop(dir);
+    }
+
+    #[test]
+    fn the_default_file_is_read_when_present_and_optional_when_absent() {
+        let (_dir, path) = file("metrics_addr: 127.0.0.1:9701\n");
+        let c = parse_with(&path, &[]).unwrap();
+        assert_eq!(c.config_file.as_deref(), Some(path.as_path()));
+        assert_eq!(c.metrics_addr.to_string(), "127.0.0.1:9701");
+        assert_eq!(parse(&[]).unwrap().config_file, None);
+    }
+
+    #[test]
+    fn an_explicit_config_file_must_exist() {
+        let p = problems(parse(&["--config", "/nonexistent/am.yaml"]));
+        assert_eq!(p.len(), 1);
+        assert!(p[0].starts_with("/nonexistent/am.yaml: cannot read: No such file"), "{p:?}");
+    }
+
+    #[test]
+    fn empty_and_comment_only_files_configure_nothing() {
+        for text in ["", "\n", "# all defaults\n", "---\n"] {
+            let (_dir, path) = file(text);
+            let c = parse(&["--config", path.to_str().unwrap()]).unwrap();
+            assert_eq!(c, DaemonConfig { config_file: Some(path.clone()), ..parse(&[]).unwrap() }, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn structural_errors_name_file_line_column_and_key() {
+        let (_dir, path) = file("events: \"-\"\nmetrics_adr: 127.0.0.1:1\n");
+        let p = problems(parse(&["--config", path.to_str().unwrap()]));
+        assert_eq!(p.len(), 1, "{p:?}");
+        let expected = format!("{}:2:1: metrics_adr: unknown field `metrics_adr`", path.display());
+        assert!(p[0].starts_with(&expected), "{p:?}");
+
+        let (_dir, path) = file("ringbuf_size: [1, 2]\n");
+        let p = problems(parse(&["--config", path.to_str().unwrap()]));
+        assert!(p[0].starts_with(&format!("{}:1:15: ringbuf_size: ", path.display())), "{p:?}");
+
+        // A bare `-` is YAML for a list item: stdout must be quoted.
+        let (_dir, path) = file("events: -\n");
+        let p = problems(parse(&["--config", path.to_str().unwrap()]));
+        assert!(p[0].starts_with(&format!("{}:1:9: ", path.display())), "{p:?}");
+    }
+
+    #[test]
+    fn every_value_error_of_the_file_and_the_flags_is_reported_at_once() {
+        let (_dir, path) = file(
+            "events: relative.jsonl\nmetrics_addr: localhost\ncontrol_socket: run/x.sock\ncgroup_parent: ../up\n\
+             ringbuf_size: 5000\npolicy_dir: /nonexistent/policies\ndefault_policy: \"\"\n",
+        );
+        let p = problems(parse(&["--config", path.to_str().unwrap(), "--ringbuf-size", "4097"]));
+        let f = path.display();
+        assert_eq!(
+            p,
+            [
+                format!("{f}:1:9: events: \"relative.jsonl\": expected an absolute path or - (stdout)"),
+                format!("{f}:2:15: metrics_addr: \"localhost\": expected an address and port, e.g. 127.0.0.1:9617"),
+                format!("{f}:3:17: control_socket: \"run/x.sock\": expected an absolute path"),
+                format!(
+                    "{f}:4:16: cgroup_parent: \"../up\": expected a relative path of plain names below the cgroup2 \
+                     mount, e.g. agent-monitor"
+                ),
+                format!("{f}:5:15: ringbuf_size: 5000: expected a power of two of at least 4096 bytes"),
+                "--ringbuf-size 4097: expected a power of two of at least 4096 bytes".to_owned(),
+                format!("{f}:6:13: policy_dir: \"/nonexistent/policies\": not a directory"),
+                format!("{f}:7:17: default_policy: \"\": expected a policy name"),
+            ]
+        );
+        let all = parse(&["--config", path.to_str().unwrap()]).unwrap_err().to_string();
+        assert!(all.starts_with("invalid configuration:\n  "), "{all}");
+    }
+
+    #[test]
+    fn help_shows_the_defaults_applied_here() {
+        use clap::CommandFactory;
+        let mut cli = Cli::command();
+        let help = cli.find_subcommand_mut("daemon").unwrap().render_long_help().to_string();
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        for default in [
+            DEFAULT_CONFIG_FILE,
+            DEFAULT_METRICS_ADDR,
+            DEFAULT_CONTROL_SOCKET,
+            DEFAULT_CGROUP_PARENT,
+            &DEFAULT_RINGBUF_BYTES.to_string(),
+            DEFAULT_POLICY_DIR,
+            DEFAULT_POLICY,
+        ] {
+            assert!(
+                help.contains(&format!("[default: {default}")),
+                "`daemon --help` lacks [default: {default}]:\n{help}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config.yaml");
+        let text = std::fs::read_to_string(&shipped).unwrap();
+        // Its policy directory need not exist on this machine: point it at
+        // one that does, and check that this is the only edit.
+        let policies = tempfile::tempdir().unwrap();
+        let edited = text.replace(DEFAULT_POLICY_DIR, policies.path().to_str().unwrap());
+        assert_ne!(edited, text, "the example names the policy directory");
+        let (_dir, path) = file(&edited);
+        let c = parse(&["--config", path.to_str().unwrap()]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.events, Output::File("/var/log/agent-monitor/events.jsonl".into()), "the unit's LogsDirectory");
+        assert!(c.metrics_addr.ip().is_loopback());
+        assert_eq!(c.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET), "the unit's RuntimeDirectory");
     }
 }

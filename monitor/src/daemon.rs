@@ -58,6 +58,10 @@ pub enum DaemonError {
 
 pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
     host::require_root()?;
+    match &config.config_file {
+        Some(file) => tracing::info!(file = %file.display(), "configuration file read"),
+        None => tracing::info!("no configuration file; flags and built-in defaults apply"),
+    }
     host::require_btf()?;
     host::raise_memlock_limit();
     host::ensure_tracefs()?;
@@ -95,6 +99,9 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     }
     let e = loaded.enforcement;
     tracing::info!(file = e.file, exec = e.exec, network = e.network, "enforcement per rule class");
+    for (class, m) in [("file", e.file), ("exec", e.exec), ("network", e.network)] {
+        metrics.enforcement.with_label_values(&[class, m]).set(1);
+    }
     for (class, m) in [("file", e.file), ("exec", e.exec)] {
         if m == mechanism::KILL {
             tracing::warn!(
@@ -122,6 +129,12 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     metrics.set_rule_counts(&enforcer.rule_counts());
 
     let metrics_listener = metrics::bind(config.metrics_addr).await?;
+    if !config.metrics_addr.ip().is_loopback() {
+        tracing::warn!(
+            addr = %config.metrics_addr,
+            "the metrics endpoint is reachable from other hosts; it has no authentication (policy names and counts)"
+        );
+    }
     let (bus, sink_rx) = Bus::new();
     let sink = jsonl::spawn(config.events.clone(), sink_rx)?;
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -1,12 +1,19 @@
 //! The Prometheus registry and the `/metrics` endpoint. Label values are
-//! bounded sets (kinds, reasons); never trajectory ids, pids or paths.
+//! bounded sets (kinds, reasons, policy names, hook names); never
+//! trajectory ids, pids or paths. `docs/metrics.md` lists every family.
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+mod process;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 pub struct Metrics {
     pub registry: Registry,
+    /// Records published to the sinks, by kind and decision (`none` for
+    /// records no policy judged: trajectory start and end, gaps).
     pub events: IntCounterVec,
     pub events_lost: IntCounterVec,
     pub trajectories_active: IntGauge,
@@ -18,17 +25,35 @@ pub struct Metrics {
     pub denials: IntCounterVec,
     pub policy_reloads: IntCounterVec,
     pub policy_rules: IntGaugeVec,
-    /// 1 for the mechanism each hook uses (an alert fires on `audit-only`
-    /// or `unavailable`).
+    /// 1 for the mechanism each hook uses.
     pub hook_mechanism: IntGaugeVec,
+    /// 1 for the mechanism each rule class is enforced with: what an alert
+    /// on degraded enforcement watches (a hook can be `unavailable` by
+    /// design while its class still enforces through another hook).
+    pub enforcement: IntGaugeVec,
+    /// Kernel timestamp of a record to its hand-over to the sink queue.
+    pub pipeline_latency: Histogram,
 }
+
+/// Upper bounds of the pipeline latency buckets, in seconds. Records wait
+/// up to the 10 ms poll tick when traffic is light; the upper buckets show
+/// a sink that holds the pipeline back.
+pub const LATENCY_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Label values of `decision` on `agent_monitor_events_total` for records
+/// no policy judged.
+pub const NO_DECISION: &str = "none";
 
 impl Metrics {
     pub fn new() -> Arc<Self> {
         let registry = Registry::new();
         let events = IntCounterVec::new(
-            Opts::new("agent_monitor_events_total", "Records published to the sinks, by kind."),
-            &["kind"],
+            Opts::new(
+                "agent_monitor_events_total",
+                "Records published to the sinks, by kind and decision (allow, audit, deny; none for records no policy judged).",
+            ),
+            &["kind", "decision"],
         )
         .expect("valid metric");
         let events_lost = IntCounterVec::new(
@@ -79,6 +104,28 @@ impl Metrics {
             &["hook", "mechanism"],
         )
         .expect("valid metric");
+        let enforcement = IntGaugeVec::new(
+            Opts::new(
+                "agent_monitor_enforcement",
+                "1 for the mechanism each rule class (file, exec, network) is enforced with (lsm-deny, kill, cgroup-deny, audit-only, unavailable).",
+            ),
+            &["class", "mechanism"],
+        )
+        .expect("valid metric");
+        let pipeline_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "agent_monitor_pipeline_latency_seconds",
+                "Time from the kernel's timestamp of a record to its hand-over to the event sink's queue.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new("agent_monitor_build_info", "Always 1; the version of the running daemon as a label."),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for r in ["success", "failure"] {
             policy_reloads.with_label_values(&[r]);
         }
@@ -93,13 +140,22 @@ impl Metrics {
             Box::new(trajectories_active.clone()),
             Box::new(trajectories_started.clone()),
             Box::new(trajectories_ended.clone()),
+            Box::new(enforcement.clone()),
+            Box::new(pipeline_latency.clone()),
+            Box::new(build_info),
+            Box::new(process::ProcessCollector::new()),
         ] {
             registry.register(c).expect("unique metric names");
         }
         // Known label values start at zero, so a rate() exists before the
         // first event and an alert on losses can fire on the first one.
-        for kind in ["exec", "open", "connect", "trajectory_start", "trajectory_end", "gap"] {
-            events.with_label_values(&[kind]);
+        for kind in ["exec", "open", "connect"] {
+            for decision in ["allow", "audit", "deny"] {
+                events.with_label_values(&[kind, decision]);
+            }
+        }
+        for kind in ["trajectory_start", "trajectory_end", "gap"] {
+            events.with_label_values(&[kind, NO_DECISION]);
         }
         for reason in ["ringbuf_full", "decode_error", "unknown_trajectory"] {
             events_lost.with_label_values(&[reason]);
@@ -116,7 +172,14 @@ impl Metrics {
             policy_reloads,
             policy_rules,
             hook_mechanism,
+            enforcement,
+            pipeline_latency,
         })
+    }
+
+    /// Counts one record published to the sinks.
+    pub fn count_event(&self, kind: &str, decision: Option<&str>) {
+        self.events.with_label_values(&[kind, decision.unwrap_or(NO_DECISION)]).inc();
     }
 
     pub fn count_decision(&self, policy: &str, class: &str, decision: &str, mechanism: Option<&str>) {
@@ -164,4 +227,61 @@ pub async fn serve(
         }),
     );
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus::proto::MetricType;
+
+    use super::*;
+
+    /// Every family, with one series of each labelled family touched so
+    /// that it is exported.
+    fn families() -> Vec<prometheus::proto::MetricFamily> {
+        let m = Metrics::new();
+        m.count_decision("default", "network", "deny", Some("cgroup-deny"));
+        m.policy_rules.with_label_values(&["default", "file"]).set(1);
+        m.hook_mechanism.with_label_values(&["exec", "kill"]).set(1);
+        m.enforcement.with_label_values(&["exec", "kill"]).set(1);
+        m.pipeline_latency.observe(0.003);
+        m.registry.gather()
+    }
+
+    #[test]
+    fn families_follow_prometheus_naming_conventions() {
+        for f in families() {
+            let name = f.name();
+            assert!(name.starts_with("agent_monitor_") || name.starts_with("process_"), "{name}: prefix");
+            assert!(!f.help().is_empty(), "{name}: help text");
+            match f.get_field_type() {
+                MetricType::COUNTER => assert!(name.ends_with("_total"), "{name}: counters end in _total"),
+                MetricType::HISTOGRAM => assert!(name.ends_with("_seconds"), "{name}: histograms in base units"),
+                _ => assert!(!name.ends_with("_total"), "{name}: only counters end in _total"),
+            }
+            for m in f.get_metric() {
+                for l in m.get_label() {
+                    assert!(
+                        !["trajectory", "pid", "path", "cgroup", "rule"].contains(&l.name()),
+                        "{name}: unbounded label {}",
+                        l.name()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn docs_list_every_family() {
+        let docs = include_str!("../../docs/metrics.md");
+        for f in families() {
+            assert!(docs.contains(&format!("`{}`", f.name())), "docs/metrics.md does not document {}", f.name());
+        }
+    }
+
+    #[test]
+    fn latency_buckets_are_increasing_and_cover_the_poll_tick() {
+        assert!(LATENCY_BUCKETS.windows(2).all(|w| w[0] < w[1]));
+        let tick = crate::events::pipeline::POLL_INTERVAL.as_secs_f64();
+        assert!(LATENCY_BUCKETS.contains(&tick), "a bucket boundary at the poll interval");
+    }
 }

@@ -6,9 +6,11 @@
 //! daemon recorded. They must run as root (`cargo xtask test`); as any other
 //! user they fail with a message saying so, never skip.
 
+mod confined;
 mod enforce;
 mod harness;
 mod observe;
 mod operator_errors;
 mod policy_cli;
 mod schema;
+mod service;

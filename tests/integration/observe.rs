@@ -207,8 +207,17 @@ fn metrics_count_events_and_trajectories() {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
     };
-    assert_eq!(value("agent_monitor_events_total{kind=\"exec\"}"), of_kind(&recs, "exec").len() as u64);
-    assert_eq!(value("agent_monitor_events_total{kind=\"open\"}"), of_kind(&recs, "open").len() as u64);
+    // Summed over the `decision` label.
+    let events = |kind: &str| -> u64 {
+        let label = format!("kind=\"{kind}\"");
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("agent_monitor_events_total{") && l.contains(&label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!(events("exec"), of_kind(&recs, "exec").len() as u64);
+    assert_eq!(events("open"), of_kind(&recs, "open").len() as u64);
     assert_eq!(value("agent_monitor_trajectories_started_total"), 1);
     assert_eq!(value("agent_monitor_trajectories_ended_total"), 1);
     assert_eq!(value("agent_monitor_trajectories_active"), 0);

@@ -22,6 +22,11 @@ const PACKAGES: &[&str] = &[
     "zlib1g-dev",
     // Inspecting loaded programs in tests and by operators.
     "bpftool",
+    // Tests of deploy/ (tests/integration/deploy.rs, prometheus.rs):
+    // `prometheus` and `promtool`, `systemd-analyze`, `strace`.
+    "prometheus",
+    "systemd",
+    "strace",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

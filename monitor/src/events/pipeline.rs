@@ -151,6 +151,9 @@ pub struct Pipeline {
     bus: Bus,
     metrics: Arc<Metrics>,
     pending: Vec<Record>,
+    /// Kernel timestamps (CLOCK_BOOTTIME) of the kernel records in
+    /// `pending`, for the pipeline latency histogram.
+    pending_kernel_ts: Vec<u64>,
     enforcer: Enforcer,
     /// [`RuntimeConfig::flags`] chosen at load.
     runtime_flags: u64,
@@ -179,6 +182,7 @@ impl Pipeline {
             bus,
             metrics,
             pending: Vec::with_capacity(BATCH),
+            pending_kernel_ts: Vec::with_capacity(BATCH),
             enforcer,
             runtime_flags,
         })
@@ -390,6 +394,7 @@ impl Pipeline {
                     Ok(d) => match self.trajectories.get_mut(&d.trajectory_cgroup) {
                         Some(t) => {
                             let verdict = describe(&mut self.enforcer, &self.metrics, &d);
+                            self.pending_kernel_ts.push(d.ts_boot_ns);
                             self.pending.push(make_record(&self.clock, t, d, verdict));
                         }
                         None => self.metrics.events_lost.with_label_values(&["unknown_trajectory"]).inc(),
@@ -429,9 +434,27 @@ impl Pipeline {
         }
         let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(BATCH));
         for r in &batch {
-            self.metrics.events.with_label_values(&[r.body.kind()]).inc();
+            self.metrics.count_event(r.body.kind(), r.verdict.as_ref().and_then(|v| v.decision));
         }
         self.bus.publish(batch).await;
+        self.observe_latency();
+    }
+
+    /// Observes, for each kernel record just published, the time since the
+    /// kernel stamped it. Measured when the batch enters the sink's queue
+    /// (`publish` returned), not when the sink has written it: the sink is
+    /// a thread of its own behind that queue. A sink that falls behind
+    /// still shows here, because `publish` waits once the queue is full.
+    fn observe_latency(&mut self) {
+        if self.pending_kernel_ts.is_empty() {
+            return;
+        }
+        let now = clock_ns(libc::CLOCK_BOOTTIME);
+        let local = self.metrics.pipeline_latency.local();
+        for ts in self.pending_kernel_ts.drain(..) {
+            local.observe(now.saturating_sub(ts) as f64 / 1e9);
+        }
+        local.flush();
     }
 
     async fn report_losses(&mut self) {
