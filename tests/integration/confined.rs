@@ -176,12 +176,7 @@ impl Confined {
     }
 
     pub fn metrics(&self) -> String {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).expect("metrics endpoint");
-        write!(s, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
+        crate::harness::scrape(self.metrics_port)
     }
 
     /// Waits until `series` reaches `min` in the daemon's own scrape.

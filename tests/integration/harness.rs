@@ -204,12 +204,7 @@ impl Daemon {
     }
 
     pub fn metrics(&self) -> String {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).expect("metrics endpoint");
-        write!(s, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
+        scrape(self.metrics_port)
     }
 
     /// SIGTERM and wait; returns the exit status.
@@ -242,6 +237,16 @@ impl Drop for Daemon {
             self.stop();
         }
     }
+}
+
+/// `GET /metrics` on a loopback port: the raw HTTP response.
+pub fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }
 
 /// Value of one series (exact `name{labels}` text) in a metrics scrape.

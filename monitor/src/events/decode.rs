@@ -4,9 +4,12 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use monitor_common::event::{
-    decision, flags, mechanism, ConnectEvent, ConnectOp, EventHeader, EventKind, ExecEvent, OpenEvent, OpenSyscall,
-    AT_FDCWD,
+use monitor_common::{
+    event::{
+        decision, flags, mechanism, ConnectEvent, ConnectOp, EventHeader, EventKind, ExecEvent, OpenEvent, OpenSyscall,
+        AT_FDCWD,
+    },
+    policy::action,
 };
 
 use super::record::{Body, Bytes, Process};
@@ -48,21 +51,22 @@ pub struct RawVerdict {
     pub mechanism: Option<&'static str>,
 }
 
+/// Actions and decisions share one encoding: 0 none, then allow, audit, deny.
+fn verdict_word(field: &'static str, v: u8) -> Result<Option<&'static str>, DecodeError> {
+    const _: () = assert!(decision::ALLOW == action::ALLOW && decision::AUDIT == action::AUDIT);
+    const _: () = assert!(decision::DENY == action::DENY && decision::NONE == 0);
+    match v {
+        decision::NONE => Ok(None),
+        decision::ALLOW => Ok(Some("allow")),
+        decision::AUDIT => Ok(Some("audit")),
+        decision::DENY => Ok(Some("deny")),
+        other => Err(DecodeError::Field { field, value: other.into() }),
+    }
+}
+
 fn verdict(h: &EventHeader) -> Result<RawVerdict, DecodeError> {
-    let decision = match h.decision {
-        decision::NONE => None,
-        decision::ALLOW => Some("allow"),
-        decision::AUDIT => Some("audit"),
-        decision::DENY => Some("deny"),
-        other => return Err(DecodeError::Field { field: "decision", value: other.into() }),
-    };
-    let action = match h.action {
-        0 => None,
-        1 => Some("allow"),
-        2 => Some("audit"),
-        3 => Some("deny"),
-        other => return Err(DecodeError::Field { field: "action", value: other.into() }),
-    };
+    let decision = verdict_word("decision", h.decision)?;
+    let action = verdict_word("action", h.action)?;
     let mechanism = match h.mechanism {
         mechanism::NONE => None,
         mechanism::LSM => Some("lsm-deny"),
