@@ -197,6 +197,9 @@ impl Pipeline {
     ) -> Result<(), PipelineError> {
         let mut tick = tokio::time::interval(POLL_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // One value per loop turn, moved once: boxing the command would cost
+        // an allocation per command for no gain.
+        #[allow(clippy::large_enum_variant)]
         enum Wake {
             Command(Command),
             Data,
