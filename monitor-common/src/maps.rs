@@ -15,14 +15,10 @@ pub const MAX_TRAJECTORIES: u32 = 4096;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TrajectoryValue {
     /// Policy instance bound to this trajectory: the index into the policy
-    /// config array and the head of every policy map key. [`NO_POLICY`]
-    /// observes without judging.
+    /// config array and the head of every policy map key.
     pub policy: u32,
     pub _pad: u32,
 }
-
-/// [`TrajectoryValue::policy`] of a trajectory no policy judges.
-pub const NO_POLICY: u32 = u32::MAX;
 assert_size!(TrajectoryValue, 8);
 
 /// Runtime configuration, written by the daemon, read on every hook.

@@ -4,11 +4,11 @@
 //! io_uring included.
 //!
 //! A kernel can accept and attach these programs and still never call them
-//! (BPF LSM built but `bpf` missing from `lsm=`). Each program therefore
-//! counts its invocations in [`LSM_PROBE`] before anything else, and the
-//! daemon turns enforcement on (`runtime::LSM_*`) only after a self-test saw
-//! the counters move; until then the programs judge nothing and the
-//! tracepoint fallback stays in charge.
+//! (BPF LSM built but `bpf` missing from `lsm=`). Until enforcement is on
+//! (`runtime::LSM_*`) each program only counts its invocations in
+//! [`LSM_PROBE`]; the daemon turns enforcement on only after a self-test saw
+//! the counters move, and otherwise unloads them and attaches the
+//! tracepoint fallback.
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use monitor_common::{
@@ -64,14 +64,16 @@ pub fn lsm_file_open(ctx: LsmContext) -> i32 {
 
 #[inline(always)]
 fn file_open(ctx: &LsmContext) -> i32 {
-    probe(LsmProbe::FileOpen);
     // An earlier LSM program's refusal stands.
     let prev: i32 = ctx.arg(1);
-    if prev != 0 {
+    if runtime_flags() & runtime::LSM_FILE == 0 {
+        // Not enforcing (yet): count the call for the daemon's self-test.
+        // Once enforcing, the counter is not needed and costs nothing.
+        probe(LsmProbe::FileOpen);
         return prev;
     }
-    if runtime_flags() & runtime::LSM_FILE == 0 {
-        return 0;
+    if prev != 0 {
+        return prev;
     }
     let file: u64 = ctx.arg(0);
     on_file_open(file)
@@ -120,13 +122,13 @@ pub fn lsm_bprm_check(ctx: LsmContext) -> i32 {
 
 #[inline(always)]
 fn bprm_check(ctx: &LsmContext) -> i32 {
-    probe(LsmProbe::BprmCheck);
     let prev: i32 = ctx.arg(1);
-    if prev != 0 {
+    if runtime_flags() & runtime::LSM_EXEC == 0 {
+        probe(LsmProbe::BprmCheck);
         return prev;
     }
-    if runtime_flags() & runtime::LSM_EXEC == 0 {
-        return 0;
+    if prev != 0 {
+        return prev;
     }
     let bprm: u64 = ctx.arg(0);
     on_bprm_check(bprm)

@@ -90,10 +90,6 @@ impl Enforcer {
         }
     }
 
-    pub fn set(&self) -> &Arc<PolicySet> {
-        &self.set
-    }
-
     /// Compiles `binding` against the current set and writes it; returns
     /// the instance id to bind.
     pub fn open(&mut self, binding: &Binding) -> Result<u32, EnforceError> {
@@ -175,11 +171,7 @@ impl Enforcer {
 
     /// Number of (file, exec, network) rules of each policy in the set.
     pub fn rule_counts(&self) -> Vec<(String, [usize; 3])> {
-        self.set
-            .policies()
-            .iter()
-            .map(|p| (p.name.clone(), [p.file_rules.len(), p.exec_rules.len(), p.network_rules.len()]))
-            .collect()
+        self.set.policies().iter().map(|p| (p.name.clone(), p.rule_counts())).collect()
     }
 
     fn take_id(&mut self) -> Result<u32, EnforceError> {

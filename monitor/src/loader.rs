@@ -145,14 +145,9 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<(Loaded, PipelineMaps, PolicyMapHa
     let lsm = probe_lsm(&mut ebpf);
     let lsm_active = lsm.iter().all(|h| h.mechanism == mechanism::LSM_DENY);
     let runtime_flags = if lsm_active { runtime::LSM_FILE | runtime::LSM_EXEC } else { 0 };
-    if lsm_active {
-        let mut config: Array<&mut MapData, RuntimeConfig> =
-            Array::try_from(ebpf.map_mut(names::MAP_CONFIG).ok_or(LoadError::MissingMap(names::MAP_CONFIG))?)
-                .map_err(map_err(names::MAP_CONFIG))?;
-        config
-            .set(0, RuntimeConfig { trajectory_levels: 0, flags: runtime_flags }, 0)
-            .map_err(map_err(names::MAP_CONFIG))?;
-    } else {
+    // The pipeline writes `runtime_flags` into CONFIG with the first
+    // trajectory; until then no task is a member, so nothing is judged.
+    if !lsm_active {
         for hook in OPEN_TRACEPOINTS {
             hooks.push(attach(&mut ebpf, hook, &cgroup)?);
         }

@@ -38,7 +38,7 @@ pub fn table(set: &PolicySet) -> Vec<PolicyStatus> {
             name: p.name.clone(),
             mode: p.mode.as_str().to_owned(),
             file: p.file.display().to_string(),
-            rules: [p.file_rules.len(), p.exec_rules.len(), p.network_rules.len()],
+            rules: p.rule_counts(),
         })
         .collect()
 }

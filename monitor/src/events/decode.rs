@@ -301,9 +301,8 @@ mod tests {
         assert_eq!(path, None);
     }
 
-    #[test]
-    fn decodes_connect_v4_and_mapped_v6() {
-        let mut e = ConnectEvent {
+    fn connect_event() -> ConnectEvent {
+        ConnectEvent {
             header: header(EventKind::Connect),
             op: ConnectOp::Connect as u32,
             family: 2,
@@ -312,7 +311,12 @@ mod tests {
             port: 9,
             _pad: [0; 6],
             addr: [0; 16],
-        };
+        }
+    }
+
+    #[test]
+    fn decodes_connect_v4_and_mapped_v6() {
+        let mut e = connect_event();
         e.addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         let Body::Connect { addr, port, protocol, family, .. } = decode(&bytes_of(&e)).unwrap().body else { panic!() };
         assert_eq!((addr.as_str(), port, protocol.as_str(), family), ("127.0.0.1", 9, "tcp", "inet"));
@@ -331,16 +335,7 @@ mod tests {
         assert!(matches!(decode(&h), Err(DecodeError::Size { .. })));
         h[0] = 99;
         assert_eq!(decode(&h), Err(DecodeError::UnknownKind(99)));
-        let mut c = ConnectEvent {
-            header: header(EventKind::Connect),
-            op: 1,
-            family: 2,
-            protocol: 6,
-            sock_type: 1,
-            port: 1,
-            _pad: [0; 6],
-            addr: [0; 16],
-        };
+        let mut c = connect_event();
         c.header.decision = 9;
         assert_eq!(decode(&bytes_of(&c)), Err(DecodeError::Field { field: "decision", value: 9 }));
     }

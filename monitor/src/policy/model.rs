@@ -366,6 +366,13 @@ pub struct Policy {
     pub network_rules: Vec<NetworkRule>,
 }
 
+impl Policy {
+    /// Rules per class: file, exec, network.
+    pub fn rule_counts(&self) -> [usize; 3] {
+        [self.file_rules.len(), self.exec_rules.len(), self.network_rules.len()]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
