@@ -103,8 +103,16 @@ pub struct EventHeader {
     pub mechanism: u8,
     pub _pad: u8,
     pub comm: [u8; COMM_LEN],
+    /// `start_boottime` (ns) of the process (its thread-group leader): with
+    /// `pid` and the boot id, the process's stable identity (`exec_id`).
+    pub start_ns: u64,
+    /// `start_boottime` (ns) of the real parent's thread-group leader.
+    pub parent_start_ns: u64,
+    /// The trajectory's step when the kernel took the record (0: none yet).
+    pub step: u32,
+    pub _pad2: u32,
 }
-assert_size!(EventHeader, 72);
+assert_size!(EventHeader, 96);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -125,7 +133,7 @@ pub struct ExecEvent {
     /// `flags::PATH_RESOLVED`): what the policy judged.
     pub path: [u8; PATH_LEN],
 }
-assert_size!(ExecEvent, 72 + 8 + FILENAME_LEN + ARGS_LEN + 8 + PATH_LEN);
+assert_size!(ExecEvent, 96 + 8 + FILENAME_LEN + ARGS_LEN + 8 + PATH_LEN);
 
 /// Which syscall an [`OpenEvent`] came from.
 #[repr(u32)]
@@ -181,7 +189,7 @@ pub struct OpenEvent {
     /// The path as the process passed it (syscall tracepoints only).
     pub requested: [u8; PATH_LEN],
 }
-assert_size!(OpenEvent, 72 + 32 + 2 * PATH_LEN);
+assert_size!(OpenEvent, 96 + 32 + 2 * PATH_LEN);
 
 /// Which cgroup socket hook a [`ConnectEvent`] came from.
 #[repr(u32)]
@@ -218,7 +226,7 @@ pub struct ConnectEvent {
     /// Destination address, network byte order; IPv4 uses the first 4 bytes.
     pub addr: [u8; 16],
 }
-assert_size!(ConnectEvent, 72 + 24 + 16);
+assert_size!(ConnectEvent, 96 + 24 + 16);
 
 #[cfg(test)]
 mod tests {

@@ -17,7 +17,10 @@ pub struct TrajectoryValue {
     /// Policy instance bound to this trajectory: the index into the policy
     /// config array and the head of every policy map key.
     pub policy: u32,
-    pub _pad: u32,
+    /// The trajectory's current step (`agent-monitor step`), 0 before the
+    /// first. Written together with `policy` in one map update, so every
+    /// record carries the step in force when the kernel took it.
+    pub step: u32,
 }
 assert_size!(TrajectoryValue, 8);
 
@@ -92,8 +95,12 @@ pub struct KernelOffsets {
     pub mount_mnt_mountpoint: u64,
     pub vfsmount_mnt_root: u64,
     pub bprm_file: u64,
+    pub task_group_leader: u64,
+    /// `task_struct::start_boottime`: what `/proc/<pid>/stat` reports as the
+    /// start time, so process ids from events and from `/proc` agree.
+    pub task_start_boottime: u64,
 }
-assert_size!(KernelOffsets, 23 * 8);
+assert_size!(KernelOffsets, 25 * 8);
 
 /// Per-CPU counters of the BPF LSM programs' invocations, indexed by
 /// [`LsmProbe`]: how the daemon tells an attached LSM program that runs from

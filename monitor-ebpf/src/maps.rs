@@ -126,6 +126,8 @@ pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     mount_mnt_mountpoint: 0,
     vfsmount_mnt_root: 0,
     bprm_file: 0,
+    task_group_leader: 0,
+    task_start_boottime: 0,
 };
 
 /// Unconsumed bytes in [`EVENTS`] above which a submit wakes the daemon.

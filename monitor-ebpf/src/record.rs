@@ -69,7 +69,12 @@ pub unsafe fn fill_header(h: *mut EventHeader, kind: EventKind, member: &Members
         (*h).trajectory_cgroup = member.cgroup;
         (*h).pid = (pid_tgid >> 32) as u32;
         (*h).tid = pid_tgid as u32;
-        (*h).ppid = current_ppid();
+        let (ppid, start_ns, parent_start_ns) = current_identity();
+        (*h).ppid = ppid;
+        (*h).start_ns = start_ns;
+        (*h).parent_start_ns = parent_start_ns;
+        (*h).step = member.step;
+        (*h)._pad2 = 0;
         (*h).uid = uid_gid as u32;
         (*h).gid = (uid_gid >> 32) as u32;
         v.write(h);
@@ -81,16 +86,32 @@ pub unsafe fn fill_header(h: *mut EventHeader, kind: EventKind, member: &Members
     }
 }
 
-/// `current->real_parent->tgid`, or 0 if the kernel memory cannot be read.
+/// `current->real_parent->tgid` and the `start_boottime` of the current and
+/// the parent thread-group leaders; a field that cannot be read is 0.
 #[inline(always)]
-fn current_ppid() -> u32 {
+fn current_identity() -> (u32, u64, u64) {
     let off = offsets();
     unsafe {
         let task = bpf_get_current_task() as *const u8;
+        let start_ns = leader_start(task, &off);
         let parent: u64 = match bpf_probe_read_kernel(task.wrapping_add(off.task_real_parent as usize) as *const u64) {
             Ok(p) => p,
-            Err(_) => return 0,
+            Err(_) => return (0, start_ns, 0),
         };
-        bpf_probe_read_kernel((parent as *const u8).wrapping_add(off.task_tgid as usize) as *const u32).unwrap_or(0)
+        let parent = parent as *const u8;
+        let ppid = bpf_probe_read_kernel(parent.wrapping_add(off.task_tgid as usize) as *const u32).unwrap_or(0);
+        (ppid, start_ns, leader_start(parent, &off))
+    }
+}
+
+/// `task->group_leader->start_boottime`, 0 if unreadable.
+#[inline(always)]
+unsafe fn leader_start(task: *const u8, off: &monitor_common::maps::KernelOffsets) -> u64 {
+    unsafe {
+        let Ok(leader) = bpf_probe_read_kernel(task.wrapping_add(off.task_group_leader as usize) as *const u64) else {
+            return 0;
+        };
+        bpf_probe_read_kernel((leader as *const u8).wrapping_add(off.task_start_boottime as usize) as *const u64)
+            .unwrap_or(0)
     }
 }

@@ -18,12 +18,17 @@ pub struct Membership {
     /// operation uses this id, so a reload that rebinds the trajectory
     /// meanwhile cannot make one decision mix old and new rules.
     pub policy: u32,
+    /// The trajectory's step, read with the policy from the same value.
+    pub step: u32,
 }
 
 #[inline(always)]
 fn member(cgroup: u64, value: *const TrajectoryValue) -> Membership {
-    // SAFETY: a non-null pointer returned by a successful map lookup.
-    Membership { cgroup, policy: unsafe { core::ptr::read_volatile(&(*value).policy) } }
+    // SAFETY: a non-null pointer returned by a successful map lookup. One
+    // 8-byte read: the daemon replaces the value as a whole, so policy and
+    // step always come from the same update.
+    let v = unsafe { core::ptr::read_volatile(value) };
+    Membership { cgroup, policy: v.policy, step: v.step }
 }
 
 #[inline(always)]

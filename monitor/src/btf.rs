@@ -54,6 +54,8 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         mount_mnt_mountpoint: field_offset(&btf, "mount", "mnt_mountpoint")?,
         vfsmount_mnt_root: field_offset(&btf, "vfsmount", "mnt_root")?,
         bprm_file: field_offset(&btf, "linux_binprm", "file")?,
+        task_group_leader: field_offset(&btf, "task_struct", "group_leader")?,
+        task_start_boottime: field_offset(&btf, "task_struct", "start_boottime")?,
     })
 }
 

@@ -116,6 +116,27 @@ pub fn move_process(path: &Path, pid: u32) -> Result<(), CgroupError> {
     f.write_all(format!("{pid}\n").as_bytes()).map_err(io_err("write", &procs))
 }
 
+/// The cgroup2 directory of process `pid` (`0::` line of
+/// `/proc/<pid>/cgroup`), `None` if the process is gone.
+pub fn of_process(h: &Hierarchy, pid: u32) -> Option<PathBuf> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(h.mount_point.join(rel.trim_start_matches('/')))
+}
+
+/// Pids of every process in the cgroup at `path` and below it.
+pub fn procs_tree(path: &Path) -> Vec<u32> {
+    let mut pids: Vec<u32> = fs::read_to_string(path.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    for child in children(path).unwrap_or_default() {
+        pids.extend(procs_tree(&child));
+    }
+    pids
+}
+
 /// Whether any process lives in the cgroup or below it (`cgroup.events`).
 pub fn is_populated(path: &Path) -> Result<bool, CgroupError> {
     let events = path.join("cgroup.events");

@@ -24,6 +24,12 @@ pub enum Commands {
     Run(RunArgs),
     /// Show the running daemon's hooks (mechanism per hook) and open trajectories.
     Status(StatusArgs),
+    /// Mark the start of a new step (tool call) of a trajectory: every
+    /// record the kernel takes afterwards carries it.
+    Step(StepArgs),
+    /// Print records from the running daemon: recent ones, then with
+    /// `--follow` live ones as they come.
+    Events(EventsArgs),
     /// Work with policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -50,6 +56,39 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct StepArgs {
+    /// The trajectory [default: the caller's own, when it runs inside one].
+    #[arg(long)]
+    pub trajectory: Option<String>,
+    /// What the step does, e.g. "run tests" (at most 256 bytes).
+    #[arg(long)]
+    pub name: String,
+    /// Step id (from 1) [default: one more than the trajectory's highest].
+    #[arg(long)]
+    pub id: Option<u32>,
+    /// The daemon's control socket.
+    #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
+    pub control_socket: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Keep streaming new records until interrupted.
+    #[arg(long, short)]
+    pub follow: bool,
+    /// Only this trajectory's records.
+    #[arg(long)]
+    pub trajectory: Option<String>,
+    /// Only records of this kind (repeatable): exec, open, connect,
+    /// trajectory_start, trajectory_end, gap, step, process.
+    #[arg(long = "kind", value_name = "KIND")]
+    pub kinds: Vec<String>,
+    /// The daemon's control socket.
+    #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
+    pub control_socket: PathBuf,
+}
+
 /// Daemon flags. Every setting but `--config` can also be set in the config
 /// file; a flag given here wins over the file (`config.rs` merges them), so
 /// the defaults are applied there, not by clap.
@@ -62,6 +101,17 @@ pub struct DaemonArgs {
     /// Append JSON Lines events to FILE instead of stdout (`-` is stdout).
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
+    /// Rotate the events file once it reaches BYTES (off by default).
+    #[arg(long, value_name = "BYTES")]
+    pub events_max_size: Option<u64>,
+    /// Rotated events files kept, FILE.1 .. FILE.N [default: 5]
+    #[arg(long, value_name = "N")]
+    pub events_keep: Option<u32>,
+    /// Adopt existing cgroups matching GLOB (relative to the cgroup2 mount;
+    /// `*` and `?` within one path component) as trajectories, judged by
+    /// POLICY [default: the default policy]. Repeatable.
+    #[arg(long, value_name = "GLOB[=POLICY]")]
+    pub adopt: Vec<String>,
     /// Address of the Prometheus /metrics endpoint; anything but loopback
     /// exposes it to the network [default: 127.0.0.1:9617]
     #[arg(long, value_name = "ADDR")]

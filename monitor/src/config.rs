@@ -21,9 +21,10 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use crate::{
+    adopt::AdoptRule,
     cli::DaemonArgs,
     policy::{Diagnostic, Pos},
-    sinks::jsonl::Output,
+    sinks::jsonl::{Output, Rotation},
 };
 
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/agent-monitor/config.yaml";
@@ -33,6 +34,7 @@ pub const DEFAULT_CGROUP_PARENT: &str = "agent-monitor";
 pub const DEFAULT_RINGBUF_BYTES: u32 = 16 << 20;
 pub const DEFAULT_POLICY_DIR: &str = "/etc/agent-monitor/policies";
 pub const DEFAULT_POLICY: &str = "default";
+pub const DEFAULT_EVENTS_KEEP: u32 = 5;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DaemonConfig {
@@ -49,6 +51,10 @@ pub struct DaemonConfig {
     pub policy_dir: Option<PathBuf>,
     /// Policy of a trajectory opened without `--policy`.
     pub default_policy: String,
+    /// Size rotation of the events file (`None`: never rotated).
+    pub events_rotation: Option<Rotation>,
+    /// Existing cgroups to adopt as trajectories.
+    pub adopt: Vec<AdoptRule>,
 }
 
 /// Everything wrong with the configuration, in file order, then flags.
@@ -103,6 +109,13 @@ struct ConfigDoc {
     policy_dir: Option<Str>,
     #[serde(default)]
     default_policy: Option<Str>,
+    #[serde(default)]
+    events_max_size: Option<Str>,
+    #[serde(default)]
+    events_keep: Option<Str>,
+    /// `GLOB[=POLICY]` strings, as `--adopt` takes them.
+    #[serde(default)]
+    adopt: Option<Vec<Str>>,
 }
 
 type Str = Spanned<String>;
@@ -322,6 +335,39 @@ impl Resolver<'_> {
             doc.default_policy.as_ref(),
             args.default_policy.clone(),
         );
+        let events_max_size = self.get(
+            Setting {
+                flag: "--events-max-size",
+                key: "events_max_size",
+                parse: |s| s.parse().map_err(|_| format!("{s:?}: expected a number of bytes")),
+                check: |n: &u64| match *n >= 4096 {
+                    true => Ok(()),
+                    false => Err(format!("{n}: expected at least 4096 bytes")),
+                },
+            },
+            doc.events_max_size.as_ref(),
+            args.events_max_size,
+        );
+        let events_keep = self.get(
+            Setting {
+                flag: "--events-keep",
+                key: "events_keep",
+                parse: |s| s.parse().map_err(|_| format!("{s:?}: expected a number of files")),
+                check: |n: &u32| match (1..=1000).contains(n) {
+                    true => Ok(()),
+                    false => Err(format!("{n}: expected 1 to 1000 files")),
+                },
+            },
+            doc.events_keep.as_ref(),
+            args.events_keep,
+        );
+        let adopt = self.adopt(doc.adopt.as_deref(), &args.adopt);
+        if events_max_size.is_some() && !matches!(events, Some(Output::File(_))) {
+            self.problems.push(Problem::Flag {
+                flag: "--events-max-size",
+                message: "needs an events file (--events FILE): stdout is not rotated".into(),
+            });
+        }
         if !self.problems.is_empty() {
             return Err(ConfigError(self.problems));
         }
@@ -335,7 +381,38 @@ impl Resolver<'_> {
             ringbuf_bytes: ringbuf_bytes.unwrap_or(DEFAULT_RINGBUF_BYTES),
             policy_dir: policy_dir.or_else(|| Some(PathBuf::from(DEFAULT_POLICY_DIR)).filter(|d| d.is_dir())),
             default_policy: default_policy.unwrap_or_else(|| DEFAULT_POLICY.into()),
+            events_rotation: events_max_size
+                .map(|max_bytes| Rotation { max_bytes, keep: events_keep.unwrap_or(DEFAULT_EVENTS_KEEP) }),
+            adopt,
         })
+    }
+
+    /// `--adopt` flags replace the file's `adopt` list when given; every
+    /// entry of both is checked.
+    fn adopt(&mut self, written: Option<&[Str]>, flags: &[String]) -> Vec<AdoptRule> {
+        let mut from_file = Vec::new();
+        if let (Some(file), Some(list)) = (self.file, written) {
+            for w in list {
+                match AdoptRule::parse(&w.value) {
+                    Ok(r) => from_file.push(r),
+                    Err(message) => {
+                        self.problems.push(Problem::File(Diagnostic::new(&file.path, Pos::of(w), "adopt", message)))
+                    }
+                }
+            }
+        }
+        let mut from_flags = Vec::new();
+        for f in flags {
+            match AdoptRule::parse(f) {
+                Ok(r) => from_flags.push(r),
+                Err(message) => self.problems.push(Problem::Flag { flag: "--adopt", message }),
+            }
+        }
+        if flags.is_empty() {
+            from_file
+        } else {
+            from_flags
+        }
     }
 }
 

@@ -7,11 +7,16 @@
 //! the clients first, then drains the pipeline, flushes the sink and detaches
 //! the programs.
 
-use std::{future::Future, io, sync::Arc};
+use std::{
+    future::Future,
+    io,
+    sync::{atomic::AtomicBool, Arc},
+};
 
 use tokio::sync::{mpsc, watch};
 
 use crate::{
+    adopt::Adopter,
     btf::{self, BtfError, VMLINUX_BTF},
     cgroup::{self, CgroupError, Hierarchy},
     config::DaemonConfig,
@@ -28,7 +33,7 @@ use crate::{
     metrics::{self, Metrics},
     policy::{self, Diagnostic},
     reload::{self, Reloader},
-    sinks::{jsonl, Bus},
+    sinks::{jsonl, Bus, Hub},
 };
 
 /// Pending records (bytes) in the ring buffer that trigger a wakeup.
@@ -54,6 +59,8 @@ pub enum DaemonError {
     Policy(Vec<Diagnostic>),
     #[error("the default policy {0:?} is not defined (--default-policy; loaded: {1})")]
     DefaultPolicy(String, String),
+    #[error("--adopt {0}: policy {1:?} is not defined (loaded: {2})")]
+    AdoptPolicy(String, String, String),
 }
 
 pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
@@ -72,6 +79,13 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     if set.get(&config.default_policy).is_none() {
         let names: Vec<&str> = set.policies().iter().map(|p| p.name.as_str()).collect();
         return Err(DaemonError::DefaultPolicy(config.default_policy.clone(), names.join(", ")));
+    }
+    for rule in &config.adopt {
+        let policy = rule.policy.as_ref().unwrap_or(&config.default_policy);
+        if set.get(policy).is_none() {
+            let names: Vec<&str> = set.policies().iter().map(|p| p.name.as_str()).collect();
+            return Err(DaemonError::AdoptPolicy(rule.pattern.clone(), policy.clone(), names.join(", ")));
+        }
     }
     match &config.policy_dir {
         Some(dir) => tracing::info!(dir = %dir.display(), policies = set.policies().len(), "policies loaded"),
@@ -135,8 +149,10 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
             "the metrics endpoint is reachable from other hosts; it has no authentication (policy names and counts)"
         );
     }
-    let (bus, sink_rx) = Bus::new();
-    let sink = jsonl::spawn(config.events.clone(), sink_rx)?;
+    let hub = Arc::new(Hub::new(metrics.subscriber_dropped.clone(), metrics.subscribers.clone()));
+    let (bus, sink_rx) = Bus::new(hub.clone());
+    let reopen = Arc::new(AtomicBool::new(false));
+    let sink = jsonl::spawn(config.events.clone(), config.events_rotation, reopen.clone(), sink_rx)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
     let pipeline = Pipeline::new(maps, enforcer, loaded.runtime_flags, bus, metrics.clone())?;
@@ -163,6 +179,15 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         table: policy_table.clone(),
     };
     let reload_task = tokio::spawn(reloader.run(stop_rx.clone()));
+    let reopen_task = tokio::spawn(reopen_on_hangup(reopen, stop_rx.clone()));
+    let adopter = Adopter {
+        rules: config.adopt.clone(),
+        hierarchy: hierarchy.clone(),
+        own_parent: parent.clone(),
+        default_policy: config.default_policy.clone(),
+        pipeline: cmd_tx.clone(),
+    };
+    let adopt_task = tokio::spawn(adopter.run(stop_rx.clone()));
     let ctx = Arc::new(Context {
         hierarchy,
         parent: parent.clone(),
@@ -177,6 +202,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         policies: policy_table,
         policy_dir: config.policy_dir.as_ref().map(|d| d.display().to_string()),
         default_policy: config.default_policy.clone(),
+        hub: hub.clone(),
     });
     let control_task = tokio::spawn(control::server::serve(listener, ctx, stop_rx.clone()));
 
@@ -205,6 +231,9 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     let _ = control_task.await;
     let _ = watch_task.await;
     let _ = reload_task.await;
+    let _ = reopen_task.await;
+    let _ = adopt_task.await;
+    hub.close();
     let _ = metrics_task.await;
     let result = if pipeline.is_finished() && result.is_err() { result } else { result.and(flatten(pipeline.await)) };
     // The pipeline held the last sender: the sink drains and flushes.
@@ -216,6 +245,21 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     drop(loaded);
     let _ = std::fs::remove_file(&config.control_socket);
     result
+}
+
+/// SIGHUP: the sink reopens its file before its next batch (the policy
+/// reloader answers the same signal).
+async fn reopen_on_hangup(reopen: Arc<AtomicBool>, mut shutdown: watch::Receiver<bool>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler: the events file will not be reopened on SIGHUP");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => return,
+            _ = hup.recv() => reopen.store(true, std::sync::atomic::Ordering::Relaxed),
+        }
+    }
 }
 
 fn flatten(r: Result<Result<(), PipelineError>, tokio::task::JoinError>) -> Result<(), DaemonError> {

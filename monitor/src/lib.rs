@@ -6,6 +6,7 @@
 //! and record everything; the daemon turns the records into a
 //! per-trajectory JSON Lines stream. See `docs/architecture.md`.
 
+pub mod adopt;
 pub mod btf;
 pub mod cgroup;
 pub mod cli;

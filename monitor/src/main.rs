@@ -6,6 +6,10 @@ use clap::Parser;
 use monitor::{
     cli::{Cli, Commands, PolicyCommand},
     config::DaemonConfig,
+    control::{
+        client::{self, ClientError},
+        protocol::{Request, Response},
+    },
 };
 use tracing_subscriber::EnvFilter;
 
@@ -37,6 +41,24 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&e),
         },
+        Commands::Step(args) => {
+            let req = Request::Step { trajectory: args.trajectory, name: args.name, id: args.id };
+            match client::request(&args.control_socket, &req) {
+                Ok(Response::Stepped { trajectory, step, .. }) => {
+                    println!("trajectory {trajectory}: step {step}");
+                    ExitCode::SUCCESS
+                }
+                Ok(other) => fail(&ClientError::Protocol(format!("unexpected answer to step: {other:?}"))),
+                Err(e) => fail(&e),
+            }
+        }
+        Commands::Events(args) => {
+            let req = Request::Events { trajectory: args.trajectory, kinds: args.kinds, follow: args.follow };
+            match client::stream(&args.control_socket, &req, &mut std::io::stdout().lock()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
+        }
         Commands::Policy(PolicyCommand::Check { paths }) => {
             let diagnostics = monitor::policy::check(&paths);
             for d in &diagnostics {

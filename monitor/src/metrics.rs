@@ -33,6 +33,10 @@ pub struct Metrics {
     pub enforcement: IntGaugeVec,
     /// Kernel timestamp of a record to its hand-over to the sink queue.
     pub pipeline_latency: Histogram,
+    /// Records dropped for slow subscribers (their queue was full).
+    pub subscriber_dropped: IntCounter,
+    /// Live subscriptions (`agent-monitor events --follow`).
+    pub subscribers: IntGauge,
 }
 
 /// Upper bounds of the pipeline latency buckets, in seconds. Records wait
@@ -120,6 +124,14 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
         )
         .expect("valid metric");
+        let subscriber_dropped = IntCounter::new(
+            "agent_monitor_subscriber_dropped_total",
+            "Records a slow subscriber could not take and missed (the file sink and other subscribers are unaffected).",
+        )
+        .expect("valid metric");
+        let subscribers =
+            IntGauge::new("agent_monitor_subscribers", "Live record subscriptions on the control socket.")
+                .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new("agent_monitor_build_info", "Always 1; the version of the running daemon as a label."),
             &["version"],
@@ -142,6 +154,8 @@ impl Metrics {
             Box::new(trajectories_ended.clone()),
             Box::new(enforcement.clone()),
             Box::new(pipeline_latency.clone()),
+            Box::new(subscriber_dropped.clone()),
+            Box::new(subscribers.clone()),
             Box::new(build_info),
             Box::new(process::ProcessCollector::new()),
         ] {
@@ -154,7 +168,7 @@ impl Metrics {
                 events.with_label_values(&[kind, decision]);
             }
         }
-        for kind in ["trajectory_start", "trajectory_end", "gap"] {
+        for kind in ["trajectory_start", "trajectory_end", "gap", "step", "process"] {
             events.with_label_values(&[kind, NO_DECISION]);
         }
         for reason in ["ringbuf_full", "decode_error", "unknown_trajectory"] {
@@ -174,18 +188,41 @@ impl Metrics {
             hook_mechanism,
             enforcement,
             pipeline_latency,
+            subscriber_dropped,
+            subscribers,
         })
     }
 
     /// Counts one record published to the sinks.
-    pub fn count_event(&self, kind: &str, decision: Option<&str>) {
-        self.events.with_label_values(&[kind, decision.unwrap_or(NO_DECISION)]).inc();
-    }
-
-    pub fn count_decision(&self, policy: &str, class: &str, decision: &str, mechanism: Option<&str>) {
-        self.decisions.with_label_values(&[policy, class, decision]).inc();
-        if decision == "deny" {
-            self.denials.with_label_values(&[policy, class, mechanism.unwrap_or("none")]).inc();
+    /// Counts a published batch: records by kind and decision, and the
+    /// policy decisions and denials among them. Aggregated first, so the
+    /// label lookups are one per distinct label set per batch, not one per
+    /// record.
+    pub fn count_batch(&self, batch: &[crate::events::record::Record]) {
+        use crate::events::record::Body;
+        let mut events: Vec<([&str; 2], u64)> = Vec::new();
+        let mut decisions: Vec<([&str; 4], u64)> = Vec::new();
+        for r in batch {
+            let decision = r.verdict.as_ref().and_then(|v| v.decision);
+            bump(&mut events, [r.body.kind(), decision.unwrap_or(NO_DECISION)]);
+            let Some(v) = &r.verdict else { continue };
+            if let (Some(decision), Some(policy)) = (v.decision, v.policy.as_deref()) {
+                let class = match r.body {
+                    Body::Exec { .. } => "exec",
+                    Body::Open { .. } => "file",
+                    _ => "network",
+                };
+                bump(&mut decisions, [policy, class, decision, v.mechanism.unwrap_or("none")]);
+            }
+        }
+        for ([kind, decision], n) in events {
+            self.events.with_label_values(&[kind, decision]).inc_by(n);
+        }
+        for ([policy, class, decision, mechanism], n) in decisions {
+            self.decisions.with_label_values(&[policy, class, decision]).inc_by(n);
+            if decision == "deny" {
+                self.denials.with_label_values(&[policy, class, mechanism]).inc_by(n);
+            }
         }
     }
 
@@ -229,6 +266,14 @@ pub async fn serve(
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
+/// Adds one to `key`'s count; a linear scan, the sets are a handful long.
+fn bump<'a, const N: usize>(counts: &mut Vec<([&'a str; N], u64)>, key: [&'a str; N]) {
+    match counts.iter_mut().find(|(k, _)| *k == key) {
+        Some((_, n)) => *n += 1,
+        None => counts.push((key, 1)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use prometheus::proto::MetricType;
@@ -239,7 +284,8 @@ mod tests {
     /// that it is exported.
     fn families() -> Vec<prometheus::proto::MetricFamily> {
         let m = Metrics::new();
-        m.count_decision("default", "network", "deny", Some("cgroup-deny"));
+        m.decisions.with_label_values(&["default", "network", "deny"]).inc();
+        m.denials.with_label_values(&["default", "network", "cgroup-deny"]).inc();
         m.policy_rules.with_label_values(&["default", "file"]).set(1);
         m.hook_mechanism.with_label_values(&["exec", "kill"]).set(1);
         m.enforcement.with_label_values(&["exec", "kill"]).set(1);
@@ -285,3 +331,4 @@ mod tests {
         assert!(LATENCY_BUCKETS.contains(&tick), "a bucket boundary at the poll interval");
     }
 }
+

@@ -23,6 +23,29 @@ pub enum Request {
     },
     /// What the daemon enforces and observes, per hook, and what is open.
     Status,
+    /// Start a new step of a trajectory. The one request a process inside a
+    /// trajectory may make, and only for its own trajectory (then
+    /// `trajectory` may be omitted).
+    Step {
+        #[serde(default)]
+        trajectory: Option<String>,
+        name: String,
+        /// From 1; one more than the trajectory's highest when absent.
+        #[serde(default)]
+        id: Option<u32>,
+    },
+    /// Stream records: the answer line is followed by one record per line,
+    /// recent ones first, then (with `follow`) live ones until either side
+    /// closes. See `docs/events.md`, "Subscriptions".
+    Events {
+        #[serde(default)]
+        trajectory: Option<String>,
+        /// Record kinds; every kind when empty.
+        #[serde(default)]
+        kinds: Vec<String>,
+        #[serde(default)]
+        follow: bool,
+    },
 }
 
 /// Answer to [`Request::Status`].
@@ -87,6 +110,9 @@ pub struct TrajectoryStatus {
 pub enum Response {
     Opened { ok: monostate::True, trajectory: String, cgroup: String, policy: String },
     Status { ok: monostate::True, status: Status },
+    Stepped { ok: monostate::True, trajectory: String, step: u32 },
+    /// Records follow, one per line.
+    Subscribed { ok: monostate::True, follow: bool },
     Error { ok: monostate::False, error: String },
 }
 
@@ -178,6 +204,17 @@ mod tests {
         let text = serde_json::to_string(&status).unwrap();
         assert_eq!(serde_json::from_str::<Response>(&text).unwrap(), status);
         assert_eq!(serde_json::from_str::<Request>(r#"{"op":"status"}"#).unwrap(), Request::Status);
+        let r: Request = serde_json::from_str(r#"{"op":"step","name":"run tests"}"#).unwrap();
+        assert_eq!(r, Request::Step { trajectory: None, name: "run tests".into(), id: None });
+        let r: Request = serde_json::from_str(r#"{"op":"events","trajectory":"t1","follow":true}"#).unwrap();
+        assert_eq!(r, Request::Events { trajectory: Some("t1".into()), kinds: vec![], follow: true });
+        for ok in [
+            Response::Stepped { ok: monostate::True, trajectory: "t1".into(), step: 3 },
+            Response::Subscribed { ok: monostate::True, follow: false },
+        ] {
+            let text = serde_json::to_string(&ok).unwrap();
+            assert_eq!(serde_json::from_str::<Response>(&text).unwrap(), ok, "{text}");
+        }
         let err: Response = serde_json::from_str(r#"{"ok":false,"error":"no"}"#).unwrap();
         assert_eq!(err, Response::error("no"));
     }

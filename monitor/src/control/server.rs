@@ -26,10 +26,12 @@ use crate::{
     cgroup::{self, Hierarchy},
     enforce::Binding,
     events::{
-        pipeline::{Command, EndReason, OpenSpec},
+        pipeline::{Command, EndReason, OpenSpec, Origin},
+        process,
         record::{Bytes, Process},
     },
     reload::PolicyTable,
+    sinks::{subscribe::Item, Filter, Hub},
     trajectory,
 };
 
@@ -91,6 +93,8 @@ pub struct Context {
     pub policy_dir: Option<String>,
     /// Policy of trajectories opened without one.
     pub default_policy: String,
+    /// Live record subscriptions.
+    pub hub: Arc<Hub>,
 }
 
 pub async fn serve(listener: UnixListener, ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
@@ -115,6 +119,7 @@ pub async fn serve(listener: UnixListener, ctx: Arc<Context>, mut shutdown: watc
 async fn handle(stream: UnixStream, ctx: &Context) -> io::Result<()> {
     let cred = stream.peer_cred()?;
     let (read, mut write) = stream.into_split();
+    let pid = cred.pid().filter(|&p| p > 0).map(|p| p as u32);
     let response = if cred.uid() != 0 {
         Response::error("the control socket is for root only")
     } else {
@@ -123,19 +128,139 @@ async fn handle(stream: UnixStream, ctx: &Context) -> io::Result<()> {
         reader.read_line(&mut line).await?;
         match serde_json::from_str::<Request>(&line) {
             Err(e) => Response::error(format!("invalid request: {e}")),
-            Ok(Request::Status) => status(ctx).await,
-            Ok(Request::OpenTrajectory { trajectory, command, policy, vars }) => match cred.pid() {
-                Some(pid) if pid > 0 => {
-                    let binding = Binding { policy: policy.unwrap_or_else(|| ctx.default_policy.clone()), vars };
-                    open_trajectory(ctx, trajectory, command, binding, pid as u32, cred.uid(), cred.gid()).await
-                }
-                _ => Response::error("cannot identify the requesting process"),
+            Ok(request) => match pid {
+                None => Response::error("cannot identify the requesting process"),
+                Some(pid) => match caller_trajectory(ctx, pid).await {
+                    Err(response) => response,
+                    Ok(Some(own)) => agent_request(ctx, own, request).await,
+                    Ok(None) => match request {
+                        Request::Events { trajectory, kinds, follow } => {
+                            return subscribe(ctx, Filter { trajectory, kinds }, follow, write).await;
+                        }
+                        request => operator_request(ctx, request, pid, cred.uid(), cred.gid()).await,
+                    },
+                },
             },
         }
     };
-    let mut out = serde_json::to_vec(&response)?;
+    send(&mut write, &response).await
+}
+
+async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, response: &Response) -> io::Result<()> {
+    let mut out = serde_json::to_vec(response)?;
     out.push(b'\n');
     write.write_all(&out).await
+}
+
+/// The trajectory the caller runs in, if any. Read from `/proc/<pid>/cgroup`
+/// while the caller is connected; a process in a trajectory cannot move out
+/// of it (cgroupfs is closed to it by the built-in protection), so what we
+/// read is where it is.
+async fn caller_trajectory(ctx: &Context, pid: u32) -> Result<Option<String>, Response> {
+    let Some(path) = cgroup::of_process(&ctx.hierarchy, pid) else {
+        return Err(Response::error("cannot read the requesting process's cgroup"));
+    };
+    let (reply, answer) = oneshot::channel();
+    if ctx.pipeline.send(Command::Owner { cgroup: path, reply }).await.is_err() {
+        return Err(Response::error("the daemon is shutting down"));
+    }
+    answer.await.map_err(|_| Response::error("the daemon is shutting down"))
+}
+
+/// A process inside a trajectory may only annotate its own trajectory's
+/// steps: anything else would let the agent open a trajectory under a
+/// laxer policy, read other sessions' records, or learn what is enforced.
+async fn agent_request(ctx: &Context, own: String, request: Request) -> Response {
+    match request {
+        Request::Step { trajectory, name, id } if trajectory.as_deref().is_none_or(|t| t == own) => {
+            step(ctx, own, name, id).await
+        }
+        Request::Step { trajectory: Some(other), .. } => {
+            tracing::warn!(trajectory = %own, target = %other, "agent tried to annotate another trajectory");
+            Response::error(format!("a process in trajectory {own} may only annotate its own steps, not {other}"))
+        }
+        other => {
+            let op = serde_json::to_value(&other).ok().and_then(|v| v["op"].as_str().map(str::to_owned));
+            tracing::warn!(trajectory = %own, op = op.as_deref().unwrap_or("?"), "agent request refused");
+            Response::error(format!(
+                "requests from inside trajectory {own} are limited to `step` for that trajectory"
+            ))
+        }
+    }
+}
+
+async fn operator_request(ctx: &Context, request: Request, pid: u32, uid: u32, gid: u32) -> Response {
+    match request {
+        Request::Status => status(ctx).await,
+        Request::OpenTrajectory { trajectory, command, policy, vars } => {
+            let binding = Binding { policy: policy.unwrap_or_else(|| ctx.default_policy.clone()), vars };
+            open_trajectory(ctx, trajectory, command, binding, pid, uid, gid).await
+        }
+        Request::Step { trajectory: Some(t), name, id } => step(ctx, t, name, id).await,
+        Request::Step { trajectory: None, .. } => {
+            Response::error("`trajectory` is required outside a trajectory (the caller is in none)")
+        }
+        Request::Events { .. } => unreachable!("streamed by the caller"),
+    }
+}
+
+async fn step(ctx: &Context, trajectory: String, name: String, id: Option<u32>) -> Response {
+    let (reply, answer) = oneshot::channel();
+    let cmd = Command::Step { trajectory: trajectory.clone(), name, id, reply };
+    if ctx.pipeline.send(cmd).await.is_err() {
+        return Response::error("the daemon is shutting down");
+    }
+    match answer.await {
+        Ok(Ok(step)) => Response::Stepped { ok: monostate::True, trajectory, step },
+        Ok(Err(e)) => Response::error(e.to_string()),
+        Err(_) => Response::error("the daemon is shutting down"),
+    }
+}
+
+/// Streams records to a subscriber until it disconnects (or, without
+/// `follow`, once the recent records are sent). A write that fails ends
+/// the subscription; a slow reader loses records for itself only and is
+/// told how many in a `subscription_gap` line.
+async fn subscribe(
+    ctx: &Context,
+    filter: Filter,
+    follow: bool,
+    mut write: tokio::net::unix::OwnedWriteHalf,
+) -> io::Result<()> {
+    if let Err(e) = filter.validate() {
+        return send(&mut write, &Response::error(e)).await;
+    }
+    let mut sub = ctx.hub.subscribe(filter, follow);
+    send(&mut write, &Response::Subscribed { ok: monostate::True, follow }).await?;
+    let mut buf = Vec::with_capacity(1 << 16);
+    for batch in std::mem::take(&mut sub.history) {
+        encode(&mut buf, &sub.filter, &batch)?;
+        write.write_all(&buf).await?;
+    }
+    if !follow {
+        return Ok(());
+    }
+    while let Some(item) = sub.next().await {
+        match item {
+            Item::Batch(batch) => encode(&mut buf, &sub.filter, &batch)?,
+            Item::Missed(missed) => {
+                buf.clear();
+                serde_json::to_writer(&mut buf, &serde_json::json!({"kind": "subscription_gap", "missed": missed}))?;
+                buf.push(b'\n');
+            }
+        }
+        write.write_all(&buf).await?;
+    }
+    Ok(())
+}
+
+fn encode(buf: &mut Vec<u8>, filter: &Filter, batch: &[crate::events::record::Record]) -> io::Result<()> {
+    buf.clear();
+    for r in batch.iter().filter(|r| filter.matches(r)) {
+        serde_json::to_writer(&mut *buf, r)?;
+        buf.push(b'\n');
+    }
+    Ok(())
 }
 
 async fn open_trajectory(
@@ -184,6 +309,7 @@ async fn open_trajectory(
         command: command.iter().map(|s| Bytes::from(s.as_str())).collect(),
         client: client_process(pid, uid, gid),
         binding: binding.clone(),
+        origin: Origin::Run,
     };
     if ctx.pipeline.send(Command::Open { spec, reply }).await.is_err() {
         return fail("the daemon is shutting down".into());
@@ -228,17 +354,8 @@ async fn status(ctx: &Context) -> Response {
 
 /// The requesting process as a record's `process` part.
 fn client_process(pid: u32, uid: u32, gid: u32) -> Process {
-    let stat = fs::read(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // "pid (comm) state ppid ...": comm may contain spaces and parentheses,
-    // so split at the last ')'.
-    let close = stat.iter().rposition(|&c| c == b')');
-    let open = stat.iter().position(|&c| c == b'(');
-    let (comm, ppid) = match (open, close) {
-        (Some(o), Some(c)) if o < c => {
-            let rest = String::from_utf8_lossy(&stat[c + 1..]);
-            (Some(Bytes::from(&stat[o + 1..c])), rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()))
-        }
-        _ => (None, None),
-    };
-    Process { pid: Some(pid), tid: Some(pid), ppid, uid: Some(uid), gid: Some(gid), comm }
+    match process::read_proc(pid) {
+        Some(p) => p.process,
+        None => Process { pid: Some(pid), tid: Some(pid), uid: Some(uid), gid: Some(gid), ..Process::default() },
+    }
 }

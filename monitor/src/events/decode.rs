@@ -12,7 +12,10 @@ use monitor_common::{
     policy::action,
 };
 
-use super::record::{Body, Bytes, Process};
+use super::{
+    process::ExecId,
+    record::{Body, Bytes, Process},
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -31,6 +34,8 @@ pub enum DecodeError {
 pub struct Decoded {
     pub ts_boot_ns: u64,
     pub trajectory_cgroup: u64,
+    /// The trajectory's step id when the kernel took the record (0: none).
+    pub step: u32,
     pub process: Process,
     pub body: Body,
     pub verdict: RawVerdict,
@@ -79,7 +84,8 @@ fn verdict(h: &EventHeader) -> Result<RawVerdict, DecodeError> {
 
 impl PartialEq for Process {
     fn eq(&self, o: &Self) -> bool {
-        (self.pid, self.tid, self.ppid, self.uid, self.gid, &self.comm) == (o.pid, o.tid, o.ppid, o.uid, o.gid, &o.comm)
+        (self.pid, self.tid, self.ppid, self.uid, self.gid, &self.comm, self.exec_id, self.parent_exec_id)
+            == (o.pid, o.tid, o.ppid, o.uid, o.gid, &o.comm, o.exec_id, o.parent_exec_id)
     }
 }
 
@@ -94,6 +100,7 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, DecodeError> {
     Ok(Decoded {
         ts_boot_ns: header.ts_boot_ns,
         trajectory_cgroup: header.trajectory_cgroup,
+        step: header.step,
         process: Process {
             pid: Some(header.pid),
             tid: Some(header.tid),
@@ -101,6 +108,8 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, DecodeError> {
             uid: Some(header.uid),
             gid: Some(header.gid),
             comm: Some(Bytes::from(until_nul(&header.comm))),
+            exec_id: ExecId::from_start_ns(header.pid, header.start_ns),
+            parent_exec_id: ExecId::from_start_ns(header.ppid, header.parent_start_ns),
         },
         body,
         verdict: verdict(&header)?,
@@ -226,6 +235,10 @@ mod tests {
             mechanism: 2,
             _pad: 0,
             comm,
+            start_ns: 1_500_000_000,
+            parent_start_ns: 20_000_000,
+            step: 4,
+            _pad2: 0,
         }
     }
 
@@ -255,6 +268,9 @@ mod tests {
         let d = decode(&bytes_of(&e)).unwrap();
         assert_eq!(d.trajectory_cgroup, 7);
         assert_eq!(d.process.comm, Some(Bytes::from("cat")));
+        assert_eq!(d.process.exec_id, Some(ExecId { start_ticks: 150, pid: 10 }));
+        assert_eq!(d.process.parent_exec_id, Some(ExecId { start_ticks: 2, pid: 9 }));
+        assert_eq!(d.step, 4);
         assert_eq!(
             d.verdict,
             RawVerdict { policy: 3, rule_id: 5, action: Some("deny"), decision: Some("deny"), mechanism: Some("kill") }

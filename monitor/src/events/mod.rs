@@ -4,4 +4,6 @@
 
 pub mod decode;
 pub mod pipeline;
+pub mod process;
 pub mod record;
+pub mod summary;

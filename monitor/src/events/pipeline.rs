@@ -27,7 +27,9 @@ use tokio::{
 
 use super::{
     decode::{decode, Decoded},
-    record::{Body, Bytes, Process, Record, Timestamp, Verdict, SCHEMA_VERSION},
+    process,
+    record::{Body, Bytes, Process, Record, Step, Timestamp, Verdict, SCHEMA_VERSION},
+    summary::Tally,
 };
 use crate::{
     cgroup,
@@ -58,7 +60,16 @@ pub enum PipelineError {
     Policy(#[from] EnforceError),
     #[error("the event pipeline has stopped")]
     Stopped,
+    #[error("no open trajectory {0}")]
+    UnknownTrajectory(String),
+    #[error("invalid step: {0}")]
+    Step(String),
 }
+
+/// Steps one trajectory may name; a harness that needs more is broken.
+pub const MAX_STEPS: usize = 100_000;
+/// Longest step name, in bytes.
+pub const MAX_STEP_NAME: usize = 256;
 
 /// A trajectory to open.
 #[derive(Debug)]
@@ -72,6 +83,24 @@ pub struct OpenSpec {
     pub client: Process,
     /// The policy judging it.
     pub binding: Binding,
+    /// `run` (created for a client) or `adopt` (an existing cgroup that
+    /// matched a configured pattern; not removed at the end).
+    pub origin: Origin,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Run,
+    Adopt,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Run => "run",
+            Origin::Adopt => "adopt",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,6 +109,18 @@ pub enum EndReason {
     Exited,
     /// The process that opened it could not join it.
     StartFailed,
+    /// An adopted cgroup was removed.
+    CgroupRemoved,
+}
+
+impl EndReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Exited => "exited",
+            EndReason::StartFailed => "start_failed",
+            EndReason::CgroupRemoved => "cgroup_removed",
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -101,6 +142,18 @@ pub enum Command {
         set: PolicySet,
         reply: oneshot::Sender<Result<(), PipelineError>>,
     },
+    /// Start a new step of a trajectory; answers the step id.
+    Step {
+        trajectory: String,
+        name: String,
+        id: Option<u32>,
+        reply: oneshot::Sender<Result<u32, PipelineError>>,
+    },
+    /// Which open trajectory contains this cgroup (itself or an ancestor)?
+    Owner {
+        cgroup: PathBuf,
+        reply: oneshot::Sender<Option<String>>,
+    },
 }
 
 struct Trajectory {
@@ -113,6 +166,22 @@ struct Trajectory {
     next_seq: u64,
     started_boot_ns: u64,
     lost_reported: u64,
+    origin: Origin,
+    /// The current step (0: none yet) and the name of every step so far:
+    /// records carry the step id the kernel saw, named here.
+    step: u32,
+    steps: StdHashMap<u32, Arc<str>>,
+    tally: Tally,
+}
+
+impl Trajectory {
+    fn value(&self) -> TrajectoryValue {
+        TrajectoryValue { policy: self.instance, step: self.step }
+    }
+
+    fn step(&self, id: u32) -> Option<Step> {
+        self.steps.get(&id).map(|name| Step { id, name: name.clone() })
+    }
 }
 
 /// Converts the kernel's CLOCK_BOOTTIME stamps to wall-clock time.
@@ -229,15 +298,15 @@ impl Pipeline {
                 }
                 Wake::Command(Command::Close { cgroup_id, reason }) => {
                     self.drain().await;
-                    self.close(
-                        cgroup_id,
-                        match reason {
-                            EndReason::Exited => "exited",
-                            EndReason::StartFailed => "start_failed",
-                        },
-                        true,
-                    )
-                    .await;
+                    self.close(cgroup_id, reason.as_str(), true).await;
+                }
+                Wake::Command(Command::Step { trajectory, name, id, reply }) => {
+                    self.drain().await;
+                    let _ = reply.send(self.step(&trajectory, name, id).await);
+                }
+                Wake::Command(Command::Owner { cgroup, reply }) => {
+                    let owner = self.trajectories.values().find(|t| cgroup.starts_with(&t.cgroup));
+                    let _ = reply.send(owner.map(|t| t.id.to_string()));
                 }
                 Wake::Command(Command::List { reply }) => {
                     let mut list: Vec<TrajectoryStatus> = self
@@ -298,6 +367,10 @@ impl Pipeline {
                 next_seq: 1,
                 started_boot_ns: now,
                 lost_reported: 0,
+                origin: spec.origin,
+                step: 0,
+                steps: StdHashMap::new(),
+                tally: Tally::default(),
             },
         );
         self.write_levels()?;
@@ -307,10 +380,57 @@ impl Pipeline {
             cgroup: spec.cgroup.display().to_string(),
             command: spec.command,
             policy: self.trajectories[&spec.cgroup_id].binding.policy.clone(),
+            origin: spec.origin.as_str(),
         };
         self.push(spec.cgroup_id, now, body, spec.client);
+        if spec.origin == Origin::Adopt {
+            // Registered above, so a process missing from this listing
+            // started afterwards and is in the kernel's records.
+            for p in cgroup::procs_tree(&spec.cgroup).into_iter().filter_map(process::read_proc) {
+                let body = Body::Process { source: "procfs", exe: p.exe, argv: p.argv };
+                self.push(spec.cgroup_id, now, body, p.process);
+            }
+        }
         self.flush().await;
         Ok(())
+    }
+
+    /// Makes `name` the trajectory's current step: the kernel map first, so
+    /// every record the kernel takes from here on carries it, then the
+    /// `step` record, which therefore precedes them in `seq`.
+    async fn step(&mut self, trajectory: &str, name: String, id: Option<u32>) -> Result<u32, PipelineError> {
+        if name.is_empty() || name.len() > MAX_STEP_NAME || name.chars().any(char::is_control) {
+            return Err(PipelineError::Step(format!(
+                "the name must be 1 to {MAX_STEP_NAME} bytes without control characters"
+            )));
+        }
+        let (&cgroup_id, t) = self
+            .trajectories
+            .iter_mut()
+            .find(|(_, t)| *t.id == *trajectory)
+            .ok_or_else(|| PipelineError::UnknownTrajectory(trajectory.to_owned()))?;
+        let id = match id {
+            Some(0) => return Err(PipelineError::Step("step ids start at 1".into())),
+            Some(id) => id,
+            None => t.steps.keys().max().map_or(Some(1), |m| m.checked_add(1)).ok_or_else(|| {
+                PipelineError::Step("no step id left after 4294967295; pass --id".into())
+            })?,
+        };
+        if t.steps.len() >= MAX_STEPS && !t.steps.contains_key(&id) {
+            return Err(PipelineError::Step(format!("trajectory {trajectory} already has {MAX_STEPS} steps")));
+        }
+        t.steps.insert(id, name.into());
+        let previous = std::mem::replace(&mut t.step, id);
+        let value = t.value();
+        if let Err(e) = self.trajectory_map.insert(cgroup_id, value, 0) {
+            let t = self.trajectories.get_mut(&cgroup_id).expect("found above");
+            t.step = previous;
+            return Err(PipelineError::Map(e));
+        }
+        let now = clock_ns(libc::CLOCK_BOOTTIME);
+        self.push(cgroup_id, now, Body::Step {}, Process::default());
+        self.flush().await;
+        Ok(id)
     }
 
     /// Kernel side of opening: loss counters first, so the kernel can count
@@ -319,7 +439,7 @@ impl Pipeline {
         let zero = PerCpuValues::try_from(vec![0u64; aya::util::nr_cpus().map_err(|(_, e)| PipelineError::Poll(e))?])
             .map_err(PipelineError::Poll)?;
         self.trajectory_losses.insert(spec.cgroup_id, zero, 0).map_err(PipelineError::MapFull)?;
-        let value = TrajectoryValue { policy: instance, _pad: 0 };
+        let value = TrajectoryValue { policy: instance, step: 0 };
         if let Err(e) = self.trajectory_map.insert(spec.cgroup_id, value, 0) {
             let _ = self.trajectory_losses.remove(&spec.cgroup_id);
             return Err(PipelineError::MapFull(e));
@@ -337,10 +457,12 @@ impl Pipeline {
         let now = Instant::now();
         for (cgroup_id, instance) in ids.into_iter().zip(instances) {
             let t = self.trajectories.get_mut(&cgroup_id).expect("listed above");
-            let value = TrajectoryValue { policy: instance, _pad: 0 };
-            // Replacing an existing key cannot fail for lack of room.
-            self.trajectory_map.insert(cgroup_id, value, 0).map_err(PipelineError::Map)?;
             let old = std::mem::replace(&mut t.instance, instance);
+            // Replacing an existing key cannot fail for lack of room.
+            if let Err(e) = self.trajectory_map.insert(cgroup_id, t.value(), 0) {
+                t.instance = old;
+                return Err(PipelineError::Map(e));
+            }
             self.enforcer.retire(old, now);
         }
         self.metrics.set_rule_counts(&self.enforcer.rule_counts());
@@ -358,6 +480,7 @@ impl Pipeline {
             duration_ns: now.saturating_sub(t.started_boot_ns),
             records: t.next_seq - 1,
             lost: t.lost_reported,
+            summary: Box::new(t.tally.summary()),
         };
         self.push(cgroup_id, now, body, Process::default());
         self.flush().await;
@@ -370,7 +493,7 @@ impl Pipeline {
         }
         self.metrics.trajectories_ended.inc();
         self.metrics.trajectories_active.set(self.trajectories.len() as i64);
-        if remove_cgroup {
+        if remove_cgroup && t.origin == Origin::Run {
             if let Err(e) = cgroup::remove_tree(&t.cgroup) {
                 tracing::warn!("trajectory {} ended but its cgroup was not removed: {e}", t.id);
             }
@@ -396,9 +519,11 @@ impl Pipeline {
                 match decode(&item) {
                     Ok(d) => match self.trajectories.get_mut(&d.trajectory_cgroup) {
                         Some(t) => {
-                            let verdict = describe(&mut self.enforcer, &self.metrics, &d);
+                            let verdict = describe(&mut self.enforcer, &d);
                             self.pending_kernel_ts.push(d.ts_boot_ns);
-                            self.pending.push(make_record(&self.clock, t, d, verdict));
+                            let record = make_record(&self.clock, t, d, verdict);
+                            t.tally.add(&record);
+                            self.pending.push(record);
                         }
                         None => self.metrics.events_lost.with_label_values(&["unknown_trajectory"]).inc(),
                     },
@@ -419,7 +544,7 @@ impl Pipeline {
         if let Some(t) = self.trajectories.get_mut(&cgroup_id) {
             let seq = t.next_seq;
             t.next_seq += 1;
-            self.pending.push(Record {
+            let record = Record {
                 v: SCHEMA_VERSION,
                 ts: self.clock.wall(boot_ns),
                 trajectory: t.id.clone(),
@@ -427,7 +552,12 @@ impl Pipeline {
                 body,
                 process,
                 verdict: None,
-            });
+                step: t.step(t.step),
+            };
+            if !matches!(record.body, Body::TrajectoryEnd { .. }) {
+                t.tally.add(&record);
+            }
+            self.pending.push(record);
         }
     }
 
@@ -436,9 +566,7 @@ impl Pipeline {
             return;
         }
         let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(BATCH));
-        for r in &batch {
-            self.metrics.count_event(r.body.kind(), r.verdict.as_ref().and_then(|v| v.decision));
-        }
+        self.metrics.count_batch(&batch);
         self.bus.publish(batch).await;
         self.observe_latency();
     }
@@ -491,22 +619,14 @@ impl Pipeline {
     }
 }
 
-/// Names the policy and rule of a kernel record's verdict, and counts it.
-fn describe(enforcer: &mut Enforcer, metrics: &Metrics, d: &Decoded) -> Verdict {
+/// Names the policy and rule of a kernel record's verdict.
+fn describe(enforcer: &mut Enforcer, d: &Decoded) -> Verdict {
     let v = d.verdict;
     let named = v.decision.and_then(|_| enforcer.describe(v.policy, v.rule_id));
     let (policy, rule) = match named {
         Some(n) => (Some(n.policy), Some(n.rule)),
         None => (None, None),
     };
-    if let (Some(decision), Some(policy)) = (v.decision, &policy) {
-        let class = match d.body {
-            Body::Exec { .. } => "exec",
-            Body::Open { .. } => "file",
-            _ => "network",
-        };
-        metrics.count_decision(policy, class, decision, v.mechanism);
-    }
     Verdict { decision: v.decision, action: v.action, policy, rule, mechanism: v.mechanism }
 }
 
@@ -518,6 +638,7 @@ fn make_record(clock: &Clock, t: &mut Trajectory, d: Decoded, verdict: Verdict) 
         ts: clock.wall(d.ts_boot_ns),
         trajectory: t.id.clone(),
         seq,
+        step: if d.step == 0 { None } else { t.step(d.step) },
         body: d.body,
         process: d.process,
         verdict: Some(verdict),

@@ -6,12 +6,15 @@
 //! object `{"base64": "..."}` holding the standard base64 of the raw bytes.
 
 use std::{
+    collections::BTreeMap,
     sync::Arc,
     time::{Duration, SystemTime},
 };
 
 use base64::Engine as _;
 use serde::{Serialize, Serializer};
+
+pub use super::process::ExecId;
 
 /// Bumped on any incompatible change to the record format.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -30,6 +33,17 @@ pub struct Record {
     /// Present on exec, open and connect records.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<Verdict>,
+    /// The trajectory's step when the record was taken; `null` before the
+    /// first `step` call.
+    pub step: Option<Step>,
+}
+
+/// A step of a trajectory: one tool call of the agent, as its harness named
+/// it (`agent-monitor step`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Step {
+    pub id: u32,
+    pub name: Arc<str>,
 }
 
 /// The policy's decision on an exec, open or connect.
@@ -59,6 +73,10 @@ pub struct Process {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub comm: Option<Bytes>,
+    /// The process's identity, unique for the host across pid reuse.
+    pub exec_id: Option<ExecId>,
+    /// `exec_id` of its parent: with it a consumer rebuilds the tree.
+    pub parent_exec_id: Option<ExecId>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -122,15 +140,20 @@ pub enum Body {
         command: Vec<Bytes>,
         /// The policy judging the trajectory.
         policy: String,
+        /// `run` (opened by `agent-monitor run`) or `adopt` (an existing
+        /// cgroup matching a configured pattern).
+        origin: &'static str,
     },
     TrajectoryEnd {
-        /// `exited` (the cgroup emptied) or `daemon_shutdown`.
+        /// `exited` (the cgroup emptied), `cgroup_removed` (an adopted
+        /// cgroup was deleted), `start_failed` or `daemon_shutdown`.
         reason: &'static str,
         duration_ns: u64,
         /// Records of this trajectory, this one excluded.
         records: u64,
         /// Records the kernel could not deliver (also reported by `gap`).
         lost: u64,
+        summary: Box<Summary>,
     },
     Gap {
         /// Kernel records of this trajectory that were lost since the last
@@ -138,6 +161,38 @@ pub enum Body {
         lost: u64,
         reason: &'static str,
     },
+    /// The harness started a new step (tool call); records after this one
+    /// carry it in `step`.
+    Step {},
+    /// A process already running in a cgroup when it was adopted, read from
+    /// `/proc` once (`source: procfs`); later activity comes from the kernel.
+    Process {
+        source: &'static str,
+        /// `/proc/<pid>/exe`.
+        exe: Option<Bytes>,
+        argv: Vec<Bytes>,
+    },
+}
+
+/// What a trajectory did, in its `trajectory_end` record.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Summary {
+    /// Records per kind, then per decision (`allow`, `audit`, `deny`, or
+    /// `none` where no policy judged).
+    pub counts: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
+    /// Distinct processes seen (`exec_id`s).
+    pub processes: u64,
+    /// Distinct executables run (resolved paths), sorted.
+    pub executables: Vec<Bytes>,
+    /// Distinct files opened for writing (or created or truncated), sorted.
+    pub files_written: Vec<Bytes>,
+    /// Distinct remote endpoints contacted, `addr:port/protocol` (IPv6 in
+    /// brackets), sorted.
+    pub endpoints: Vec<String>,
+    /// A list above reached its bound (`SUMMARY_LIMIT` entries) and is
+    /// incomplete.
+    #[serde(skip_serializing_if = "is_false")]
+    pub truncated: bool,
 }
 
 impl Body {
@@ -149,6 +204,8 @@ impl Body {
             Body::TrajectoryStart { .. } => "trajectory_start",
             Body::TrajectoryEnd { .. } => "trajectory_end",
             Body::Gap { .. } => "gap",
+            Body::Step { .. } => "step",
+            Body::Process { .. } => "process",
         }
     }
 }
@@ -222,6 +279,7 @@ mod tests {
             body: Body::Gap { lost: 7, reason: "ringbuf_full" },
             process: Process::default(),
             verdict: None,
+            step: None,
         };
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
         assert_eq!(v["kind"], "gap");

@@ -1,12 +1,15 @@
-//! Where records go. The [`Bus`] fans each batch out to the sinks; the JSON
-//! Lines sink is one subscriber of it.
+//! Where records go. The [`Bus`] hands each batch to the primary sink (the
+//! JSON Lines file or stdout) and to the live subscribers of the control
+//! socket (`agent-monitor events`).
 
 pub mod jsonl;
+pub mod subscribe;
 
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+pub use self::subscribe::{Filter, Hub, Subscription};
 use super::events::record::Record;
 
 /// A batch of records, shared by every sink.
@@ -20,19 +23,25 @@ const PRIMARY_QUEUE: usize = 256;
 /// The primary sink is lossless: when it falls behind, the pipeline waits,
 /// the ring buffer fills, and the kernel counts what it cannot store
 /// (reported as `gap` records and in metrics). Nothing is dropped unseen.
+/// Subscribers are the opposite: they never make the pipeline wait; what a
+/// slow one cannot take is dropped for it alone, counted, and reported to
+/// it (see [`subscribe`]).
 #[derive(Clone)]
 pub struct Bus {
     primary: mpsc::Sender<Batch>,
+    hub: Arc<Hub>,
 }
 
 impl Bus {
-    pub fn new() -> (Self, mpsc::Receiver<Batch>) {
+    pub fn new(hub: Arc<Hub>) -> (Self, mpsc::Receiver<Batch>) {
         let (tx, rx) = mpsc::channel(PRIMARY_QUEUE);
-        (Bus { primary: tx }, rx)
+        (Bus { primary: tx, hub }, rx)
     }
 
     pub async fn publish(&self, batch: Vec<Record>) {
-        if self.primary.send(Arc::new(batch)).await.is_err() {
+        let batch = Arc::new(batch);
+        self.hub.publish(&batch);
+        if self.primary.send(batch).await.is_err() {
             tracing::error!("the event sink has stopped; records are being discarded");
         }
     }
