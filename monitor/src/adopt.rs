@@ -27,6 +27,7 @@ use crate::{
     enforce::Binding,
     events::{
         pipeline::{Command, EndReason, OpenSpec, Origin},
+        process,
         record::Process,
     },
     policy::Vars,
@@ -112,6 +113,9 @@ impl Adopter {
                     Ok(a) => {
                         adopted.insert(path, a);
                     }
+                    // An empty cgroup gives no variables yet: try again on
+                    // the next scan rather than give up.
+                    Err(_) if cgroup::procs_tree(&path).is_empty() => {}
                     Err(e) => {
                         tracing::error!(cgroup = %path.display(), "cannot adopt cgroup: {e}");
                         failed.insert(path);
@@ -139,6 +143,7 @@ impl Adopter {
     async fn adopt(&self, path: &Path, policy: String) -> Result<Adopted, String> {
         let cgroup_id = cgroup::cgroup_id(path).map_err(|e| e.to_string())?;
         let level = self.hierarchy.level_of(path).ok_or("outside the cgroup2 mount")?;
+        let vars = vars_of(path);
         let id = trajectory::generate_id();
         let (reply, answer) = oneshot::channel();
         let spec = OpenSpec {
@@ -148,14 +153,37 @@ impl Adopter {
             level,
             command: Vec::new(),
             client: Process::default(),
-            binding: Binding { policy: policy.clone(), vars: Vars::default() },
+            binding: Binding { policy: policy.clone(), vars: vars.clone() },
             origin: Origin::Adopt,
         };
         self.pipeline.send(Command::Open { spec, reply }).await.map_err(|_| "the daemon is shutting down")?;
         answer.await.map_err(|_| "the daemon is shutting down")?.map_err(|e| e.to_string())?;
-        tracing::info!(trajectory = %id, cgroup = %path.display(), %policy, "cgroup adopted");
+        tracing::info!(trajectory = %id, cgroup = %path.display(), %policy, ?vars, "cgroup adopted");
         Ok(Adopted { cgroup_id })
     }
+}
+
+/// The policy variables of an adopted cgroup, from its oldest process (the
+/// one its launcher started): `WORKSPACE` is its working directory, `HOME`
+/// the `HOME` of its environment. Read at adoption, before the agent has
+/// had much chance to change them; `docs/policy.md` says what that means.
+fn vars_of(path: &Path) -> Vars {
+    let mut vars = Vars::default();
+    let oldest = cgroup::procs_tree(path)
+        .into_iter()
+        .filter_map(|pid| Some((process::read_proc(pid)?.process.exec_id?, pid)))
+        .min();
+    let Some((_, pid)) = oldest else { return vars };
+    if let Ok(cwd) = fs::read_link(format!("/proc/{pid}/cwd")) {
+        vars.insert("WORKSPACE".to_owned(), cwd.to_string_lossy().into_owned());
+    }
+    let environ = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    if let Some(home) = environ.split(|&b| b == 0).find_map(|kv| kv.strip_prefix(b"HOME=")) {
+        if let Ok(home) = fs::canonicalize(String::from_utf8_lossy(home).as_ref()) {
+            vars.insert("HOME".to_owned(), home.to_string_lossy().into_owned());
+        }
+    }
+    vars
 }
 
 /// Directories below `root` matching `pattern` component by component.

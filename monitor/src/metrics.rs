@@ -331,4 +331,3 @@ mod tests {
         assert!(LATENCY_BUCKETS.contains(&tick), "a bucket boundary at the poll interval");
     }
 }
-

@@ -47,8 +47,26 @@ fn main() {
         }
         ["double-fork", cmd @ ..] if !cmd.is_empty() => double_fork(cmd),
         ["sleep", ms] => std::thread::sleep(Duration::from_millis(ms.parse().expect("milliseconds"))),
+        // A process tree: this node appends "pid ppid" to OUT, then runs
+        // WIDTH children (fork + exec of itself) at DEPTH-1 and waits.
+        ["tree", depth, width, out] => tree(depth.parse().expect("depth"), width.parse().expect("width"), out),
+        // Opens and closes PATH N times as fast as it can; prints N.
+        ["open-flood", path, n] => {
+            let n: u64 = n.parse().expect("count");
+            for _ in 0..n {
+                drop(std::fs::File::open(path));
+            }
+            println!("{n}");
+        }
+        // Opens PATH every INTERVAL ms until the file STOP exists.
+        ["open-until", path, interval, stop] => {
+            while std::fs::metadata(stop).is_err() {
+                drop(std::fs::File::open(path));
+                std::thread::sleep(Duration::from_millis(interval.parse().expect("milliseconds")));
+            }
+        }
         _ => {
-            eprintln!("usage: test-agent connect|sendto IP PORT | open|write|reopen-opath PATH | race-open ALLOWED DENIED N | double-fork CMD... | sleep MS");
+            eprintln!("usage: test-agent connect|sendto IP PORT | open|write|reopen-opath PATH | race-open ALLOWED DENIED N | double-fork CMD... | sleep MS | tree DEPTH WIDTH OUT | open-flood PATH N | open-until PATH MS STOP");
             exit(2)
         }
     }
@@ -66,6 +84,31 @@ fn report(r: std::io::Result<()>) {
             let _ = std::io::stdout().flush();
             exit(3)
         }
+    }
+}
+
+fn tree(depth: u32, width: u32, out: &str) {
+    let line = format!("{} {}\n", std::process::id(), std::os::unix::process::parent_id());
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(out)
+        .and_then(|mut f| f.write_all(line.as_bytes()))
+        .expect("append to OUT");
+    if depth == 0 {
+        return;
+    }
+    let me = std::env::current_exe().expect("own path");
+    let children: Vec<_> = (0..width)
+        .map(|_| {
+            std::process::Command::new(&me)
+                .args(["tree", &(depth - 1).to_string(), &width.to_string(), out])
+                .spawn()
+                .expect("spawn child")
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().expect("wait child").success());
     }
 }
 

@@ -14,3 +14,4 @@ mod operator_errors;
 mod policy_cli;
 mod schema;
 mod service;
+mod telemetry;

@@ -108,12 +108,30 @@ pub struct TrajectoryStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Response {
-    Opened { ok: monostate::True, trajectory: String, cgroup: String, policy: String },
-    Status { ok: monostate::True, status: Status },
-    Stepped { ok: monostate::True, trajectory: String, step: u32 },
+    Opened {
+        ok: monostate::True,
+        trajectory: String,
+        cgroup: String,
+        policy: String,
+    },
+    Status {
+        ok: monostate::True,
+        status: Status,
+    },
+    Stepped {
+        ok: monostate::True,
+        trajectory: String,
+        step: u32,
+    },
     /// Records follow, one per line.
-    Subscribed { ok: monostate::True, follow: bool },
-    Error { ok: monostate::False, error: String },
+    Subscribed {
+        ok: monostate::True,
+        follow: bool,
+    },
+    Error {
+        ok: monostate::False,
+        error: String,
+    },
 }
 
 /// Tiny stand-ins so `ok` is a literal `true`/`false` in both directions.

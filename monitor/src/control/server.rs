@@ -182,9 +182,7 @@ async fn agent_request(ctx: &Context, own: String, request: Request) -> Response
         other => {
             let op = serde_json::to_value(&other).ok().and_then(|v| v["op"].as_str().map(str::to_owned));
             tracing::warn!(trajectory = %own, op = op.as_deref().unwrap_or("?"), "agent request refused");
-            Response::error(format!(
-                "requests from inside trajectory {own} are limited to `step` for that trajectory"
-            ))
+            Response::error(format!("requests from inside trajectory {own} are limited to `step` for that trajectory"))
         }
     }
 }

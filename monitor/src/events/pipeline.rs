@@ -412,9 +412,12 @@ impl Pipeline {
         let id = match id {
             Some(0) => return Err(PipelineError::Step("step ids start at 1".into())),
             Some(id) => id,
-            None => t.steps.keys().max().map_or(Some(1), |m| m.checked_add(1)).ok_or_else(|| {
-                PipelineError::Step("no step id left after 4294967295; pass --id".into())
-            })?,
+            None => t
+                .steps
+                .keys()
+                .max()
+                .map_or(Some(1), |m| m.checked_add(1))
+                .ok_or_else(|| PipelineError::Step("no step id left after 4294967295; pass --id".into()))?,
         };
         if t.steps.len() >= MAX_STEPS && !t.steps.contains_key(&id) {
             return Err(PipelineError::Step(format!("trajectory {trajectory} already has {MAX_STEPS} steps")));

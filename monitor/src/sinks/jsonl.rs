@@ -194,16 +194,18 @@ mod tests {
         let path = dir.path().join("events.jsonl");
         let reopen = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel(16);
-        let sink = spawn(
-            Output::File(path.clone()),
-            Some(Rotation { max_bytes: 2000, keep: 3 }),
-            reopen.clone(),
-            rx,
-        )
-        .unwrap();
+        let sink =
+            spawn(Output::File(path.clone()), Some(Rotation { max_bytes: 2000, keep: 3 }), reopen.clone(), rx).unwrap();
         let mut seq = 0;
         for _ in 0..6 {
-            let batch: Vec<Record> = (0..5).map(|_| record({ seq += 1; seq })).collect();
+            let batch: Vec<Record> = (0..5)
+                .map(|_| {
+                    record({
+                        seq += 1;
+                        seq
+                    })
+                })
+                .collect();
             tx.blocking_send(Arc::new(batch)).unwrap();
         }
         drop(tx);
