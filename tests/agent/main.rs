@@ -50,9 +50,12 @@ fn main() {
         // A process tree: this node appends "pid ppid" to OUT, then runs
         // WIDTH children (fork + exec of itself) at DEPTH-1 and waits.
         ["tree", depth, width, out] => tree(depth.parse().expect("depth"), width.parse().expect("width"), out),
-        // Opens and closes PATH N times as fast as it can; prints N.
+        // Opens and closes PATH N times as fast as it can; prints N. Waits
+        // 300 ms first, so the records of its own start (exec, the dynamic
+        // loader's opens) are drained before the flood begins.
         ["open-flood", path, n] => {
             let n: u64 = n.parse().expect("count");
+            std::thread::sleep(Duration::from_millis(300));
             for _ in 0..n {
                 drop(std::fs::File::open(path));
             }
