@@ -430,6 +430,11 @@ impl Pipeline {
             t.step = previous;
             return Err(PipelineError::Map(e));
         }
+        // What the kernel recorded before the update is published ahead of
+        // the step record. Only an operation in progress at this instant
+        // (its hook read the old step, its record is not yet submitted) can
+        // still follow with the old step.
+        self.drain().await;
         let now = clock_ns(libc::CLOCK_BOOTTIME);
         self.push(cgroup_id, now, Body::Step {}, Process::default());
         self.flush().await;
