@@ -1,0 +1,151 @@
+//! The event pipeline under load: a generator in a trajectory opens one file
+//! over and over, first paced at [`PACED_RATE`](super::PACED_RATE) (the
+//! rate the memory target is stated at), then as fast as it can on every
+//! CPU. Every open is one kernel record, so the generator's count is what
+//! the kernel attempted to record; the stream and the kernel's loss
+//! counters must account for every one of them.
+
+use std::{
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Result};
+use serde_json::Value;
+
+use super::{
+    count_lines,
+    daemon::{cpu_seconds, memory, Daemon, Memory},
+    parse_load, policies, trajectory_command, Env, Plan, PACED_RATE,
+};
+
+const LOST_SERIES: &str = "agent_monitor_events_lost_total{reason=\"ringbuf_full\"}";
+
+/// One generator run.
+#[derive(Debug, Clone, Default)]
+pub struct Phase {
+    pub threads: usize,
+    /// Opens of the generated file the generator made (each one a kernel
+    /// record attempted), and the time it took.
+    pub attempted: u64,
+    pub generator_s: f64,
+    /// Records of those opens in the JSON Lines file.
+    pub received: u64,
+    /// `trajectory_end`: every record of the trajectory, and the kernel's
+    /// count of those it could not store.
+    pub records: u64,
+    pub lost: u64,
+    /// Growth of `agent_monitor_events_lost_total{reason="ringbuf_full"}`.
+    pub lost_metric: f64,
+    /// `trajectory_end.duration_ns`: trajectory start to its last record
+    /// written, the drain after the generator exits included.
+    pub duration_s: f64,
+    /// Daemon CPU (user + system, all threads) over the run and the drain.
+    pub cpu_s: f64,
+    /// Largest sampled RSS without the ring buffer, and the daemon's memory
+    /// when the run ended.
+    pub peak_without_ring: u64,
+    pub end: Memory,
+}
+
+impl Phase {
+    /// attempted = received + counted losses, and the metric agrees.
+    pub fn exact(&self) -> bool {
+        self.attempted == self.received + self.lost && self.lost_metric == self.lost as f64
+    }
+
+    /// Kernel records per second, stored or counted as lost.
+    pub fn offered_rate(&self) -> f64 {
+        (self.received + self.lost) as f64 / self.generator_s
+    }
+
+    /// JSON lines per second of wall time, until the stream was complete.
+    pub fn delivered_rate(&self) -> f64 {
+        self.records as f64 / self.duration_s
+    }
+
+    /// JSON lines per second of daemon CPU time: the rate on one core.
+    pub fn lines_per_cpu_second(&self) -> f64 {
+        self.records as f64 / self.cpu_s
+    }
+
+    pub fn cpu_per_million(&self) -> f64 {
+        self.cpu_s / (self.records as f64 / 1e6)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Pipeline {
+    /// The daemon right after start.
+    pub idle: Memory,
+    pub paced: Phase,
+    pub flood: Phase,
+}
+
+pub fn run(env: &Env, plan: &Plan) -> Result<Pipeline> {
+    let mut d = Daemon::start(&env.bin, &env.out, &env.policies)?;
+    let idle = memory(d.pid())?;
+    let policy = policies::file_policy_name(false, policies::FILE_RULES[0]);
+    let flood_file = env.flood_file().display().to_string();
+    let ms = |t: Duration| t.as_millis().to_string();
+    let paced_args = vec!["paced".into(), ms(plan.paced), PACED_RATE.to_string(), flood_file.clone()];
+    let paced = phase(env, &d, "bench-paced", &policy, &paced_args, 1)?;
+    let flood_args = vec!["flood".into(), ms(plan.flood), env.cpus.to_string(), flood_file];
+    let flood = phase(env, &d, "bench-flood", &policy, &flood_args, env.cpus)?;
+    d.truncate_events()?;
+    d.stop()?;
+    Ok(Pipeline { idle, paced, flood })
+}
+
+fn phase(env: &Env, d: &Daemon, id: &str, policy: &str, args: &[String], threads: usize) -> Result<Phase> {
+    d.truncate_events()?;
+    let pid = d.pid();
+    let lost0 = d.metric(LOST_SERIES)?;
+    let cpu0 = cpu_seconds(pid)?;
+    let mut peak = 0u64;
+    let mut sample = || -> Result<()> {
+        peak = peak.max(memory(pid)?.without_ring());
+        Ok(())
+    };
+    let mut child = trajectory_command(env, d, id, policy, args).stdout(Stdio::piped()).spawn()?;
+    while child.try_wait()?.is_none() {
+        sample()?;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("agent-monitor run -- bench-load {} failed ({})", args.join(" "), out.status);
+    }
+    let (attempted, took) = parse_load(&out.stdout)?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let end: Value = loop {
+        sample()?;
+        if let Some(end) = d.try_end(id)? {
+            break end;
+        }
+        if Instant::now() > deadline {
+            bail!("no trajectory_end for {id} within 120 s of the generator's exit");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let cpu_s = cpu_seconds(pid)? - cpu0;
+    let end_memory = memory(pid)?;
+    // The global loss counter reaches /metrics on the pipeline's 10 ms tick.
+    std::thread::sleep(Duration::from_millis(100));
+    let lost_metric = d.metric(LOST_SERIES)? - lost0;
+    let received = count_lines(env, &d.events, &format!("\"path\":\"{}\"", env.flood_file().display()))?;
+    let u = |k: &str| end[k].as_u64().unwrap_or(0);
+    Ok(Phase {
+        threads,
+        attempted,
+        generator_s: took.as_secs_f64(),
+        received,
+        records: u("records"),
+        lost: u("lost"),
+        lost_metric,
+        duration_s: u("duration_ns") as f64 / 1e9,
+        cpu_s,
+        peak_without_ring: peak,
+        end: end_memory,
+    })
+}

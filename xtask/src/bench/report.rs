@@ -1,0 +1,260 @@
+//! The bench's results as a Markdown table (`target/bench/results.md`, the
+//! table docs/performance.md holds) and as JSON (`target/bench/results.json`).
+
+use std::{fmt::Write, time::Duration};
+
+use serde_json::{json, Value};
+
+use super::{
+    pipeline::{Phase, Pipeline},
+    stats::{fmt_num, Summary, Target},
+    Host, Measured, Plan, Workload, PACED_RATE,
+};
+
+pub struct Report {
+    pub plan: Plan,
+    pub host: Host,
+    pub cpus: usize,
+    pub workloads: Vec<Workload>,
+    pub measured: Vec<Measured>,
+    pub controls: Vec<Workload>,
+    pub control_results: Vec<Measured>,
+    pub pipeline: Pipeline,
+    pub rounds_took: Duration,
+    pub took: Duration,
+}
+
+const EVENTS_TARGET: Target = Target::AtLeast(1_000_000.0);
+const LINES_TARGET: Target = Target::AtLeast(250_000.0);
+const RSS_TARGET_MIB: Target = Target::AtMost(32.0);
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn met(target: Option<Target>, value: f64) -> &'static str {
+    match target {
+        None => "",
+        Some(_) if value.is_nan() => "n/a",
+        Some(t) if t.met(value) => "yes",
+        Some(_) => "**no**",
+    }
+}
+
+fn ratio(x: f64) -> String {
+    if x.is_nan() {
+        "n/a".into()
+    } else {
+        format!("{x:.3}")
+    }
+}
+
+impl Report {
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let p = &self.plan;
+        let cmd = if p.quick { "cargo xtask bench --quick" } else { "cargo xtask bench" };
+        writeln!(s, "## `{cmd}`\n").unwrap();
+        writeln!(
+            s,
+            "Kernel {}, {} CPUs; {} pairs per workload{}, {} ms timed loops; rounds {:.0} s, whole run {:.0} s \
+             (build check included).",
+            self.host.kernel,
+            self.cpus,
+            p.pairs,
+            if p.quick { " (--quick: fewer pairs and shorter runs than the full bench)" } else { "" },
+            p.run.as_millis(),
+            self.rounds_took.as_secs_f64(),
+            self.took.as_secs_f64()
+        )
+        .unwrap();
+        let enf: Vec<String> = self.host.enforcement.iter().map(|(c, m)| format!("{c}={m}")).collect();
+        writeln!(s, "Enforcement: {}.\n", enf.join(" ")).unwrap();
+
+        writeln!(s, "### Cost per operation (ratio = monitored / baseline of each pair; median, min, max over pairs)\n")
+            .unwrap();
+        s.push_str("| workload | baseline ns/op | monitored ns/op | added ns/op | ratio | min | max | records/run | lost | target | met |\n");
+        s.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |\n");
+        for (w, m) in self.workloads.iter().zip(&self.measured) {
+            let sum = m.pairs.summary(w.rate);
+            let records = super::stats::median(&m.records.iter().map(|&r| r as f64).collect::<Vec<_>>());
+            let records = if m.records.is_empty() { "–".into() } else { fmt_num(records.round()) };
+            row(&mut s, &w.title, &sum, &records, &m.lost.to_string(), w.target);
+        }
+        for (c, m) in self.controls.iter().zip(&self.control_results) {
+            row(&mut s, &c.title, &m.pairs.summary(c.rate), "–", "–", None);
+        }
+        s.push_str(
+            "\nRate ratios (fork+exec) are baseline time / monitored time: below 1 is slower. Records/run: the \
+             trajectory's records as `trajectory_end` counts them; lost: the kernel's count over all pairs. \
+             Control rows compare two runs with nothing attached: their spread is the noise floor.\n\n",
+        );
+
+        let (pa, fl) = (&self.pipeline.paced, &self.pipeline.flood);
+        writeln!(s, "### Event pipeline (opens in a trajectory; every open is one record)\n").unwrap();
+        writeln!(
+            s,
+            "| measure | paced, {} opens/s, 1 thread | flood, {} threads | target | met |",
+            fmt_num(PACED_RATE as f64),
+            fl.threads
+        )
+        .unwrap();
+        s.push_str("| --- | ---: | ---: | --- | --- |\n");
+        let mut line = |name: &str, a: String, b: String, target: String, met: &str| {
+            writeln!(s, "| {name} | {a} | {b} | {target} | {met} |").unwrap();
+        };
+        let both = |f: &dyn Fn(&Phase) -> String| (f(pa), f(fl));
+        let (a, b) = both(&|ph| format!("{} in {:.2} s", fmt_num(ph.attempted as f64), ph.generator_s));
+        line("opens attempted by the generator", a, b, String::new(), "");
+        let (a, b) = both(&|ph| fmt_num(ph.offered_rate()));
+        line(
+            "events/s recorded or counted (kernel)",
+            a,
+            b,
+            EVENTS_TARGET.describe(" (flood)"),
+            met(Some(EVENTS_TARGET), fl.offered_rate()),
+        );
+        let (a, b) = both(&|ph| fmt_num(ph.received as f64));
+        line("records of those opens in the JSONL file", a, b, String::new(), "");
+        let (a, b) = both(&|ph| {
+            let pct = 100.0 * ph.lost as f64 / ph.attempted.max(1) as f64;
+            format!("{} ({pct:.1} %)", fmt_num(ph.lost as f64))
+        });
+        line("lost, counted by the kernel", a, b, String::new(), "");
+        let (a, b) = both(&|ph| {
+            if ph.exact() {
+                "exact".into()
+            } else {
+                format!(
+                    "**off by {}** (metric {})",
+                    ph.attempted as i64 - (ph.received + ph.lost) as i64,
+                    fmt_num(ph.lost_metric)
+                )
+            }
+        });
+        line("attempted = received + lost (and the metric agrees)", a, b, "exact".into(), "");
+        let (a, b) = both(&|ph| format!("{} in {:.2} s", fmt_num(ph.delivered_rate()), ph.duration_s));
+        line("JSON lines/s written, wall time to the last line", a, b, String::new(), "");
+        let (a, b) = both(&|ph| format!("{} ({:.2} s CPU)", fmt_num(ph.lines_per_cpu_second()), ph.cpu_s));
+        line(
+            "JSON lines per daemon CPU-second",
+            a,
+            b,
+            LINES_TARGET.describe(" (flood)"),
+            met(Some(LINES_TARGET), fl.lines_per_cpu_second()),
+        );
+        let (a, b) = both(&|ph| format!("{:.2}", ph.cpu_per_million()));
+        line("daemon CPU seconds per million records", a, b, String::new(), "");
+        let (a, b) = both(&|ph| format!("{:.1} MiB", mib(ph.peak_without_ring)));
+        line(
+            "daemon peak RSS without the ring buffer (sampled every 10 ms)",
+            a,
+            b,
+            RSS_TARGET_MIB.describe(" MiB (paced)"),
+            met(Some(RSS_TARGET_MIB), mib(pa.peak_without_ring)),
+        );
+        let (a, b) = both(&|ph| format!("{:.1} MiB", mib(ph.end.ring)));
+        line("ring buffer resident in the daemon at the end", a, b, String::new(), "");
+        let (a, b) = both(&|ph| format!("{:.1} MiB", mib(ph.end.hwm)));
+        line("VmHWM at the end (ring buffer included)", a, b, String::new(), "");
+        writeln!(
+            s,
+            "\nIdle daemon after start: RSS {:.1} MiB, of which ring buffer {:.1} MiB.\n",
+            mib(self.pipeline.idle.rss),
+            mib(self.pipeline.idle.ring)
+        )
+        .unwrap();
+
+        s.push_str("### Mechanism per hook\n\n| hook | mechanism |\n| --- | --- |\n");
+        for (h, m) in &self.host.hooks {
+            writeln!(s, "| {h} | {m} |").unwrap();
+        }
+        s
+    }
+
+    pub fn json(&self) -> Value {
+        let summary = |w: &Workload, m: &Measured| {
+            let sum = m.pairs.summary(w.rate);
+            json!({
+                "key": w.key,
+                "title": w.title,
+                "args": w.args,
+                "rate_ratio": w.rate,
+                "pairs": m.pairs.pairs.iter().map(|(b, m)| json!({"baseline_ns": b, "monitored_ns": m})).collect::<Vec<_>>(),
+                "baseline_ns_median": sum.baseline_ns,
+                "monitored_ns_median": sum.monitored_ns,
+                "added_ns_median": sum.added_ns,
+                "ratio_median": sum.ratio,
+                "ratio_min": sum.ratio_min,
+                "ratio_max": sum.ratio_max,
+                "records_per_run": m.records,
+                "lost": m.lost,
+                "target": w.target.map(|t| t.describe("")),
+                "met": w.target.map(|t| t.met(sum.ratio)),
+            })
+        };
+        let phase = |ph: &Phase| {
+            json!({
+                "threads": ph.threads,
+                "attempted": ph.attempted,
+                "generator_s": ph.generator_s,
+                "received": ph.received,
+                "records": ph.records,
+                "lost": ph.lost,
+                "lost_metric": ph.lost_metric,
+                "exact": ph.exact(),
+                "events_per_s_recorded_or_counted": ph.offered_rate(),
+                "lines_per_s_wall": ph.delivered_rate(),
+                "stream_duration_s": ph.duration_s,
+                "daemon_cpu_s": ph.cpu_s,
+                "lines_per_daemon_cpu_s": ph.lines_per_cpu_second(),
+                "daemon_cpu_s_per_million": ph.cpu_per_million(),
+                "peak_rss_without_ring_bytes": ph.peak_without_ring,
+                "end_rss_bytes": ph.end.rss,
+                "end_ring_rss_bytes": ph.end.ring,
+                "end_vmhwm_bytes": ph.end.hwm,
+            })
+        };
+        json!({
+            "mode": if self.plan.quick { "quick" } else { "full" },
+            "pairs": self.plan.pairs,
+            "run_ms": self.plan.run.as_millis() as u64,
+            "kernel": self.host.kernel,
+            "cpus": self.cpus,
+            "enforcement": self.host.enforcement.iter().map(|(c, m)| (c.clone(), json!(m))).collect::<serde_json::Map<_, _>>(),
+            "hooks": self.host.hooks.iter().map(|(h, m)| json!({"hook": h, "mechanism": m})).collect::<Vec<_>>(),
+            "workloads": self.workloads.iter().zip(&self.measured).map(|(w, m)| summary(w, m)).collect::<Vec<_>>(),
+            "controls": self.controls.iter().zip(&self.control_results).map(|(w, m)| summary(w, m)).collect::<Vec<_>>(),
+            "pipeline": {
+                "idle_rss_bytes": self.pipeline.idle.rss,
+                "idle_ring_rss_bytes": self.pipeline.idle.ring,
+                "paced_rate": PACED_RATE,
+                "paced": phase(&self.pipeline.paced),
+                "flood": phase(&self.pipeline.flood),
+                "targets": {
+                    "events_per_s": EVENTS_TARGET.describe(""),
+                    "lines_per_daemon_cpu_s": LINES_TARGET.describe(""),
+                    "paced_peak_rss_without_ring_mib": RSS_TARGET_MIB.describe(""),
+                },
+            },
+            "rounds_s": self.rounds_took.as_secs_f64(),
+            "total_s": self.took.as_secs_f64(),
+        })
+    }
+}
+
+fn row(s: &mut String, title: &str, sum: &Summary, records: &str, lost: &str, target: Option<Target>) {
+    writeln!(
+        s,
+        "| {title} | {} | {} | {} | {} | {} | {} | {records} | {lost} | {} | {} |",
+        fmt_num(sum.baseline_ns),
+        fmt_num(sum.monitored_ns),
+        fmt_num(sum.added_ns),
+        ratio(sum.ratio),
+        ratio(sum.ratio_min),
+        ratio(sum.ratio_max),
+        target.map(|t| t.describe("×")).unwrap_or_default(),
+        met(target, sum.ratio)
+    )
+    .unwrap();
+}
