@@ -37,10 +37,8 @@ fn main() {
             timed(ms(t), || fork_exec(&c))
         }
         ["connect", t] => connect_loop(ms(t)),
-        ["flood", t, threads, path] => {
-            let c = CString::new(*path).unwrap_or_else(|_| usage());
-            flood(ms(t), threads.parse().unwrap_or_else(|_| usage()), &c)
-        }
+        ["flood", t, threads, path] => flood(ms(t), threads.parse().unwrap_or_else(|_| usage()), path),
+        ["flood-connect", t, threads] => flood_connect(ms(t), threads.parse().unwrap_or_else(|_| usage())),
         ["paced", t, rate, path] => {
             let c = CString::new(*path).unwrap_or_else(|_| usage());
             paced(ms(t), rate.parse().unwrap_or_else(|_| usage()), &c)
@@ -50,7 +48,10 @@ fn main() {
         // xtask runs unoptimised and the file can hold millions of lines).
         ["count", file, needle] => {
             let text = std::fs::read(file).unwrap_or_else(|_| fail("read"));
-            let n = text.split(|&b| b == b'\n').filter(|l| std::str::from_utf8(l).is_ok_and(|l| l.contains(needle))).count();
+            let n = text
+                .split(|&b| b == b'\n')
+                .filter(|l| std::str::from_utf8(l).is_ok_and(|l| l.contains(needle)))
+                .count();
             println!("{{\"count\":{n}}}");
             return;
         }
@@ -61,7 +62,7 @@ fn main() {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench-load getppid MS | open MS PATH | exec MS PATH | connect MS | flood MS THREADS PATH | paced MS RATE PATH | count FILE NEEDLE"
+        "usage: bench-load getppid MS | open MS PATH | exec MS PATH | connect MS | flood MS THREADS PATH | flood-connect MS THREADS | paced MS RATE PATH | count FILE NEEDLE"
     );
     exit(2)
 }
@@ -156,29 +157,74 @@ fn connect_loop(duration: Duration) -> (u64, Duration) {
     })
 }
 
-/// `threads` threads open and close `path` as fast as they can until
-/// `duration` has passed; returns every open attempted.
-fn flood(duration: Duration, threads: usize, path: &CString) -> (u64, Duration) {
-    static STOP: AtomicBool = AtomicBool::new(false);
-    static OPS: AtomicU64 = AtomicU64::new(0);
+/// `threads` threads open and close `PATH-0`, `PATH-1`, ... (one file per
+/// thread: threads sharing one dentry contend on its reference count) as
+/// fast as they can until `duration` has passed; returns every open attempted.
+fn flood(duration: Duration, threads: usize, path: &str) -> (u64, Duration) {
+    let next = AtomicU64::new(0);
+    let file = || {
+        let n = next.fetch_add(1, Ordering::Relaxed);
+        CString::new(format!("{path}-{n}")).unwrap_or_else(|_| usage())
+    };
+    on_threads(duration, threads, file, |f| open_close(f))
+}
+
+/// `threads` threads `connect` a UDP socket to 127.0.0.1:9 over and over:
+/// the cheapest operation that makes a record (a small one, 112 bytes, and
+/// no packet is sent), so this stresses the pipeline rather than the hooks.
+fn flood_connect(duration: Duration, threads: usize) -> (u64, Duration) {
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 9u16.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be() },
+        sin_zero: [0; 8],
+    };
+    let socket = || {
+        // SAFETY: a plain socket call.
+        let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if s < 0 {
+            fail("socket");
+        }
+        s
+    };
+    on_threads(duration, threads, socket, |&mut s| {
+        let sa = &addr as *const libc::sockaddr_in as *const libc::sockaddr;
+        // SAFETY: a valid address of the given length on this thread's socket.
+        if unsafe { libc::connect(s, sa, std::mem::size_of::<libc::sockaddr_in>() as u32) } != 0 {
+            fail("connect");
+        }
+    })
+}
+
+/// Runs `op` on `threads` threads, each with its own state from `init`,
+/// until `duration` has passed; returns the operations of all threads.
+fn on_threads<S>(
+    duration: Duration,
+    threads: usize,
+    init: impl Fn() -> S + Sync,
+    op: impl Fn(&mut S) + Sync,
+) -> (u64, Duration) {
+    let stop = AtomicBool::new(false);
+    let total = AtomicU64::new(0);
     let start = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
             s.spawn(|| {
+                let mut state = init();
                 let mut ops = 0u64;
-                while !STOP.load(Ordering::Relaxed) {
+                while !stop.load(Ordering::Relaxed) {
                     for _ in 0..CHECK_EVERY {
-                        open_close(path);
+                        op(&mut state);
                     }
                     ops += CHECK_EVERY;
                 }
-                OPS.fetch_add(ops, Ordering::Relaxed);
+                total.fetch_add(ops, Ordering::Relaxed);
             });
         }
         std::thread::sleep(duration);
-        STOP.store(true, Ordering::Relaxed);
+        stop.store(true, Ordering::Relaxed);
     });
-    (OPS.load(Ordering::Relaxed), start.elapsed())
+    (total.load(Ordering::Relaxed), start.elapsed())
 }
 
 /// Opens and closes `path` at `rate` per second, in bursts every

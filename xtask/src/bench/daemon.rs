@@ -35,7 +35,7 @@ impl Daemon {
         let _ = std::fs::remove_file(&events);
         let metrics_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let cgroup_parent = format!("agent-monitor-bench-{}", std::process::id());
-        let child = Command::new(bin)
+        let child = super::workload_command(bin)
             .arg("daemon")
             .arg("--policy-dir")
             .arg(policies)

@@ -35,7 +35,7 @@ pub struct BenchArgs {
     /// test` runs, reporting only.
     #[arg(long)]
     pub quick: bool,
-    /// Baseline/monitored pairs per workload (default 9, or 3 with --quick).
+    /// Baseline/monitored pairs per workload (default 11, or 3 with --quick).
     #[arg(long)]
     pub pairs: Option<usize>,
 }
@@ -54,7 +54,7 @@ pub struct Plan {
 
 impl Plan {
     fn new(args: &BenchArgs) -> Plan {
-        let (pairs, run, flood) = if args.quick { (3, 100, 2_000) } else { (9, 300, 5_000) };
+        let (pairs, run, flood) = if args.quick { (3, 100, 2_000) } else { (11, 400, 5_000) };
         Plan {
             quick: args.quick,
             pairs: args.pairs.unwrap_or(pairs).max(1),
@@ -109,6 +109,16 @@ pub struct Workload {
     pub target: Option<Target>,
 }
 
+/// Kernel programs of every agent-monitor daemon on the machine (each has
+/// one `sched_process_exec` tracepoint program), `None` when bpftool cannot
+/// tell. Another daemon's open tracepoints run on every open of the machine,
+/// baselines included, so rounds that had one are reported.
+fn monitors_attached() -> Option<usize> {
+    let out = Command::new("bpftool").args(["-j", "prog", "show"]).output().ok()?;
+    let progs: Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some(progs.as_array()?.iter().filter(|p| p["name"] == "sched_process_exec").count())
+}
+
 /// Results of one workload (or control) over all rounds.
 #[derive(Debug, Clone, Default)]
 pub struct Measured {
@@ -126,17 +136,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if !crate::setup::is_root() {
         bail!("the bench loads eBPF programs and creates cgroups: run `cargo xtask bench` as root");
     }
-    crate::cargo(&[
-        "build",
-        "--release",
-        "--locked",
-        "--package",
-        "agent-monitor",
-        "--bin",
-        "agent-monitor",
-        "--example",
-        "bench-load",
-    ])?;
+    // The daemon exactly as `cargo xtask build` makes it, and the workload
+    // binary (an example of xtask, so it adds no dependency to the daemon).
+    crate::cargo(&["build", "--release", "--locked", "--package", "agent-monitor"])?;
+    crate::cargo(&["build", "--release", "--locked", "--package", "xtask", "--example", "bench-load"])?;
     let root = crate::root();
     let out = root.join("target/bench");
     std::fs::create_dir_all(&out)?;
@@ -151,32 +154,23 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         out,
     };
     std::fs::write(env.open_file(), "bench\n")?;
-    std::fs::write(env.flood_file(), "bench\n")?;
+    for i in 0..env.cpus {
+        std::fs::write(format!("{}-{i}", env.flood_file().display()), "bench\n")?;
+    }
     policies::write_all(&env.policies)?;
 
     let started = Instant::now();
-    let (host, workloads, controls, measured, control_results) = rounds(&env, &plan)?;
+    let rounds = rounds(&env, &plan)?;
     let rounds_took = started.elapsed();
     eprintln!("xtask: bench: event pipeline");
-    let pipe = pipeline::run(&env, &plan)?;
-    let report = report::Report {
-        plan,
-        host,
-        cpus: env.cpus,
-        workloads,
-        measured,
-        controls,
-        control_results,
-        pipeline: pipe,
-        rounds_took,
-        took: begun.elapsed(),
-    };
+    let pipeline = pipeline::run(&env, &plan)?;
+    let report = report::Report { plan, cpus: env.cpus, rounds, pipeline, rounds_took, took: begun.elapsed() };
     let md = report.markdown();
     std::fs::write(env.out.join("results.md"), &md)?;
     std::fs::write(env.out.join("results.json"), serde_json::to_string_pretty(&report.json())? + "\n")?;
     println!("\n{md}");
     println!("(written to {} and results.json)", env.out.join("results.md").display());
-    if !report.pipeline.flood.exact() {
+    if report.pipeline.phases.iter().any(|p| !p.exact()) {
         bail!("event accounting is not exact: attempted != received + counted losses (see the table)");
     }
     Ok(())
@@ -285,11 +279,24 @@ fn controls(env: &Env, plan: &Plan) -> Vec<Workload> {
     vec![
         c("control-getppid", "control: getppid vs getppid", vec!["getppid".into(), ms.clone()], false),
         c("control-open", "control: openat+close vs openat+close", vec!["open".into(), ms.clone(), open], false),
-        c("control-exec", "control: fork+exec vs fork+exec (rate ratio)", vec!["exec".into(), ms, "/bin/true".into()], true),
+        c(
+            "control-exec",
+            "control: fork+exec vs fork+exec (rate ratio)",
+            vec!["exec".into(), ms, "/bin/true".into()],
+            true,
+        ),
     ]
 }
 
-type Rounds = (Host, Vec<Workload>, Vec<Workload>, Vec<Measured>, Vec<Measured>);
+pub struct Rounds {
+    pub host: Host,
+    pub workloads: Vec<Workload>,
+    pub controls: Vec<Workload>,
+    pub measured: Vec<Measured>,
+    pub control_results: Vec<Measured>,
+    /// Rounds (from 1) during which another daemon's programs were attached.
+    pub foreign: Vec<usize>,
+}
 
 fn rounds(env: &Env, plan: &Plan) -> Result<Rounds> {
     // The daemon's report of the machine decides the getppid target, so
@@ -314,12 +321,16 @@ fn rounds(env: &Env, plan: &Plan) -> Result<Rounds> {
     let controls = controls(env, plan);
     let mut measured = vec![Measured::default(); workloads.len()];
     let mut control_results = vec![Measured::default(); controls.len()];
+    let mut foreign = Vec::new();
     for round in 0..plan.pairs {
+        let mut others = 0;
         let t = Instant::now();
         let monitored_first = round % 2 == 1;
         let mut baseline = vec![0.0; workloads.len()];
         let mut monitored = vec![0.0; workloads.len()];
         for phase in 0..2 {
+            let ours = usize::from((phase == 0) == monitored_first);
+            others += monitors_attached().unwrap_or(ours).saturating_sub(ours);
             if (phase == 0) != monitored_first {
                 for (i, w) in workloads.iter().enumerate() {
                     baseline[i] = load_run(env, &w.args)?;
@@ -348,21 +359,26 @@ fn rounds(env: &Env, plan: &Plan) -> Result<Rounds> {
                         measured[i].lost += end["lost"].as_u64().unwrap_or(0);
                     }
                 }
+                others += monitors_attached().unwrap_or(1).saturating_sub(1);
                 d.stop()?;
             }
+        }
+        if others > 0 {
+            foreign.push(round + 1);
         }
         for (i, m) in measured.iter_mut().enumerate() {
             m.pairs.pairs.push((baseline[i], monitored[i]));
         }
         eprintln!(
-            "xtask: bench round {}/{} ({} first) in {:.1} s",
+            "xtask: bench round {}/{} ({} first) in {:.1} s{}",
             round + 1,
             plan.pairs,
             if monitored_first { "monitored" } else { "baseline" },
-            t.elapsed().as_secs_f64()
+            t.elapsed().as_secs_f64(),
+            if others > 0 { "; another agent-monitor daemon was running" } else { "" }
         );
     }
-    Ok((host, workloads, controls, measured, control_results))
+    Ok(Rounds { host, workloads, controls, measured, control_results, foreign })
 }
 
 /// Output of one `bench-load` run: operations and the loop's own time.
@@ -383,9 +399,20 @@ fn ns_per_op(stdout: &[u8]) -> Result<f64> {
     Ok(t.as_nanos() as f64 / ops as f64)
 }
 
+/// A command for a program the bench measures or runs beside a measurement.
+/// `cargo` sets `LD_LIBRARY_PATH` (the toolchain's and target's library
+/// directories) for what it runs, xtask included; left in place, the
+/// dynamic loader of every exec would try each of those directories first,
+/// and every failed open is one more record in a trajectory.
+pub fn workload_command(program: &Path) -> Command {
+    let mut c = Command::new(program);
+    c.env_remove("LD_LIBRARY_PATH");
+    c
+}
+
 /// `bench-load ARGS`, outside any trajectory: nanoseconds per operation.
 fn load_run(env: &Env, args: &[String]) -> Result<f64> {
-    let out = Command::new(&env.load).args(args).stderr(Stdio::inherit()).output()?;
+    let out = workload_command(&env.load).args(args).stderr(Stdio::inherit()).output()?;
     if !out.status.success() {
         bail!("bench-load {} failed ({})", args.join(" "), out.status);
     }
@@ -394,7 +421,7 @@ fn load_run(env: &Env, args: &[String]) -> Result<f64> {
 
 /// The `agent-monitor run` command placing `bench-load ARGS` in trajectory `id`.
 pub fn trajectory_command(env: &Env, d: &Daemon, id: &str, policy: &str, args: &[String]) -> Command {
-    let mut c = Command::new(&env.bin);
+    let mut c = workload_command(&env.bin);
     c.arg("run").arg("--control-socket").arg(&d.socket);
     c.args(["--trajectory", id, "--policy", policy, "--workspace"]).arg(&env.work);
     c.arg("--").arg(&env.load).args(args);

@@ -1,9 +1,10 @@
-//! The event pipeline under load: a generator in a trajectory opens one file
-//! over and over, first paced at [`PACED_RATE`](super::PACED_RATE) (the
-//! rate the memory target is stated at), then as fast as it can on every
-//! CPU. Every open is one kernel record, so the generator's count is what
-//! the kernel attempted to record; the stream and the kernel's loss
-//! counters must account for every one of them.
+//! The event pipeline under load: a generator in a trajectory makes one
+//! record per operation, first paced at [`PACED_RATE`](super::PACED_RATE)
+//! opens per second (the rate the memory target is stated at), then as fast
+//! as it can on every CPU, with opens (the common record, 1128 bytes, path
+//! resolved in the kernel) and with UDP connects (the cheapest record, 112
+//! bytes). The generator's count is what the kernel attempted to record;
+//! the stream and the kernel's loss counters must account for every one.
 
 use std::{
     process::Stdio,
@@ -16,7 +17,9 @@ use serde_json::Value;
 use super::{
     count_lines,
     daemon::{cpu_seconds, memory, Daemon, Memory},
-    parse_load, policies, trajectory_command, Env, Plan, PACED_RATE,
+    parse_load, policies,
+    stats::fmt_num,
+    trajectory_command, Env, Plan, PACED_RATE,
 };
 
 const LOST_SERIES: &str = "agent_monitor_events_lost_total{reason=\"ringbuf_full\"}";
@@ -24,12 +27,16 @@ const LOST_SERIES: &str = "agent_monitor_events_lost_total{reason=\"ringbuf_full
 /// One generator run.
 #[derive(Debug, Clone, Default)]
 pub struct Phase {
+    pub name: String,
+    /// A flood (as fast as it can), to which the throughput targets apply;
+    /// otherwise the paced run, to which the memory target applies.
+    pub flood: bool,
     pub threads: usize,
-    /// Opens of the generated file the generator made (each one a kernel
-    /// record attempted), and the time it took.
+    /// Operations the generator made (each one a kernel record attempted),
+    /// and the time it took.
     pub attempted: u64,
     pub generator_s: f64,
-    /// Records of those opens in the JSON Lines file.
+    /// Records of those operations in the JSON Lines file.
     pub received: u64,
     /// `trajectory_end`: every record of the trajectory, and the kernel's
     /// count of those it could not store.
@@ -78,26 +85,61 @@ impl Phase {
 pub struct Pipeline {
     /// The daemon right after start.
     pub idle: Memory,
-    pub paced: Phase,
-    pub flood: Phase,
+    pub phases: Vec<Phase>,
+}
+
+/// One generator run to make: name, `bench-load` arguments, threads, and
+/// the text that marks its records in the stream.
+struct Spec {
+    name: String,
+    flood: bool,
+    args: Vec<String>,
+    threads: usize,
+    needle: String,
 }
 
 pub fn run(env: &Env, plan: &Plan) -> Result<Pipeline> {
+    let flood_file = env.flood_file().display().to_string();
+    let ms = |t: Duration| t.as_millis().to_string();
+    let open_needle = format!("\"path\":\"{flood_file}-");
+    let specs = [
+        Spec {
+            name: format!("paced, {} opens/s, 1 thread", fmt_num(PACED_RATE as f64)),
+            flood: false,
+            args: vec!["paced".into(), ms(plan.paced), PACED_RATE.to_string(), format!("{flood_file}-0")],
+            threads: 1,
+            needle: open_needle.clone(),
+        },
+        Spec {
+            name: format!("flood of opens, {} threads", env.cpus),
+            flood: true,
+            args: vec!["flood".into(), ms(plan.flood), env.cpus.to_string(), flood_file],
+            threads: env.cpus,
+            needle: open_needle,
+        },
+        Spec {
+            name: format!("flood of UDP connects, {} threads", env.cpus),
+            flood: true,
+            args: vec!["flood-connect".into(), ms(plan.flood), env.cpus.to_string()],
+            threads: env.cpus,
+            needle: "\"addr\":\"127.0.0.1\",\"port\":9,".into(),
+        },
+    ];
+    // A fresh daemon, so its high-water mark is this load's.
     let mut d = Daemon::start(&env.bin, &env.out, &env.policies)?;
     let idle = memory(d.pid())?;
     let policy = policies::file_policy_name(false, policies::FILE_RULES[0]);
-    let flood_file = env.flood_file().display().to_string();
-    let ms = |t: Duration| t.as_millis().to_string();
-    let paced_args = vec!["paced".into(), ms(plan.paced), PACED_RATE.to_string(), flood_file.clone()];
-    let paced = phase(env, &d, "bench-paced", &policy, &paced_args, 1)?;
-    let flood_args = vec!["flood".into(), ms(plan.flood), env.cpus.to_string(), flood_file];
-    let flood = phase(env, &d, "bench-flood", &policy, &flood_args, env.cpus)?;
+    let mut phases = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        phases.push(phase(env, &d, &format!("bench-pipeline-{i}"), &policy, spec)?);
+    }
     d.truncate_events()?;
     d.stop()?;
-    Ok(Pipeline { idle, paced, flood })
+    Ok(Pipeline { idle, phases })
 }
 
-fn phase(env: &Env, d: &Daemon, id: &str, policy: &str, args: &[String], threads: usize) -> Result<Phase> {
+fn phase(env: &Env, d: &Daemon, id: &str, policy: &str, spec: &Spec) -> Result<Phase> {
+    let args = &spec.args;
     d.truncate_events()?;
     let pid = d.pid();
     let lost0 = d.metric(LOST_SERIES)?;
@@ -133,10 +175,12 @@ fn phase(env: &Env, d: &Daemon, id: &str, policy: &str, args: &[String], threads
     // The global loss counter reaches /metrics on the pipeline's 10 ms tick.
     std::thread::sleep(Duration::from_millis(100));
     let lost_metric = d.metric(LOST_SERIES)? - lost0;
-    let received = count_lines(env, &d.events, &format!("\"path\":\"{}\"", env.flood_file().display()))?;
+    let received = count_lines(env, &d.events, &spec.needle)?;
     let u = |k: &str| end[k].as_u64().unwrap_or(0);
     Ok(Phase {
-        threads,
+        name: spec.name.clone(),
+        flood: spec.flood,
+        threads: spec.threads,
         attempted,
         generator_s: took.as_secs_f64(),
         received,

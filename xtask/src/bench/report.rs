@@ -8,21 +8,21 @@ use serde_json::{json, Value};
 use super::{
     pipeline::{Phase, Pipeline},
     stats::{fmt_num, Summary, Target},
-    Host, Measured, Plan, Workload, PACED_RATE,
+    Measured, Plan, Rounds, Workload, PACED_RATE,
 };
 
 pub struct Report {
     pub plan: Plan,
-    pub host: Host,
     pub cpus: usize,
-    pub workloads: Vec<Workload>,
-    pub measured: Vec<Measured>,
-    pub controls: Vec<Workload>,
-    pub control_results: Vec<Measured>,
+    pub rounds: Rounds,
     pub pipeline: Pipeline,
     pub rounds_took: Duration,
     pub took: Duration,
 }
+
+/// A pipeline target: the target, whether it applies to the floods (else to
+/// the paced run), and the value of a phase it is checked against.
+type PhaseTarget<'a> = Option<(Target, bool, &'a dyn Fn(&Phase) -> f64)>;
 
 const EVENTS_TARGET: Target = Target::AtLeast(1_000_000.0);
 const LINES_TARGET: Target = Target::AtLeast(250_000.0);
@@ -59,7 +59,7 @@ impl Report {
             s,
             "Kernel {}, {} CPUs; {} pairs per workload{}, {} ms timed loops; rounds {:.0} s, whole run {:.0} s \
              (build check included).",
-            self.host.kernel,
+            self.rounds.host.kernel,
             self.cpus,
             p.pairs,
             if p.quick { " (--quick: fewer pairs and shorter runs than the full bench)" } else { "" },
@@ -68,20 +68,34 @@ impl Report {
             self.took.as_secs_f64()
         )
         .unwrap();
-        let enf: Vec<String> = self.host.enforcement.iter().map(|(c, m)| format!("{c}={m}")).collect();
+        let enf: Vec<String> = self.rounds.host.enforcement.iter().map(|(c, m)| format!("{c}={m}")).collect();
         writeln!(s, "Enforcement: {}.\n", enf.join(" ")).unwrap();
-
-        writeln!(s, "### Cost per operation (ratio = monitored / baseline of each pair; median, min, max over pairs)\n")
+        if !self.rounds.foreign.is_empty() {
+            let r: Vec<String> = self.rounds.foreign.iter().map(usize::to_string).collect();
+            writeln!(
+                s,
+                "Another agent-monitor daemon had programs attached during round(s) {} of {}: its open \
+                 tracepoints ran on every open of the machine, baselines included.\n",
+                r.join(", "),
+                self.plan.pairs
+            )
             .unwrap();
+        }
+
+        writeln!(
+            s,
+            "### Cost per operation (ratio = monitored / baseline of each pair; median, min, max over pairs)\n"
+        )
+        .unwrap();
         s.push_str("| workload | baseline ns/op | monitored ns/op | added ns/op | ratio | min | max | records/run | lost | target | met |\n");
         s.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |\n");
-        for (w, m) in self.workloads.iter().zip(&self.measured) {
+        for (w, m) in self.rounds.workloads.iter().zip(&self.rounds.measured) {
             let sum = m.pairs.summary(w.rate);
             let records = super::stats::median(&m.records.iter().map(|&r| r as f64).collect::<Vec<_>>());
             let records = if m.records.is_empty() { "–".into() } else { fmt_num(records.round()) };
             row(&mut s, &w.title, &sum, &records, &m.lost.to_string(), w.target);
         }
-        for (c, m) in self.controls.iter().zip(&self.control_results) {
+        for (c, m) in self.rounds.controls.iter().zip(&self.rounds.control_results) {
             row(&mut s, &c.title, &m.pairs.summary(c.rate), "–", "–", None);
         }
         s.push_str(
@@ -90,73 +104,82 @@ impl Report {
              Control rows compare two runs with nothing attached: their spread is the noise floor.\n\n",
         );
 
-        let (pa, fl) = (&self.pipeline.paced, &self.pipeline.flood);
-        writeln!(s, "### Event pipeline (opens in a trajectory; every open is one record)\n").unwrap();
-        writeln!(
-            s,
-            "| measure | paced, {} opens/s, 1 thread | flood, {} threads | target | met |",
-            fmt_num(PACED_RATE as f64),
-            fl.threads
-        )
-        .unwrap();
-        s.push_str("| --- | ---: | ---: | --- | --- |\n");
-        let mut line = |name: &str, a: String, b: String, target: String, met: &str| {
-            writeln!(s, "| {name} | {a} | {b} | {target} | {met} |").unwrap();
+        let phases = &self.pipeline.phases;
+        writeln!(s, "### Event pipeline (a generator in a trajectory; one record per operation)\n").unwrap();
+        s.push_str("| measure |");
+        for ph in phases {
+            write!(s, " {} |", ph.name).unwrap();
+        }
+        s.push_str(" target |\n| --- |");
+        s.push_str(&" ---: |".repeat(phases.len()));
+        s.push_str(" --- |\n");
+        // One row: a cell per phase, marked against `target` where it applies.
+        let mut line = |name: &str, cell: &dyn Fn(&Phase) -> String, target: PhaseTarget| {
+            write!(s, "| {name} |").unwrap();
+            for ph in phases {
+                let mut c = cell(ph);
+                if let Some((t, flood, value)) = target {
+                    if ph.flood == flood {
+                        c.push_str(if t.met(value(ph)) { " (met)" } else { " (**not met**)" });
+                    }
+                }
+                write!(s, " {c} |").unwrap();
+            }
+            let t = target.map(|(t, flood, _)| {
+                let unit = if t == RSS_TARGET_MIB { " MiB" } else { "" };
+                t.describe(&format!("{unit} ({})", if flood { "floods" } else { "paced" }))
+            });
+            writeln!(s, " {} |", t.unwrap_or_default()).unwrap();
         };
-        let both = |f: &dyn Fn(&Phase) -> String| (f(pa), f(fl));
-        let (a, b) = both(&|ph| format!("{} in {:.2} s", fmt_num(ph.attempted as f64), ph.generator_s));
-        line("opens attempted by the generator", a, b, String::new(), "");
-        let (a, b) = both(&|ph| fmt_num(ph.offered_rate()));
+        line(
+            "operations attempted by the generator",
+            &|ph| format!("{} in {:.2} s", fmt_num(ph.attempted as f64), ph.generator_s),
+            None,
+        );
         line(
             "events/s recorded or counted (kernel)",
-            a,
-            b,
-            EVENTS_TARGET.describe(" (flood)"),
-            met(Some(EVENTS_TARGET), fl.offered_rate()),
+            &|ph| fmt_num(ph.offered_rate()),
+            Some((EVENTS_TARGET, true, &|ph: &Phase| ph.offered_rate())),
         );
-        let (a, b) = both(&|ph| fmt_num(ph.received as f64));
-        line("records of those opens in the JSONL file", a, b, String::new(), "");
-        let (a, b) = both(&|ph| {
-            let pct = 100.0 * ph.lost as f64 / ph.attempted.max(1) as f64;
-            format!("{} ({pct:.1} %)", fmt_num(ph.lost as f64))
-        });
-        line("lost, counted by the kernel", a, b, String::new(), "");
-        let (a, b) = both(&|ph| {
-            if ph.exact() {
-                "exact".into()
-            } else {
-                format!(
-                    "**off by {}** (metric {})",
-                    ph.attempted as i64 - (ph.received + ph.lost) as i64,
-                    fmt_num(ph.lost_metric)
-                )
-            }
-        });
-        line("attempted = received + lost (and the metric agrees)", a, b, "exact".into(), "");
-        let (a, b) = both(&|ph| format!("{} in {:.2} s", fmt_num(ph.delivered_rate()), ph.duration_s));
-        line("JSON lines/s written, wall time to the last line", a, b, String::new(), "");
-        let (a, b) = both(&|ph| format!("{} ({:.2} s CPU)", fmt_num(ph.lines_per_cpu_second()), ph.cpu_s));
+        line("records of those operations in the JSONL file", &|ph| fmt_num(ph.received as f64), None);
+        line(
+            "lost, counted by the kernel",
+            &|ph| format!("{} ({:.1} %)", fmt_num(ph.lost as f64), 100.0 * ph.lost as f64 / ph.attempted.max(1) as f64),
+            None,
+        );
+        line(
+            "attempted = received + lost, and the loss metric agrees",
+            &|ph| {
+                if ph.exact() {
+                    "exact".into()
+                } else {
+                    format!(
+                        "**off by {}** (metric {})",
+                        ph.attempted as i64 - (ph.received + ph.lost) as i64,
+                        fmt_num(ph.lost_metric)
+                    )
+                }
+            },
+            None,
+        );
+        line(
+            "JSON lines/s written, wall time to the last line",
+            &|ph| format!("{} in {:.2} s", fmt_num(ph.delivered_rate()), ph.duration_s),
+            None,
+        );
         line(
             "JSON lines per daemon CPU-second",
-            a,
-            b,
-            LINES_TARGET.describe(" (flood)"),
-            met(Some(LINES_TARGET), fl.lines_per_cpu_second()),
+            &|ph| format!("{} ({:.2} s CPU)", fmt_num(ph.lines_per_cpu_second()), ph.cpu_s),
+            Some((LINES_TARGET, true, &|ph: &Phase| ph.lines_per_cpu_second())),
         );
-        let (a, b) = both(&|ph| format!("{:.2}", ph.cpu_per_million()));
-        line("daemon CPU seconds per million records", a, b, String::new(), "");
-        let (a, b) = both(&|ph| format!("{:.1} MiB", mib(ph.peak_without_ring)));
+        line("daemon CPU seconds per million records", &|ph| format!("{:.2}", ph.cpu_per_million()), None);
         line(
             "daemon peak RSS without the ring buffer (sampled every 10 ms)",
-            a,
-            b,
-            RSS_TARGET_MIB.describe(" MiB (paced)"),
-            met(Some(RSS_TARGET_MIB), mib(pa.peak_without_ring)),
+            &|ph| format!("{:.1} MiB", mib(ph.peak_without_ring)),
+            Some((RSS_TARGET_MIB, false, &|ph: &Phase| mib(ph.peak_without_ring))),
         );
-        let (a, b) = both(&|ph| format!("{:.1} MiB", mib(ph.end.ring)));
-        line("ring buffer resident in the daemon at the end", a, b, String::new(), "");
-        let (a, b) = both(&|ph| format!("{:.1} MiB", mib(ph.end.hwm)));
-        line("VmHWM at the end (ring buffer included)", a, b, String::new(), "");
+        line("ring buffer resident in the daemon at the end", &|ph| format!("{:.1} MiB", mib(ph.end.ring)), None);
+        line("VmHWM at the end (ring buffer included)", &|ph| format!("{:.1} MiB", mib(ph.end.hwm)), None);
         writeln!(
             s,
             "\nIdle daemon after start: RSS {:.1} MiB, of which ring buffer {:.1} MiB.\n",
@@ -166,7 +189,7 @@ impl Report {
         .unwrap();
 
         s.push_str("### Mechanism per hook\n\n| hook | mechanism |\n| --- | --- |\n");
-        for (h, m) in &self.host.hooks {
+        for (h, m) in &self.rounds.host.hooks {
             writeln!(s, "| {h} | {m} |").unwrap();
         }
         s
@@ -195,6 +218,8 @@ impl Report {
         };
         let phase = |ph: &Phase| {
             json!({
+                "name": ph.name,
+                "flood": ph.flood,
                 "threads": ph.threads,
                 "attempted": ph.attempted,
                 "generator_s": ph.generator_s,
@@ -219,24 +244,24 @@ impl Report {
             "mode": if self.plan.quick { "quick" } else { "full" },
             "pairs": self.plan.pairs,
             "run_ms": self.plan.run.as_millis() as u64,
-            "kernel": self.host.kernel,
+            "kernel": self.rounds.host.kernel,
             "cpus": self.cpus,
-            "enforcement": self.host.enforcement.iter().map(|(c, m)| (c.clone(), json!(m))).collect::<serde_json::Map<_, _>>(),
-            "hooks": self.host.hooks.iter().map(|(h, m)| json!({"hook": h, "mechanism": m})).collect::<Vec<_>>(),
-            "workloads": self.workloads.iter().zip(&self.measured).map(|(w, m)| summary(w, m)).collect::<Vec<_>>(),
-            "controls": self.controls.iter().zip(&self.control_results).map(|(w, m)| summary(w, m)).collect::<Vec<_>>(),
+            "enforcement": self.rounds.host.enforcement.iter().map(|(c, m)| (c.clone(), json!(m))).collect::<serde_json::Map<_, _>>(),
+            "hooks": self.rounds.host.hooks.iter().map(|(h, m)| json!({"hook": h, "mechanism": m})).collect::<Vec<_>>(),
+            "workloads": self.rounds.workloads.iter().zip(&self.rounds.measured).map(|(w, m)| summary(w, m)).collect::<Vec<_>>(),
+            "controls": self.rounds.controls.iter().zip(&self.rounds.control_results).map(|(w, m)| summary(w, m)).collect::<Vec<_>>(),
             "pipeline": {
                 "idle_rss_bytes": self.pipeline.idle.rss,
                 "idle_ring_rss_bytes": self.pipeline.idle.ring,
                 "paced_rate": PACED_RATE,
-                "paced": phase(&self.pipeline.paced),
-                "flood": phase(&self.pipeline.flood),
+                "phases": self.pipeline.phases.iter().map(phase).collect::<Vec<_>>(),
                 "targets": {
                     "events_per_s": EVENTS_TARGET.describe(""),
                     "lines_per_daemon_cpu_s": LINES_TARGET.describe(""),
                     "paced_peak_rss_without_ring_mib": RSS_TARGET_MIB.describe(""),
                 },
             },
+            "rounds_with_another_daemon": self.rounds.foreign,
             "rounds_s": self.rounds_took.as_secs_f64(),
             "total_s": self.took.as_secs_f64(),
         })

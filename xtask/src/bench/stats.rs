@@ -88,19 +88,20 @@ impl Target {
     }
 }
 
-/// Thousands separated by commas for integers ≥ 10,000; two decimals below 10.
+/// Thousands separated by commas from 10,000 up; two decimals below 10
+/// unless `x` is a whole number (a count).
 pub fn fmt_num(x: f64) -> String {
     if x.is_nan() {
         return "n/a".into();
     }
-    if x.abs() < 10.0 {
+    if x.abs() < 10.0 && x.fract() != 0.0 {
         return format!("{x:.2}");
     }
     let int = x.round() as i64;
     let digits = int.unsigned_abs().to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 && digits.len() > 4 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) && digits.len() > 4 {
             out.push(',');
         }
         out.push(c);
@@ -149,7 +150,8 @@ mod tests {
     fn numbers() {
         assert_eq!(fmt_num(1234.4), "1234");
         assert_eq!(fmt_num(250000.0), "250,000");
-        assert_eq!(fmt_num(1.0), "1.00");
+        assert_eq!(fmt_num(1.5), "1.50");
+        assert_eq!(fmt_num(0.0), "0");
         assert_eq!(fmt_num(-12345.0), "-12,345");
     }
 }
