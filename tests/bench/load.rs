@@ -1,7 +1,10 @@
 //! `bench-load`: the workloads of `cargo xtask bench` (docs/performance.md).
 //! Each subcommand runs its measured loop for a fixed time and prints one
-//! JSON line, `{"ops":N,"elapsed_ns":T}`, so process startup, the dynamic
-//! loader and `agent-monitor run` stay out of the measurement.
+//! JSON line, `{"ops":N,"elapsed_ns":T,"cpu_ns":C}`: wall time and the
+//! process's CPU time (user + system, every thread) over the loop alone, so
+//! process startup, the dynamic loader and `agent-monitor run` stay out of
+//! the measurement. CPU time leaves out the time other processes of a busy
+//! machine held the CPU; the kernel programs run in the syscall and count.
 //!
 //! Exit status: 0 on success, 1 when a syscall of the loop failed (printed
 //! on stderr), 2 on bad usage.
@@ -23,6 +26,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let ms = |s: &str| Duration::from_millis(s.parse().unwrap_or_else(|_| usage()));
+    let cpu_start = process_cpu();
     let (ops, elapsed) = match args.as_slice() {
         ["getppid", t] => timed(ms(t), || {
             // SAFETY: getppid has no arguments and cannot fail.
@@ -57,7 +61,17 @@ fn main() {
         }
         _ => usage(),
     };
-    println!("{{\"ops\":{ops},\"elapsed_ns\":{}}}", elapsed.as_nanos());
+    let cpu = process_cpu().saturating_sub(cpu_start);
+    println!("{{\"ops\":{ops},\"elapsed_ns\":{},\"cpu_ns\":{}}}", elapsed.as_nanos(), cpu.as_nanos());
+}
+
+fn process_cpu() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid clock id and a timespec to write.
+    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } != 0 {
+        fail("clock_gettime");
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 fn usage() -> ! {

@@ -104,7 +104,8 @@ pub struct Workload {
     pub title: String,
     args: Vec<String>,
     place: Place,
-    /// Compare rates (baseline time / monitored time) instead of times.
+    /// Compare rates (baseline time / monitored time, of wall time) instead
+    /// of times (of CPU time).
     pub rate: bool,
     pub target: Option<Target>,
 }
@@ -333,10 +334,10 @@ fn rounds(env: &Env, plan: &Plan) -> Result<Rounds> {
             others += monitors_attached().unwrap_or(ours).saturating_sub(ours);
             if (phase == 0) != monitored_first {
                 for (i, w) in workloads.iter().enumerate() {
-                    baseline[i] = load_run(env, &w.args)?;
+                    baseline[i] = load_run(env, &w.args, w.rate)?;
                 }
                 for (i, c) in controls.iter().enumerate() {
-                    let (a, b) = (load_run(env, &c.args)?, load_run(env, &c.args)?);
+                    let (a, b) = (load_run(env, &c.args, c.rate)?, load_run(env, &c.args, c.rate)?);
                     // Alternate which run is the "monitored" half, so an
                     // order effect shows as spread, not as a bias.
                     let pair = if round % 2 == 0 { (a, b) } else { (b, a) };
@@ -346,10 +347,10 @@ fn rounds(env: &Env, plan: &Plan) -> Result<Rounds> {
                 let mut d = Daemon::start(&env.bin, &env.out, &env.policies)?;
                 for (i, w) in workloads.iter().enumerate() {
                     let (ns, end) = match &w.place {
-                        Place::Outside => (load_run(env, &w.args)?, None),
+                        Place::Outside => (load_run(env, &w.args, w.rate)?, None),
                         Place::Trajectory(policy) => {
                             let id = format!("bench-{round}-{}", w.key);
-                            let (ns, end) = trajectory_run(env, &d, &id, policy, &w.args)?;
+                            let (ns, end) = trajectory_run(env, &d, &id, policy, w)?;
                             (ns, Some(end))
                         }
                     };
@@ -381,22 +382,38 @@ fn rounds(env: &Env, plan: &Plan) -> Result<Rounds> {
     Ok(Rounds { host, workloads, controls, measured, control_results, foreign })
 }
 
-/// Output of one `bench-load` run: operations and the loop's own time.
-fn parse_load(stdout: &[u8]) -> Result<(u64, Duration)> {
+/// Output of one `bench-load` run: operations, and the loop's own wall
+/// time and CPU time.
+pub struct LoadOutput {
+    pub ops: u64,
+    pub wall: Duration,
+    pub cpu: Duration,
+}
+
+fn parse_load(stdout: &[u8]) -> Result<LoadOutput> {
     let text = String::from_utf8_lossy(stdout);
     let line = text.lines().last().context("bench-load printed nothing")?;
     let v: Value = serde_json::from_str(line).with_context(|| format!("bench-load printed {line:?}"))?;
-    let ops = v["ops"].as_u64().context("no ops")?;
-    let ns = v["elapsed_ns"].as_u64().context("no elapsed_ns")?;
-    if ops == 0 {
+    let field = |k: &str| v[k].as_u64().with_context(|| format!("bench-load printed no {k}: {line:?}"));
+    let out = LoadOutput {
+        ops: field("ops")?,
+        wall: Duration::from_nanos(field("elapsed_ns")?),
+        cpu: Duration::from_nanos(field("cpu_ns")?),
+    };
+    if out.ops == 0 {
         bail!("bench-load ran no operation");
     }
-    Ok((ops, Duration::from_nanos(ns)))
+    Ok(out)
 }
 
-fn ns_per_op(stdout: &[u8]) -> Result<f64> {
-    let (ops, t) = parse_load(stdout)?;
-    Ok(t.as_nanos() as f64 / ops as f64)
+/// Nanoseconds per operation: of CPU time, so that time other processes of
+/// a shared machine held the CPU does not count (the kernel programs run in
+/// the workload's syscalls and are counted), or of wall time for the rate
+/// workloads (fork+exec: its cost is mostly in the children).
+fn ns_per_op(stdout: &[u8], wall: bool) -> Result<f64> {
+    let out = parse_load(stdout)?;
+    let t = if wall { out.wall } else { out.cpu };
+    Ok(t.as_nanos() as f64 / out.ops as f64)
 }
 
 /// A command for a program the bench measures or runs beside a measurement.
@@ -411,12 +428,12 @@ pub fn workload_command(program: &Path) -> Command {
 }
 
 /// `bench-load ARGS`, outside any trajectory: nanoseconds per operation.
-fn load_run(env: &Env, args: &[String]) -> Result<f64> {
+fn load_run(env: &Env, args: &[String], wall: bool) -> Result<f64> {
     let out = workload_command(&env.load).args(args).stderr(Stdio::inherit()).output()?;
     if !out.status.success() {
         bail!("bench-load {} failed ({})", args.join(" "), out.status);
     }
-    ns_per_op(&out.stdout)
+    ns_per_op(&out.stdout, wall)
 }
 
 /// The `agent-monitor run` command placing `bench-load ARGS` in trajectory `id`.
@@ -432,12 +449,13 @@ pub fn trajectory_command(env: &Env, d: &Daemon, id: &str, policy: &str, args: &
 /// `bench-load ARGS` in a new trajectory; waits for the trajectory's end
 /// (so its records are written before the next run) and empties the events
 /// file. Returns nanoseconds per operation and the `trajectory_end` record.
-fn trajectory_run(env: &Env, d: &Daemon, id: &str, policy: &str, args: &[String]) -> Result<(f64, Value)> {
+fn trajectory_run(env: &Env, d: &Daemon, id: &str, policy: &str, w: &Workload) -> Result<(f64, Value)> {
+    let args = &w.args;
     let out = trajectory_command(env, d, id, policy, args).output()?;
     if !out.status.success() {
         bail!("agent-monitor run -- bench-load {} failed ({})", args.join(" "), out.status);
     }
-    let ns = ns_per_op(&out.stdout)?;
+    let ns = ns_per_op(&out.stdout, w.rate)?;
     let end = d.wait_end(id, Duration::from_secs(60))?;
     d.truncate_events()?;
     Ok((ns, end))

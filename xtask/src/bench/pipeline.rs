@@ -158,7 +158,7 @@ fn phase(env: &Env, d: &Daemon, id: &str, policy: &str, spec: &Spec) -> Result<P
     if !out.status.success() {
         bail!("agent-monitor run -- bench-load {} failed ({})", args.join(" "), out.status);
     }
-    let (attempted, took) = parse_load(&out.stdout)?;
+    let load = parse_load(&out.stdout)?;
     let deadline = Instant::now() + Duration::from_secs(120);
     let end: Value = loop {
         sample()?;
@@ -181,8 +181,8 @@ fn phase(env: &Env, d: &Daemon, id: &str, policy: &str, spec: &Spec) -> Result<P
         name: spec.name.clone(),
         flood: spec.flood,
         threads: spec.threads,
-        attempted,
-        generator_s: took.as_secs_f64(),
+        attempted: load.ops,
+        generator_s: load.wall.as_secs_f64(),
         received,
         records: u("records"),
         lost: u("lost"),

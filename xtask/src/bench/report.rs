@@ -99,7 +99,9 @@ impl Report {
             row(&mut s, &c.title, &m.pairs.summary(c.rate), "–", "–", None);
         }
         s.push_str(
-            "\nRate ratios (fork+exec) are baseline time / monitored time: below 1 is slower. Records/run: the \
+            "\nns/op is CPU time of the workload process per operation (time other processes held the CPU \
+             left out), except fork+exec: wall time, and its ratio is of rates (baseline time / monitored \
+             time: below 1 is slower). Records/run: the \
              trajectory's records as `trajectory_end` counts them; lost: the kernel's count over all pairs. \
              Control rows compare two runs with nothing attached: their spread is the noise floor.\n\n",
         );
