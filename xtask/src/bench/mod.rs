@@ -283,9 +283,10 @@ fn controls(env: &Env, plan: &Plan) -> Vec<Workload> {
         c(
             "control-exec",
             "control: fork+exec vs fork+exec (rate ratio)",
-            vec!["exec".into(), ms, "/bin/true".into()],
+            vec!["exec".into(), ms.clone(), "/bin/true".into()],
             true,
         ),
+        c("control-connect", "control: connect vs connect", vec!["connect".into(), ms], false),
     ]
 }
 
