@@ -230,6 +230,14 @@ fn workloads(env: &Env, plan: &Plan, host: &Host) -> Vec<Workload> {
             target: Some(getppid_target),
         },
     ];
+    w.push(Workload {
+        key: "open-outside".into(),
+        title: "openat+close, outside any trajectory".into(),
+        args: vec!["open".into(), ms.clone(), open.clone()],
+        place: Place::Outside,
+        rate: false,
+        target: None,
+    });
     for audit in [true, false] {
         for rules in policies::FILE_RULES {
             w.push(Workload {
