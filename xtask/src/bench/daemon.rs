@@ -29,6 +29,11 @@ impl Daemon {
     /// Starts the daemon with its files under `dir` and waits until its
     /// control socket accepts connections.
     pub fn start(bin: &Path, dir: &Path, policies: &Path) -> Result<Daemon> {
+        Self::start_with(bin, dir, policies, &[])
+    }
+
+    /// [`Self::start`] with extra `agent-monitor daemon` arguments.
+    pub fn start_with(bin: &Path, dir: &Path, policies: &Path, extra: &[&str]) -> Result<Daemon> {
         let socket = dir.join("ctl/control.sock");
         let events = dir.join("events.jsonl");
         let stderr = dir.join("daemon.stderr");
@@ -44,6 +49,7 @@ impl Daemon {
             .arg("--control-socket")
             .arg(&socket)
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}"), "--cgroup-parent", &cgroup_parent])
+            .args(extra)
             .env("AGENT_MONITOR_LOG", "warn")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -66,6 +72,15 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to the daemon.
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        let status = Command::new("kill").args([&format!("-{signal}"), &self.pid().to_string()]).status()?;
+        if !status.success() {
+            bail!("kill -{signal} {} failed", self.pid());
+        }
+        Ok(())
     }
 
     pub fn pid(&self) -> u32 {

@@ -5,6 +5,9 @@
 //! resolved in the kernel) and with UDP connects (the cheapest record, 112
 //! bytes). The generator's count is what the kernel attempted to record;
 //! the stream and the kernel's loss counters must account for every one.
+//! Last, a daemon with a small ring buffer is stopped (`SIGSTOP`) in the
+//! middle of a flood, as a stalled consumer would be, so that the kernel
+//! must drop records and the accounting is checked with losses.
 
 use std::{
     process::Stdio,
@@ -31,6 +34,8 @@ pub struct Phase {
     /// A flood (as fast as it can), to which the throughput targets apply;
     /// otherwise the paced run, to which the memory target applies.
     pub flood: bool,
+    /// The daemon was stopped for a while: no target applies.
+    pub stalled: bool,
     pub threads: usize,
     /// Operations the generator made (each one a kernel record attempted),
     /// and the time it took.
@@ -96,12 +101,19 @@ struct Spec {
     args: Vec<String>,
     threads: usize,
     needle: String,
+    /// Stop the daemon for this long, from a quarter into the run.
+    stall: Option<Duration>,
 }
+
+/// Ring buffer of the stall phase's daemon: small, so that a stall of a
+/// fraction of a second fills it (1 MiB holds about 9,000 connect records).
+const STALL_RING: &str = "1048576";
 
 pub fn run(env: &Env, plan: &Plan) -> Result<Pipeline> {
     let flood_file = env.flood_file().display().to_string();
     let ms = |t: Duration| t.as_millis().to_string();
     let open_needle = format!("\"path\":\"{flood_file}-");
+    let connect_needle = "\"addr\":\"127.0.0.1\",\"port\":9,".to_string();
     let specs = [
         Spec {
             name: format!("paced, {} opens/s, 1 thread", fmt_num(PACED_RATE as f64)),
@@ -109,6 +121,7 @@ pub fn run(env: &Env, plan: &Plan) -> Result<Pipeline> {
             args: vec!["paced".into(), ms(plan.paced), PACED_RATE.to_string(), format!("{flood_file}-0")],
             threads: 1,
             needle: open_needle.clone(),
+            stall: None,
         },
         Spec {
             name: format!("flood of opens, {} threads", env.cpus),
@@ -116,13 +129,27 @@ pub fn run(env: &Env, plan: &Plan) -> Result<Pipeline> {
             args: vec!["flood".into(), ms(plan.flood), env.cpus.to_string(), flood_file],
             threads: env.cpus,
             needle: open_needle,
+            stall: None,
         },
         Spec {
             name: format!("flood of UDP connects, {} threads", env.cpus),
             flood: true,
             args: vec!["flood-connect".into(), ms(plan.flood), env.cpus.to_string()],
             threads: env.cpus,
-            needle: "\"addr\":\"127.0.0.1\",\"port\":9,".into(),
+            needle: connect_needle.clone(),
+            stall: None,
+        },
+        Spec {
+            name: format!(
+                "the same, daemon stopped {:.1} s, {} MiB ring",
+                (plan.flood / 2).as_secs_f64(),
+                STALL_RING.parse::<u64>().unwrap_or(0) >> 20
+            ),
+            flood: true,
+            args: vec!["flood-connect".into(), ms(plan.flood), env.cpus.to_string()],
+            threads: env.cpus,
+            needle: connect_needle,
+            stall: Some(plan.flood / 2),
         },
     ];
     // A fresh daemon, so its high-water mark is this load's.
@@ -131,6 +158,11 @@ pub fn run(env: &Env, plan: &Plan) -> Result<Pipeline> {
     let policy = policies::file_policy_name(false, policies::FILE_RULES[0]);
     let mut phases = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
+        if spec.stall.is_some() {
+            d.truncate_events()?;
+            d.stop()?;
+            d = Daemon::start_with(&env.bin, &env.out, &env.policies, &["--ringbuf-size", STALL_RING])?;
+        }
         phases.push(phase(env, &d, &format!("bench-pipeline-{i}"), &policy, spec)?);
     }
     d.truncate_events()?;
@@ -149,9 +181,20 @@ fn phase(env: &Env, d: &Daemon, id: &str, policy: &str, spec: &Spec) -> Result<P
         peak = peak.max(memory(pid)?.without_ring());
         Ok(())
     };
+    let started = Instant::now();
     let mut child = trajectory_command(env, d, id, policy, args).stdout(Stdio::piped()).spawn()?;
+    // (stop at, continue at) relative to the start.
+    let mut stall = spec.stall.map(|t| (t / 2, t / 2 + t));
     while child.try_wait()?.is_none() {
         sample()?;
+        if let Some((stop, cont)) = stall {
+            if started.elapsed() >= stop {
+                d.signal("STOP")?;
+                std::thread::sleep(cont - stop);
+                d.signal("CONT")?;
+                stall = None;
+            }
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
     let out = child.wait_with_output()?;
@@ -180,6 +223,7 @@ fn phase(env: &Env, d: &Daemon, id: &str, policy: &str, spec: &Spec) -> Result<P
     Ok(Phase {
         name: spec.name.clone(),
         flood: spec.flood,
+        stalled: spec.stall.is_some(),
         threads: spec.threads,
         attempted: load.ops,
         generator_s: load.wall.as_secs_f64(),

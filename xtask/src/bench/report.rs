@@ -121,7 +121,7 @@ impl Report {
             for ph in phases {
                 let mut c = cell(ph);
                 if let Some((t, flood, value)) = target {
-                    if ph.flood == flood {
+                    if ph.flood == flood && !ph.stalled {
                         c.push_str(if t.met(value(ph)) { " (met)" } else { " (**not met**)" });
                     }
                 }
@@ -222,6 +222,7 @@ impl Report {
             json!({
                 "name": ph.name,
                 "flood": ph.flood,
+                "stalled": ph.stalled,
                 "threads": ph.threads,
                 "attempted": ph.attempted,
                 "generator_s": ph.generator_s,
