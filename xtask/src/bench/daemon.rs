@@ -170,7 +170,8 @@ impl Drop for Daemon {
     }
 }
 
-/// The last complete line of `path`.
+/// The last complete line of `path`, read from the end (the file can be
+/// large; a `trajectory_end` with its summary can be hundreds of KiB).
 fn last_line(path: &Path) -> Result<Option<String>> {
     let mut f = match std::fs::File::open(path) {
         Ok(f) => f,
@@ -178,12 +179,19 @@ fn last_line(path: &Path) -> Result<Option<String>> {
         Err(e) => return Err(e.into()),
     };
     let len = f.metadata()?.len();
-    f.seek(SeekFrom::Start(len.saturating_sub(16 * 1024)))?;
-    let mut buf = Vec::new();
-    f.read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf);
-    let Some(end) = text.rfind('\n') else { return Ok(None) };
-    Ok(text[..end].rsplit('\n').next().map(str::to_owned))
+    let mut window = 64 * 1024;
+    loop {
+        let from = len.saturating_sub(window);
+        f.seek(SeekFrom::Start(from))?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf)?;
+        let Some(end) = buf.iter().rposition(|&b| b == b'\n') else { return Ok(None) };
+        match buf[..end].iter().rposition(|&b| b == b'\n') {
+            Some(start) => return Ok(Some(String::from_utf8_lossy(&buf[start + 1..end]).into_owned())),
+            None if from == 0 => return Ok(Some(String::from_utf8_lossy(&buf[..end]).into_owned())),
+            None => window *= 4,
+        }
+    }
 }
 
 /// CPU time of every thread of `pid`, user + system, in seconds.
@@ -260,4 +268,22 @@ fn cgroup2_mount() -> Option<PathBuf> {
         }
         Some(PathBuf::from(pre.split_whitespace().nth(4)?))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_line_finds_long_lines_and_skips_an_unfinished_one() {
+        let path = std::env::temp_dir().join(format!("xtask-bench-last-line-{}", std::process::id()));
+        let long = "x".repeat(300 * 1024);
+        std::fs::write(&path, format!("first\n{long}\nunfinished")).unwrap();
+        assert_eq!(last_line(&path).unwrap().as_deref(), Some(long.as_str()));
+        std::fs::write(&path, "only\n").unwrap();
+        assert_eq!(last_line(&path).unwrap().as_deref(), Some("only"));
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(last_line(&path).unwrap(), None);
+        std::fs::remove_file(&path).unwrap();
+    }
 }
