@@ -110,9 +110,9 @@ pub struct Workload {
     pub target: Option<Target>,
 }
 
-/// Kernel programs of every agent-monitor daemon on the machine (each has
-/// one `sched_process_exec` tracepoint program), `None` when bpftool cannot
-/// tell. Another daemon's open tracepoints run on every open of the machine,
+/// How many agent-monitor daemons have programs attached on the machine
+/// (each has one `sched_process_exec` tracepoint program); `None` when
+/// bpftool cannot tell. Another daemon's open tracepoints run on every open of the machine,
 /// baselines included, so rounds that had one are reported.
 fn monitors_attached() -> Option<usize> {
     let out = Command::new("bpftool").args(["-j", "prog", "show"]).output().ok()?;
