@@ -2,6 +2,7 @@
 //! `cargo xtask run` (set up, build, start the daemon) and `cargo xtask test`
 //! (set up, build, run every test: the host's, then the VM matrix).
 
+mod bench;
 mod setup;
 mod vm;
 
@@ -37,6 +38,9 @@ enum Task {
     /// Run the integration tests inside QEMU guests booted from the pinned
     /// Debian kernels (tests/vm/kernels.txt); see docs/testing.md.
     VmTest(vm::VmArgs),
+    /// Measure the monitor's overhead, event throughput and daemon cost
+    /// (release build); writes target/bench/results.{md,json}.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -82,6 +86,7 @@ fn run(task: Task) -> Result<()> {
             // tests; a failure here stops the run before any guest boots.
             let host = vm::host_tests()?;
             eprintln!("xtask: host tests passed in {:.0} s", host.duration.as_secs_f64());
+            bench::report_only();
             if args.host_only {
                 println!("\n{}\n(--host-only: the VM matrix did not run)", vm::table(&[host]));
                 return Ok(());
@@ -94,6 +99,7 @@ fn run(task: Task) -> Result<()> {
             }
             vm::run(&args, None)
         }
+        Task::Bench(args) => bench::run(&args),
     }
 }
 
