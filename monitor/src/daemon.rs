@@ -210,6 +210,11 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     let metrics_task = tokio::spawn(metrics::serve(metrics_listener, metrics, async move {
         let _ = metrics_stop.wait_for(|s| *s).await;
     }));
+    // Parsing the kernel's BTF and loading the programs leave some 20 MiB
+    // of freed heap that glibc keeps mapped; hand it back once, now that
+    // the daemon settles into its steady state (docs/performance.md).
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe { libc::malloc_trim(0) };
     tracing::info!(
         control_socket = %config.control_socket.display(),
         metrics = %config.metrics_addr,
