@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use btf_rs::{Btf, Type};
-use monitor_common::maps::KernelOffsets;
+use monitor_common::{maps::KernelOffsets, tamper::TamperConfig};
 
 /// Where the kernel exposes its own BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -54,6 +54,23 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         mount_mnt_mountpoint: field_offset(&btf, "mount", "mnt_mountpoint")?,
         vfsmount_mnt_root: field_offset(&btf, "vfsmount", "mnt_root")?,
         bprm_file: field_offset(&btf, "linux_binprm", "file")?,
+    })
+}
+
+/// The tamper hooks' configuration: offsets for walking a task's cgroup
+/// ancestry and reading a file's superblock magic, and the daemon's pid.
+pub fn tamper_config(path: &Path, daemon_tgid: u32) -> Result<TamperConfig, BtfError> {
+    let btf = Btf::from_file(path).map_err(|e| BtfError::Parse { path: path.to_owned(), reason: e.to_string() })?;
+    Ok(TamperConfig {
+        daemon_tgid: u64::from(daemon_tgid),
+        task_cgroups: field_offset(&btf, "task_struct", "cgroups")?,
+        css_set_dfl_cgrp: field_offset(&btf, "css_set", "dfl_cgrp")?,
+        cgroup_kn: field_offset(&btf, "cgroup", "kn")?,
+        cgroup_parent: field_offset(&btf, "cgroup", "self")? + field_offset(&btf, "cgroup_subsys_state", "parent")?,
+        kernfs_node_id: field_offset(&btf, "kernfs_node", "id")?,
+        dentry_d_sb: field_offset(&btf, "dentry", "d_sb")?,
+        inode_i_sb: field_offset(&btf, "inode", "i_sb")?,
+        super_block_s_magic: field_offset(&btf, "super_block", "s_magic")?,
     })
 }
 

@@ -17,7 +17,7 @@ use crate::{
     config::DaemonConfig,
     control::{
         self,
-        protocol::{ClassEnforcement, HookStatus},
+        protocol::{ClassEnforcement, HookStatus, ProtectionStatus},
         server::{Context, ControlError},
     },
     enforce::Enforcer,
@@ -87,6 +87,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         ringbuf_bytes: config.ringbuf_bytes,
         wakeup_bytes: WAKEUP_BYTES.min(u64::from(config.ringbuf_bytes) / 4),
         cgroup_parent: &parent,
+        tamper: btf::tamper_config(VMLINUX_BTF.as_ref(), std::process::id())?,
     })?;
     let metrics = Metrics::new();
     for h in &loaded.hooks {
@@ -125,7 +126,46 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         }
     }
     let policy_table = Arc::new(std::sync::RwLock::new(reload::table(&set)));
-    let enforcer = Enforcer::new(policy_maps, set);
+    let mut enforcer = Enforcer::new(policy_maps, set);
+    let protected = policy::Protected::for_daemon(
+        &config.control_socket,
+        config.policy_dir.as_deref(),
+        match &config.events {
+            jsonl::Output::File(f) => Some(f.as_path()),
+            jsonl::Output::Stdout => None,
+        },
+        &hierarchy.mount_point,
+        std::process::id(),
+    );
+    for p in protected.skipped() {
+        tracing::warn!(path = %p, "cannot protect this path from trajectories (too long or not absolute)");
+    }
+    let mut protections = vec![ProtectionStatus {
+        protection: "files".into(),
+        mechanism: e.file.to_owned(),
+        detail: format!(
+            "opens for writing of {} and of any file on a cgroup or BPF filesystem",
+            protected
+                .paths()
+                .iter()
+                .map(|p| if p.directory { format!("{}/", p.path) } else { p.path.clone() })
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }];
+    protections.extend(loaded.protections.iter().map(|p| ProtectionStatus {
+        protection: p.protection.to_owned(),
+        mechanism: p.mechanism.to_owned(),
+        detail: p.detail.clone(),
+    }));
+    for p in &protections {
+        if p.mechanism == mechanism::UNAVAILABLE {
+            tracing::warn!(protection = %p.protection, mechanism = %p.mechanism, "{}", p.detail);
+        } else {
+            tracing::info!(protection = %p.protection, mechanism = %p.mechanism, "{}", p.detail);
+        }
+    }
+    enforcer.protect(protected);
     metrics.set_rule_counts(&enforcer.rule_counts());
 
     let metrics_listener = metrics::bind(config.metrics_addr).await?;
@@ -174,6 +214,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
             exec: e.exec.to_owned(),
             network: e.network.to_owned(),
         },
+        protections,
         policies: policy_table,
         policy_dir: config.policy_dir.as_ref().map(|d| d.display().to_string()),
         default_policy: config.default_policy.clone(),

@@ -15,7 +15,7 @@ use monitor_common::{
     policy::{ExecValue, FileValue, NetValue, PolicyConfig},
 };
 
-use crate::hooks::{Attach, Hook, HookClass, HOOKS, LSM_HOOKS, OPEN_TRACEPOINTS};
+use crate::hooks::{Attach, Hook, HookClass, Protection, HOOKS, LSM_HOOKS, OPEN_TRACEPOINTS, PROTECTIONS};
 
 /// The kernel programs, built by `build.rs` from `monitor-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor-ebpf"));
@@ -63,6 +63,17 @@ pub struct LoadOptions<'a> {
     pub wakeup_bytes: u64,
     /// The trajectory parent cgroup: socket hooks attach here.
     pub cgroup_parent: &'a Path,
+    /// Offsets and the daemon's pid for the tamper hooks.
+    pub tamper: monitor_common::tamper::TamperConfig,
+}
+
+/// State of one built-in tamper protection after startup.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ProtectionState {
+    pub protection: &'static str,
+    /// One of the `mechanism` constants.
+    pub mechanism: &'static str,
+    pub detail: String,
 }
 
 /// State of one hook after startup.
@@ -121,6 +132,8 @@ pub struct Loaded {
     _ebpf: Ebpf,
     pub hooks: Vec<HookState>,
     pub enforcement: Enforcement,
+    /// The built-in tamper protections besides file writes.
+    pub protections: Vec<ProtectionState>,
     /// [`RuntimeConfig::flags`] the pipeline must keep writing.
     pub runtime_flags: u64,
 }
@@ -129,6 +142,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<(Loaded, PipelineMaps, PolicyMapHa
     let mut ebpf = EbpfLoader::new()
         .override_global(names::GLOBAL_OFFSETS, &opts.offsets, true)
         .override_global(names::GLOBAL_WAKEUP_BYTES, &opts.wakeup_bytes, true)
+        .override_global(names::GLOBAL_TAMPER, &opts.tamper, true)
         .map_max_entries(names::MAP_EVENTS, opts.ringbuf_bytes)
         .load(EBPF_OBJECT)
         .map_err(LoadError::Object)?;
@@ -166,6 +180,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<(Loaded, PipelineMaps, PolicyMapHa
             h.mechanism = mechanism::KILL;
         }
     }
+    let protections = PROTECTIONS.iter().map(|p| protect(&mut ebpf, p, lsm_active, &cgroup, &mut hooks)).collect();
     let file_exec = if lsm_active { mechanism::LSM_DENY } else { mechanism::KILL };
     let enforcement = Enforcement { file: file_exec, exec: file_exec, network: mechanism::CGROUP_DENY };
 
@@ -187,7 +202,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<(Loaded, PipelineMaps, PolicyMapHa
         config: Array::try_from(take(&mut ebpf, names::MAP_CONFIG)?).map_err(map_err(names::MAP_CONFIG))?,
         losses: PerCpuArray::try_from(take(&mut ebpf, names::MAP_LOSSES)?).map_err(map_err(names::MAP_LOSSES))?,
     };
-    Ok((Loaded { _ebpf: ebpf, hooks, enforcement, runtime_flags }, maps, policy))
+    Ok((Loaded { _ebpf: ebpf, hooks, enforcement, protections, runtime_flags }, maps, policy))
 }
 
 /// Loads and attaches the LSM programs and checks that the kernel calls
@@ -244,6 +259,102 @@ fn probe_lsm(ebpf: &mut Ebpf) -> Vec<HookState> {
             LSM_HOOKS.iter().map(|h| unavailable(h, why.clone())).collect()
         }
     }
+}
+
+/// Attaches one tamper protection: its BPF LSM hooks where BPF LSM runs
+/// (falling back if one fails to load), else its killing tracepoints.
+/// Never claims more than what is attached.
+fn protect(
+    ebpf: &mut Ebpf,
+    p: &Protection,
+    lsm_active: bool,
+    cgroup: &File,
+    hooks: &mut Vec<HookState>,
+) -> ProtectionState {
+    let state = |mechanism, detail: String| ProtectionState { protection: p.name, mechanism, detail };
+    let mut why_not_lsm = String::from("no BPF LSM on this kernel");
+    if lsm_active {
+        if p.lsm.is_empty() {
+            return state(mechanism::LSM_DENY, p.lsm_scope.into());
+        }
+        match attach_lsm(ebpf, p.lsm) {
+            Ok(()) => {
+                for h in p.lsm {
+                    hooks.push(HookState {
+                        hook: h.name,
+                        class: h.class,
+                        mechanism: mechanism::LSM_DENY,
+                        detail: format!("BPF LSM security_{}: tamper protection {}", h.lsm_name(), p.name),
+                    });
+                }
+                return state(mechanism::LSM_DENY, p.lsm_scope.into());
+            }
+            Err(e) => why_not_lsm = e,
+        }
+    }
+    if p.fallback.is_empty() {
+        return state(mechanism::UNAVAILABLE, format!("{why_not_lsm}: {}", p.fallback_scope));
+    }
+    let mut missing = Vec::new();
+    for h in p.fallback {
+        match attach(ebpf, h, cgroup) {
+            Ok(mut st) => {
+                if st.mechanism == mechanism::UNAVAILABLE {
+                    missing.push(h.name);
+                } else {
+                    st.mechanism = mechanism::KILL;
+                    st.detail.push_str(&format!("; tamper protection {}: kills the caller", p.name));
+                }
+                hooks.push(st);
+            }
+            Err(e) => {
+                missing.push(h.name);
+                hooks.push(HookState {
+                    hook: h.name,
+                    class: h.class,
+                    mechanism: mechanism::UNAVAILABLE,
+                    detail: error_chain(&e),
+                });
+            }
+        }
+    }
+    let mut detail = format!("{why_not_lsm}; {}", p.fallback_scope);
+    if !missing.is_empty() {
+        detail.push_str(&format!(" (not attached: {})", missing.join(", ")));
+    }
+    state(mechanism::KILL, detail)
+}
+
+/// Loads and attaches BPF LSM programs; on any failure, unloads them all.
+fn attach_lsm(ebpf: &mut Ebpf, hooks: &[Hook]) -> Result<(), String> {
+    let btf = Btf::from_sys_fs().map_err(|e| format!("cannot read kernel BTF: {e}"))?;
+    let mut result = Ok(());
+    for hook in hooks {
+        let Attach::Lsm { name } = hook.attach else { continue };
+        let r = (|| -> Result<(), String> {
+            let prog: &mut Lsm = ebpf
+                .program_mut(hook.program)
+                .ok_or("program missing from the object")?
+                .try_into()
+                .map_err(|e: ProgramError| e.to_string())?;
+            prog.load(name, &btf).map_err(|e| format!("load failed: {}", error_chain(&e)))?;
+            prog.attach().map_err(|e| format!("attach failed: {}", error_chain(&e)))?;
+            Ok(())
+        })();
+        if let Err(e) = r {
+            result = Err(format!("{}: {e}", hook.name));
+            break;
+        }
+    }
+    if result.is_err() {
+        for hook in hooks {
+            let lsm: Option<&mut Lsm> = ebpf.program_mut(hook.program).and_then(|p| p.try_into().ok());
+            if let Some(p) = lsm {
+                let _ = p.unload();
+            }
+        }
+    }
+    result
 }
 
 /// Triggers `file_open` and `bprm_check_security` and reads the programs'

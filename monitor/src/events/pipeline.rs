@@ -503,6 +503,7 @@ fn describe(enforcer: &mut Enforcer, metrics: &Metrics, d: &Decoded) -> Verdict 
         let class = match d.body {
             Body::Exec { .. } => "exec",
             Body::Open { .. } => "file",
+            Body::Tamper { .. } => "tamper",
             _ => "network",
         };
         metrics.count_decision(policy, class, decision, v.mechanism);
