@@ -27,6 +27,8 @@ pub enum TamperOp {
     IoUring = 8,
     /// `open_by_handle_at` where the open would not be judged (fallback hook).
     OpenByHandle = 9,
+    /// `mount`, `move_mount` (and, on the fallback, `open_tree`, `fsmount`).
+    Mount = 10,
 }
 
 impl TamperOp {
@@ -41,6 +43,7 @@ impl TamperOp {
             7 => Some(Self::CgroupRmdir),
             8 => Some(Self::IoUring),
             9 => Some(Self::OpenByHandle),
+            10 => Some(Self::Mount),
             _ => None,
         }
     }
@@ -56,6 +59,7 @@ impl TamperOp {
             Self::CgroupRmdir => "cgroup_rmdir",
             Self::IoUring => "io_uring",
             Self::OpenByHandle => "open_by_handle_at",
+            Self::Mount => "mount",
         }
     }
 }
@@ -71,7 +75,7 @@ pub struct TamperEvent {
     /// The target process (thread-group id) of a ptrace-style access, else 0.
     pub target_pid: u32,
     /// Per op: the `bpf` command, the ptrace request or access mode, the
-    /// clone flags.
+    /// clone or mount flags.
     pub arg: u64,
 }
 assert_size!(TamperEvent, 72 + 16);

@@ -161,6 +161,8 @@ pub fn net4(policy: u32, addr: [u8; 4], port: u16, protocol: u8) -> Verdict {
     let Some(cfg) = config(policy) else {
         return Verdict::NONE;
     };
+    // A connect to 0.0.0.0 reaches the local host: judged as 127.0.0.1.
+    let addr = if addr == [0; 4] { [127, 0, 0, 1] } else { addr };
     let p = policy.to_be_bytes();
     let key = Key::new(64, [p[0], p[1], p[2], p[3], addr[0], addr[1], addr[2], addr[3]]);
     let v = match POLICY_NET4.get(&key) {
@@ -180,6 +182,11 @@ pub fn net6(policy: u32, addr: [u8; 16], port: u16, protocol: u8) -> Verdict {
     let Some(cfg) = config(policy) else {
         return Verdict::NONE;
     };
+    // A connect to :: reaches the local host: judged as ::1.
+    let mut addr = addr;
+    if addr == [0; 16] {
+        addr[15] = 1;
+    }
     let mut data = [0u8; 20];
     data[..4].copy_from_slice(&policy.to_be_bytes());
     data[4..].copy_from_slice(&addr);

@@ -9,7 +9,9 @@
 //!   outside the trajectory;
 //! * `task_alloc`: no `clone3(CLONE_INTO_CGROUP)`;
 //! * `inode_mkdir`/`inode_rmdir`: no directories created or removed in a
-//!   cgroup or BPF filesystem.
+//!   cgroup or BPF filesystem;
+//! * `sb_mount`/`move_mount`: no mounts (a bind mount would give a protected
+//!   or denied file a path no rule names).
 //!
 //! Without it, syscall-entry tracepoints kill the caller (`SIGKILL` is
 //! pending before the syscall body runs): `bpf()`; ptrace attach,
@@ -17,7 +19,8 @@
 //! cannot look up another pid's task); `clone3(CLONE_INTO_CGROUP)` (the fork
 //! aborts on the pending fatal signal); and, under an enforcing policy,
 //! `io_uring_setup`/`io_uring_enter` and `open_by_handle_at`, whose opens the
-//! open tracepoints never see. `docs/security.md` says what remains.
+//! open tracepoints never see; `mount`, `move_mount`, `open_tree`, `fsmount`
+//! (the first `mount(2)` has taken effect when the caller dies). `docs/security.md` says what remains.
 //!
 //! [`protected_fs`] is called by both file-open paths: a write open of a
 //! file on a cgroup or BPF filesystem is refused whatever path it was
@@ -232,6 +235,35 @@ fn dir_change(ctx: &LsmContext, prev: i32, op: TamperOp) -> i32 {
     -EPERM
 }
 
+/// `security_sb_mount(dev_name, path, type, flags, data)`.
+#[lsm(hook = "sb_mount")]
+pub fn lsm_sb_mount(ctx: LsmContext) -> i32 {
+    let prev: i32 = ctx.arg(5);
+    if prev != 0 {
+        return lsm_ret(prev);
+    }
+    let Some(member) = trajectory::current() else {
+        return 0;
+    };
+    let flags: u64 = ctx.arg(3);
+    record(&member, TamperOp::Mount, 0, flags, mechanism::LSM);
+    lsm_ret(-EPERM)
+}
+
+/// `security_move_mount(from_path, to_path)`: the new mount API's attach.
+#[lsm(hook = "move_mount")]
+pub fn lsm_move_mount(ctx: LsmContext) -> i32 {
+    let prev: i32 = ctx.arg(2);
+    if prev != 0 {
+        return lsm_ret(prev);
+    }
+    let Some(member) = trajectory::current() else {
+        return 0;
+    };
+    record(&member, TamperOp::Mount, 0, 1, mechanism::LSM);
+    lsm_ret(-EPERM)
+}
+
 // ---------------------------------------------------------------- fallback
 
 /// Syscall tracepoint records: 8-byte common header, `int __syscall_nr`,
@@ -338,5 +370,37 @@ pub fn tamper_sys_enter_io_uring_enter(_ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn tamper_sys_enter_open_by_handle_at(_ctx: TracePointContext) -> u32 {
     unjudged_open_path(TamperOp::OpenByHandle, 0);
+    0
+}
+
+#[inline(always)]
+fn mount_attempt(arg: u64) {
+    if let Some(member) = trajectory::current() {
+        kill(&member, TamperOp::Mount, 0, arg);
+    }
+}
+
+#[tracepoint]
+pub fn tamper_sys_enter_mount(ctx: TracePointContext) -> u32 {
+    // mount(dev_name, dir_name, type, flags, data): the flags.
+    mount_attempt(tp_arg(&ctx, 3) as u64);
+    0
+}
+
+#[tracepoint]
+pub fn tamper_sys_enter_move_mount(_ctx: TracePointContext) -> u32 {
+    mount_attempt(1);
+    0
+}
+
+#[tracepoint]
+pub fn tamper_sys_enter_open_tree(_ctx: TracePointContext) -> u32 {
+    mount_attempt(2);
+    0
+}
+
+#[tracepoint]
+pub fn tamper_sys_enter_fsmount(_ctx: TracePointContext) -> u32 {
+    mount_attempt(3);
     0
 }

@@ -171,6 +171,22 @@ pub const PROTECTIONS: &[Protection] = &[
                          cgroup still is: cgroup files are read-only, clone3 into a cgroup kills)",
     },
     Protection {
+        name: "mount",
+        lsm: &[
+            tamper_lsm("tamper:lsm:sb_mount", names::PROG_LSM_SB_MOUNT, "sb_mount"),
+            tamper_lsm("tamper:lsm:move_mount", names::PROG_LSM_MOVE_MOUNT, "move_mount"),
+        ],
+        lsm_scope: "mount and move_mount fail with EPERM (no bind mount can alias a protected or denied path)",
+        fallback: &[
+            tamper_tp("tamper:mount", names::PROG_TP_MOUNT, "sys_enter_mount"),
+            tamper_tp("tamper:move_mount", names::PROG_TP_MOVE_MOUNT, "sys_enter_move_mount"),
+            tamper_tp("tamper:open_tree", names::PROG_TP_OPEN_TREE, "sys_enter_open_tree"),
+            tamper_tp("tamper:fsmount", names::PROG_TP_FSMOUNT, "sys_enter_fsmount"),
+        ],
+        fallback_scope: "mount, move_mount, open_tree and fsmount kill the caller at syscall entry; the mount(2) \
+                         that killed it has taken effect",
+    },
+    Protection {
         name: "unjudged-opens",
         lsm: &[],
         lsm_scope: "BPF LSM file_open judges opens made through io_uring and open_by_handle_at",
