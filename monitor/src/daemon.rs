@@ -66,7 +66,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     host::raise_memlock_limit();
     host::ensure_tracefs()?;
     let hierarchy = Hierarchy::discover()?;
-    let offsets = btf::kernel_offsets(VMLINUX_BTF.as_ref())?;
+    let (offsets, tamper) = btf::all_offsets(VMLINUX_BTF.as_ref(), std::process::id())?;
     // Policies before anything is loaded: a broken policy stops the start.
     let set = policy::load_daemon_set(config.policy_dir.as_deref()).map_err(DaemonError::Policy)?;
     if set.get(&config.default_policy).is_none() {
@@ -87,7 +87,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         ringbuf_bytes: config.ringbuf_bytes,
         wakeup_bytes: WAKEUP_BYTES.min(u64::from(config.ringbuf_bytes) / 4),
         cgroup_parent: &parent,
-        tamper: btf::tamper_config(VMLINUX_BTF.as_ref(), std::process::id())?,
+        tamper,
     })?;
     let metrics = Metrics::new();
     for h in &loaded.hooks {

@@ -156,7 +156,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<(Loaded, PipelineMaps, PolicyMapHa
     }
     // The strongest mechanism for file and exec rules: BPF LSM if its
     // programs load, attach and demonstrably run; else the tracepoints' kill.
-    let lsm = probe_lsm(&mut ebpf);
+    let (lsm, btf) = probe_lsm(&mut ebpf);
     let lsm_active = lsm.iter().all(|h| h.mechanism == mechanism::LSM_DENY);
     let runtime_flags = if lsm_active { runtime::LSM_FILE | runtime::LSM_EXEC } else { 0 };
     // The pipeline writes `runtime_flags` into CONFIG with the first
@@ -180,7 +180,8 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<(Loaded, PipelineMaps, PolicyMapHa
             h.mechanism = mechanism::KILL;
         }
     }
-    let protections = PROTECTIONS.iter().map(|p| protect(&mut ebpf, p, lsm_active, &cgroup, &mut hooks)).collect();
+    let btf = btf.filter(|_| lsm_active);
+    let protections = PROTECTIONS.iter().map(|p| protect(&mut ebpf, p, btf.as_ref(), &cgroup, &mut hooks)).collect();
     let file_exec = if lsm_active { mechanism::LSM_DENY } else { mechanism::KILL };
     let enforcement = Enforcement { file: file_exec, exec: file_exec, network: mechanism::CGROUP_DENY };
 
@@ -209,7 +210,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<(Loaded, PipelineMaps, PolicyMapHa
 /// them: an open and an exec by the daemon itself must each move the
 /// program's invocation counter. Any failure leaves the programs unloaded
 /// and says why; the programs judge nothing until the runtime flags say so.
-fn probe_lsm(ebpf: &mut Ebpf) -> Vec<HookState> {
+fn probe_lsm(ebpf: &mut Ebpf) -> (Vec<HookState>, Option<Btf>) {
     let unavailable = |hook: &Hook, detail: String| HookState {
         hook: hook.name,
         class: hook.class,
@@ -218,7 +219,9 @@ fn probe_lsm(ebpf: &mut Ebpf) -> Vec<HookState> {
     };
     let btf = match Btf::from_sys_fs() {
         Ok(btf) => btf,
-        Err(e) => return LSM_HOOKS.iter().map(|h| unavailable(h, format!("cannot read kernel BTF: {e}"))).collect(),
+        Err(e) => {
+            return (LSM_HOOKS.iter().map(|h| unavailable(h, format!("cannot read kernel BTF: {e}"))).collect(), None)
+        }
     };
     let mut failure = None;
     for hook in LSM_HOOKS {
@@ -240,15 +243,18 @@ fn probe_lsm(ebpf: &mut Ebpf) -> Vec<HookState> {
     }
     let failure = failure.or_else(|| lsm_self_test(ebpf).err());
     match failure {
-        None => LSM_HOOKS
-            .iter()
-            .map(|h| HookState {
-                hook: h.name,
-                class: h.class,
-                mechanism: mechanism::LSM_DENY,
-                detail: format!("BPF LSM security_{}: refuses with EPERM; self-test passed", h.lsm_name()),
-            })
-            .collect(),
+        None => (
+            LSM_HOOKS
+                .iter()
+                .map(|h| HookState {
+                    hook: h.name,
+                    class: h.class,
+                    mechanism: mechanism::LSM_DENY,
+                    detail: format!("BPF LSM security_{}: refuses with EPERM; self-test passed", h.lsm_name()),
+                })
+                .collect(),
+            Some(btf),
+        ),
         Some(why) => {
             for hook in LSM_HOOKS {
                 let lsm: Option<&mut Lsm> = ebpf.program_mut(hook.program).and_then(|p| p.try_into().ok());
@@ -256,7 +262,7 @@ fn probe_lsm(ebpf: &mut Ebpf) -> Vec<HookState> {
                     let _ = p.unload();
                 }
             }
-            LSM_HOOKS.iter().map(|h| unavailable(h, why.clone())).collect()
+            (LSM_HOOKS.iter().map(|h| unavailable(h, why.clone())).collect(), None)
         }
     }
 }
@@ -267,17 +273,17 @@ fn probe_lsm(ebpf: &mut Ebpf) -> Vec<HookState> {
 fn protect(
     ebpf: &mut Ebpf,
     p: &Protection,
-    lsm_active: bool,
+    lsm: Option<&Btf>,
     cgroup: &File,
     hooks: &mut Vec<HookState>,
 ) -> ProtectionState {
     let state = |mechanism, detail: String| ProtectionState { protection: p.name, mechanism, detail };
     let mut why_not_lsm = String::from("no BPF LSM on this kernel");
-    if lsm_active {
+    if let Some(btf) = lsm {
         if p.lsm.is_empty() {
             return state(mechanism::LSM_DENY, p.lsm_scope.into());
         }
-        match attach_lsm(ebpf, p.lsm) {
+        match attach_lsm(ebpf, btf, p.lsm) {
             Ok(()) => {
                 for h in p.lsm {
                     hooks.push(HookState {
@@ -326,8 +332,7 @@ fn protect(
 }
 
 /// Loads and attaches BPF LSM programs; on any failure, unloads them all.
-fn attach_lsm(ebpf: &mut Ebpf, hooks: &[Hook]) -> Result<(), String> {
-    let btf = Btf::from_sys_fs().map_err(|e| format!("cannot read kernel BTF: {e}"))?;
+fn attach_lsm(ebpf: &mut Ebpf, btf: &Btf, hooks: &[Hook]) -> Result<(), String> {
     let mut result = Ok(());
     for hook in hooks {
         let Attach::Lsm { name } = hook.attach else { continue };
@@ -337,7 +342,7 @@ fn attach_lsm(ebpf: &mut Ebpf, hooks: &[Hook]) -> Result<(), String> {
                 .ok_or("program missing from the object")?
                 .try_into()
                 .map_err(|e: ProgramError| e.to_string())?;
-            prog.load(name, &btf).map_err(|e| format!("load failed: {}", error_chain(&e)))?;
+            prog.load(name, btf).map_err(|e| format!("load failed: {}", error_chain(&e)))?;
             prog.attach().map_err(|e| format!("attach failed: {}", error_chain(&e)))?;
             Ok(())
         })();

@@ -2,6 +2,7 @@
 //! `cargo xtask run` (set up, build, start the daemon) and `cargo xtask test`
 //! (set up, build, run every test: the host's, then the VM matrix).
 
+mod fuzz;
 mod setup;
 mod vm;
 
@@ -37,6 +38,9 @@ enum Task {
     /// Run the integration tests inside QEMU guests booted from the pinned
     /// Debian kernels (tests/vm/kernels.txt); see docs/testing.md.
     VmTest(vm::VmArgs),
+    /// Run the cargo-fuzz targets (policy parser/compiler, record decoder)
+    /// for a bounded time each; installs cargo-fuzz when missing.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 #[derive(clap::Args)]
@@ -82,12 +86,17 @@ fn run(task: Task) -> Result<()> {
             // tests; a failure here stops the run before any guest boots.
             let host = vm::host_tests()?;
             eprintln!("xtask: host tests passed in {:.0} s", host.duration.as_secs_f64());
+            // A short fuzz run of each target (about a minute in all).
+            if fuzz::available() {
+                fuzz::run(&fuzz::FuzzArgs { seconds: FUZZ_SECONDS_IN_TEST, target: None })?;
+            }
             if args.host_only {
                 println!("\n{}\n(--host-only: the VM matrix did not run)", vm::table(&[host]));
                 return Ok(());
             }
             vm::run(&vm::VmArgs::default(), Some(host))
         }
+        Task::Fuzz(args) => fuzz::run(&args),
         Task::VmTest(args) => {
             if !args.list {
                 setup::ensure()?;
@@ -96,6 +105,9 @@ fn run(task: Task) -> Result<()> {
         }
     }
 }
+
+/// Seconds per fuzz target in `cargo xtask test`.
+const FUZZ_SECONDS_IN_TEST: u64 = 20;
 
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask/ is in the workspace").to_path_buf()
