@@ -74,8 +74,9 @@ fn main() {
         }
         // Read PATH through an io_uring IORING_OP_OPENAT.
         ["uring-open", path] => uring_open(path),
-        // name_to_handle_at + open_by_handle_at, then read.
-        ["handle-open", path] => handle_open(path),
+        // name_to_handle_at + open_by_handle_at (the mount named by a
+        // descriptor of DIR, on the same filesystem), then read.
+        ["handle-open", path, dir] => handle_open(path, dir),
         // openat2 with RESOLVE_NO_MAGICLINKS, then read.
         ["openat2", path] => {
             // struct open_how { u64 flags; u64 mode; u64 resolve; }
@@ -119,7 +120,7 @@ fn main() {
         _ => {
             eprintln!(
                 "usage: attacker write-str PATH TEXT | create PATH | mkdir PATH | rmdir PATH | clone-into-cgroup DIR \
-                 MARKER | bpf | ptrace-seize PID | vm-read PID | pidfd-open PID | uring-open PATH | handle-open PATH | \
+                 MARKER | bpf | ptrace-seize PID | vm-read PID | pidfd-open PID | uring-open PATH | handle-open PATH DIR | \
                  openat2 PATH | execveat PATH ARGV... | memfd-exec PATH ARGV... | recv-fd SOCKET | bind-read SRC DST FILE"
             );
             exit(2)
@@ -185,7 +186,7 @@ fn clone_into_cgroup(dir: &str, marker: &str) {
     println!("ok");
 }
 
-fn handle_open(path: &str) {
+fn handle_open(path: &str, dir: &str) {
     // struct file_handle { u32 handle_bytes; int handle_type; u8 f_handle[]; }
     let mut buf = [0u32; 34];
     buf[0] = 128;
@@ -193,7 +194,7 @@ fn handle_open(path: &str) {
     check(unsafe {
         libc::syscall(libc::SYS_name_to_handle_at, libc::AT_FDCWD, c(path).as_ptr(), buf.as_mut_ptr(), &mut mount_id, 0)
     } as i32);
-    let mount_fd = check(unsafe { libc::open(c("/").as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) });
+    let mount_fd = check(unsafe { libc::open(c(dir).as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) });
     let fd = unsafe { libc::syscall(libc::SYS_open_by_handle_at, mount_fd, buf.as_mut_ptr(), libc::O_RDONLY) };
     read_out(check(fd as i32));
 }

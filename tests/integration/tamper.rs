@@ -52,6 +52,11 @@ pub fn permissive(name: &str, mode: &str, policies: &Path) -> String {
 
 impl Lab {
     pub fn new() -> Lab {
+        Lab::with(&[])
+    }
+
+    /// With extra policy files `(name, yaml)` in the directory at start.
+    pub fn with(extra: &[(&str, &str)]) -> Lab {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().canonicalize().unwrap();
         let policies = root.join("policies");
@@ -64,6 +69,9 @@ impl Lab {
         std::fs::set_permissions(ws.join("bin/forbidden"), std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::write(policies.join("test.yaml"), permissive("test", "enforce", &policies)).unwrap();
         std::fs::write(policies.join("watch.yaml"), permissive("watch", "audit", &policies)).unwrap();
+        for (name, yaml) in extra {
+            std::fs::write(policies.join(format!("{name}.yaml")), yaml).unwrap();
+        }
         let d = Daemon::start_with(&["--policy-dir", policies.to_str().unwrap()]);
         Lab { dir, policies, ws, d }
     }
