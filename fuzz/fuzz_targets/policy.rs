@@ -18,8 +18,14 @@ fuzz_target!(|data: &[u8]| {
         let plain = PolicyMaps::new(compiled.map_entries(1));
         compiled.protect(&protected);
         let maps = PolicyMaps::new(compiled.map_entries(1));
-        // Paths from the policy itself collide with its rules.
-        let mut paths: Vec<String> = resolved.file_rules.iter().map(|r| r.path.path.clone()).collect();
+        // Paths from the policy itself collide with its rules. A directory
+        // rule's path is stored without its `/`, so the root is "": the
+        // kernel never asks about an empty path, it asks about "/".
+        let mut paths: Vec<String> = resolved
+            .file_rules
+            .iter()
+            .map(|r| if r.path.path.is_empty() { "/".to_owned() } else { r.path.path.clone() })
+            .collect();
         paths.extend(["/", "/w/s/p/x", "/h/f", "/etc/passwd"].map(String::from));
         for path in &paths {
             for access in [Access::Read, Access::Write] {

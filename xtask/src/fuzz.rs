@@ -21,8 +21,7 @@ use anyhow::{bail, Context, Result};
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Each target and the seed corpora (read-only) it starts from.
-const TARGETS: &[(&str, &[&str])] =
-    &[("policy", &["policies", "tests/fixtures/policies", "deploy"]), ("decode", &[])];
+const TARGETS: &[(&str, &[&str])] = &[("policy", &["policies", "tests/fixtures/policies", "deploy"]), ("decode", &[])];
 
 #[derive(clap::Args, Default)]
 pub struct FuzzArgs {
