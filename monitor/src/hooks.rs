@@ -4,6 +4,8 @@
 //! [`HOOKS`] always, [`LSM_HOOKS`] when the kernel runs BPF LSM programs
 //! (probed at startup by loading them and watching them run), and
 //! [`OPEN_TRACEPOINTS`] otherwise, as the kill fallback for file rules.
+//! [`PROTECTIONS`] lists the built-in tamper protection's hooks, each with
+//! its BPF LSM hooks and its tracepoint fallback.
 
 use monitor_common::names;
 
