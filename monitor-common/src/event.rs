@@ -19,6 +19,8 @@ pub enum EventKind {
     Exec = 1,
     Open = 2,
     Connect = 3,
+    /// A refused tamper attempt (`crate::tamper::TamperEvent`).
+    Tamper = 4,
 }
 
 impl EventKind {
@@ -27,6 +29,7 @@ impl EventKind {
             1 => Some(Self::Exec),
             2 => Some(Self::Open),
             3 => Some(Self::Connect),
+            4 => Some(Self::Tamper),
             _ => None,
         }
     }

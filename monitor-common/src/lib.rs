@@ -10,6 +10,7 @@ pub mod event;
 pub mod maps;
 pub mod names;
 pub mod policy;
+pub mod tamper;
 
 /// Asserts a struct's size at compile time, on both sides of the ABI.
 #[macro_export]

@@ -57,3 +57,28 @@ pub const PROG_SYS_EXIT_OPEN: &str = "sys_exit_open";
 pub const PROG_SYS_EXIT_CREAT: &str = "sys_exit_creat";
 pub const PROG_LSM_FILE_OPEN: &str = "lsm_file_open";
 pub const PROG_LSM_BPRM_CHECK: &str = "lsm_bprm_check";
+
+// Built-in tamper protection (`monitor-ebpf/src/tamper.rs`).
+
+/// Load-time [`crate::tamper::TamperConfig`].
+pub const GLOBAL_TAMPER: &str = "TAMPER_CONFIG";
+pub const PROG_LSM_BPF: &str = "lsm_bpf";
+pub const PROG_LSM_PTRACE: &str = "lsm_ptrace_access_check";
+pub const PROG_LSM_TASK_ALLOC: &str = "lsm_task_alloc";
+pub const PROG_LSM_INODE_MKDIR: &str = "lsm_inode_mkdir";
+pub const PROG_LSM_INODE_RMDIR: &str = "lsm_inode_rmdir";
+pub const PROG_TP_BPF: &str = "tamper_sys_enter_bpf";
+pub const PROG_TP_PTRACE: &str = "tamper_sys_enter_ptrace";
+pub const PROG_TP_PROCESS_VM_READV: &str = "tamper_sys_enter_process_vm_readv";
+pub const PROG_TP_PROCESS_VM_WRITEV: &str = "tamper_sys_enter_process_vm_writev";
+pub const PROG_TP_PIDFD_OPEN: &str = "tamper_sys_enter_pidfd_open";
+pub const PROG_TP_CLONE3: &str = "tamper_sys_enter_clone3";
+pub const PROG_TP_IO_URING_SETUP: &str = "tamper_sys_enter_io_uring_setup";
+pub const PROG_TP_IO_URING_ENTER: &str = "tamper_sys_enter_io_uring_enter";
+pub const PROG_TP_OPEN_BY_HANDLE_AT: &str = "tamper_sys_enter_open_by_handle_at";
+pub const PROG_LSM_SB_MOUNT: &str = "lsm_sb_mount";
+pub const PROG_LSM_MOVE_MOUNT: &str = "lsm_move_mount";
+pub const PROG_TP_MOUNT: &str = "tamper_sys_enter_mount";
+pub const PROG_TP_MOVE_MOUNT: &str = "tamper_sys_enter_move_mount";
+pub const PROG_TP_OPEN_TREE: &str = "tamper_sys_enter_open_tree";
+pub const PROG_TP_FSMOUNT: &str = "tamper_sys_enter_fsmount";

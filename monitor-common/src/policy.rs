@@ -60,6 +60,12 @@ pub mod protocol {
 /// Rule id of a verdict that came from the policy's default, not a rule.
 pub const RULE_DEFAULT: u32 = 0;
 
+/// Rule id of the built-in tamper protection, added to every compiled
+/// policy instance (writes into the daemon's own directories and the cgroup
+/// and BPF filesystems) and carried by the tamper hooks' records. A deny
+/// with this id blocks even under a policy in `audit` mode.
+pub const RULE_BUILTIN_TAMPER: u32 = 0xffff_fffe;
+
 /// An action and the rule that decided it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -21,7 +21,7 @@ use crate::{
     maps::{offsets, runtime_flags, LSM_PROBE},
     pathres, policy,
     policy::Access,
-    record, trajectory,
+    record, tamper, trajectory,
 };
 
 const EPERM: i32 = 1;
@@ -48,7 +48,7 @@ fn read_u64(addr: u64) -> Option<u64> {
 /// through a volatile stack slot (the compiler cannot fold what follows)
 /// and clamped with comparisons the verifier tracks.
 #[inline(always)]
-fn lsm_ret(r: i32) -> i32 {
+pub fn lsm_ret(r: i32) -> i32 {
     let slot = r as i64;
     let r = unsafe { core::ptr::read_volatile(&slot) };
     if !(-4095..=0).contains(&r) {
@@ -90,9 +90,14 @@ fn on_file_open(file: u64) -> i32 {
     if f_flags & FMODE_EXEC_FLAG != 0 {
         return 0;
     }
+    let access = Access::of_flags(f_flags);
+    // Cgroup and BPF filesystems are read-only to trajectories by whatever
+    // path they are reached (built-in tamper protection).
+    let tampered = access.write && tamper::protected_fs(file);
     let resolved = pathres::file_path(file);
     let verdict = match &resolved {
-        Some(r) => policy::file(member.policy, pathres::key_from_resolved(r, member.policy), Access::of_flags(f_flags)),
+        _ if tampered => tamper::verdict(&member),
+        Some(r) => policy::file(member.policy, pathres::key_from_resolved(r, member.policy), access),
         None => policy::file_default(member.policy),
     };
     let result = if verdict.blocks() { -EPERM } else { 0 };

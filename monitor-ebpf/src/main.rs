@@ -16,6 +16,7 @@ mod open;
 mod pathres;
 mod policy;
 mod record;
+mod tamper;
 mod trajectory;
 
 /// GPL-compatible: required for the GPL-only helpers (`bpf_probe_read_*`,

@@ -25,7 +25,7 @@ use crate::{
     maps::{offsets, OpenEntry, OPEN_INFLIGHT},
     pathres, policy,
     policy::{Access, Verdict},
-    record, trajectory,
+    record, tamper, trajectory,
 };
 
 /// Syscall tracepoint records: 8-byte common header, `int __syscall_nr`, then
@@ -193,10 +193,18 @@ fn on_exit(syscall: OpenSyscall, ret: i64) {
     let verdict = if open_flags & O_PATH != 0 {
         Verdict::NONE
     } else if ret >= 0 {
-        resolved = pathres::file_path(fd_file(ret));
-        match &resolved {
-            Some(r) => policy::file(member.policy, pathres::key_from_resolved(r, member.policy), access),
-            None => policy::file_default(member.policy),
+        let file = fd_file(ret);
+        // Before the walk: nothing the walk returns stays live across it.
+        let tampered = access.write && tamper::protected_fs(file);
+        resolved = pathres::file_path(file);
+        if tampered {
+            // Built-in tamper protection: see `tamper::protected_fs`.
+            tamper::verdict(&member)
+        } else {
+            match &resolved {
+                Some(r) => policy::file(member.policy, pathres::key_from_resolved(r, member.policy), access),
+                None => policy::file_default(member.policy),
+            }
         }
     } else {
         // Nothing was opened; judge what was asked for when it is absolute,

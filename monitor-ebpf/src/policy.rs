@@ -5,7 +5,10 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use monitor_common::{
     event::{decision, EventHeader},
-    policy::{action, mode, FileValue, NetValue, PathKey, PolicyConfig, PolicyVerdict, MAX_PORT_RULES, RULE_DEFAULT},
+    policy::{
+        action, mode, FileValue, NetValue, PathKey, PolicyConfig, PolicyVerdict, MAX_PORT_RULES, RULE_BUILTIN_TAMPER,
+        RULE_DEFAULT,
+    },
 };
 
 use crate::maps::{PathKeyData, POLICY_CONFIG, POLICY_EXEC, POLICY_FILE, POLICY_NET4, POLICY_NET6};
@@ -54,8 +57,9 @@ fn config(policy: u32) -> Option<PolicyConfig> {
 
 #[inline(always)]
 fn outcome(policy: u32, cfg: &PolicyConfig, v: PolicyVerdict) -> Verdict {
+    // The built-in tamper protection blocks under an audit-mode policy too.
     let decision = match v.action {
-        action::DENY if cfg.mode == mode::ENFORCE => decision::DENY,
+        action::DENY if cfg.mode == mode::ENFORCE || v.rule_id == RULE_BUILTIN_TAMPER => decision::DENY,
         action::DENY | action::AUDIT => decision::AUDIT,
         _ => decision::ALLOW,
     };
@@ -84,7 +88,9 @@ pub fn file(policy: u32, key: &PathKey, access: Access) -> Verdict {
     };
     let v = match POLICY_FILE.get(as_trie_key(key)) {
         Some(FileValue { read, write }) => {
-            if !access.write || (access.read && read.action >= write.action) {
+            // The built-in tamper deny of a write is never outranked by the
+            // read verdict (which an audit-mode policy would not enforce).
+            if !access.write || (access.read && read.action >= write.action && write.rule_id != RULE_BUILTIN_TAMPER) {
                 *read
             } else {
                 *write
@@ -155,6 +161,8 @@ pub fn net4(policy: u32, addr: [u8; 4], port: u16, protocol: u8) -> Verdict {
     let Some(cfg) = config(policy) else {
         return Verdict::NONE;
     };
+    // A connect to 0.0.0.0 reaches the local host: judged as 127.0.0.1.
+    let addr = if addr == [0; 4] { [127, 0, 0, 1] } else { addr };
     let p = policy.to_be_bytes();
     let key = Key::new(64, [p[0], p[1], p[2], p[3], addr[0], addr[1], addr[2], addr[3]]);
     let v = match POLICY_NET4.get(&key) {
@@ -174,6 +182,11 @@ pub fn net6(policy: u32, addr: [u8; 16], port: u16, protocol: u8) -> Verdict {
     let Some(cfg) = config(policy) else {
         return Verdict::NONE;
     };
+    // A connect to :: reaches the local host: judged as ::1.
+    let mut addr = addr;
+    if addr == [0; 16] {
+        addr[15] = 1;
+    }
     let mut data = [0u8; 20];
     data[..4].copy_from_slice(&policy.to_be_bytes());
     data[4..].copy_from_slice(&addr);
@@ -202,4 +215,10 @@ fn ports(value: &NetValue, port: u16, protocol: u8) -> PolicyVerdict {
         i += 1;
     }
     value.fallback
+}
+
+/// Whether `policy` is bound and in `enforce` mode.
+#[inline(always)]
+pub fn enforcing(policy: u32) -> bool {
+    config(policy).is_some_and(|c| c.mode == mode::ENFORCE)
 }

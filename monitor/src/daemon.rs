@@ -22,7 +22,7 @@ use crate::{
     config::DaemonConfig,
     control::{
         self,
-        protocol::{ClassEnforcement, HookStatus},
+        protocol::{ClassEnforcement, HookStatus, ProtectionStatus},
         server::{Context, ControlError},
     },
     enforce::Enforcer,
@@ -73,7 +73,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     host::raise_memlock_limit();
     host::ensure_tracefs()?;
     let hierarchy = Hierarchy::discover()?;
-    let offsets = btf::kernel_offsets(VMLINUX_BTF.as_ref())?;
+    let (offsets, tamper) = btf::all_offsets(VMLINUX_BTF.as_ref(), std::process::id())?;
     // Policies before anything is loaded: a broken policy stops the start.
     let set = policy::load_daemon_set(config.policy_dir.as_deref()).map_err(DaemonError::Policy)?;
     if set.get(&config.default_policy).is_none() {
@@ -101,6 +101,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         ringbuf_bytes: config.ringbuf_bytes,
         wakeup_bytes: WAKEUP_BYTES.min(u64::from(config.ringbuf_bytes) / 4),
         cgroup_parent: &parent,
+        tamper,
     })?;
     let metrics = Metrics::new();
     for h in &loaded.hooks {
@@ -139,7 +140,46 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         }
     }
     let policy_table = Arc::new(std::sync::RwLock::new(reload::table(&set)));
-    let enforcer = Enforcer::new(policy_maps, set);
+    let mut enforcer = Enforcer::new(policy_maps, set);
+    let protected = policy::Protected::for_daemon(
+        &config.control_socket,
+        config.policy_dir.as_deref(),
+        match &config.events {
+            jsonl::Output::File(f) => Some(f.as_path()),
+            jsonl::Output::Stdout => None,
+        },
+        &hierarchy.mount_point,
+        std::process::id(),
+    );
+    for p in protected.skipped() {
+        tracing::warn!(path = %p, "cannot protect this path from trajectories (too long or not absolute)");
+    }
+    let mut protections = vec![ProtectionStatus {
+        protection: "files".into(),
+        mechanism: e.file.to_owned(),
+        detail: format!(
+            "opens for writing of {} and of any file on a cgroup or BPF filesystem",
+            protected
+                .paths()
+                .iter()
+                .map(|p| if p.directory { format!("{}/", p.path) } else { p.path.clone() })
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }];
+    protections.extend(loaded.protections.iter().map(|p| ProtectionStatus {
+        protection: p.protection.to_owned(),
+        mechanism: p.mechanism.to_owned(),
+        detail: p.detail.clone(),
+    }));
+    for p in &protections {
+        if p.mechanism == mechanism::UNAVAILABLE {
+            tracing::warn!(protection = %p.protection, mechanism = %p.mechanism, "{}", p.detail);
+        } else {
+            tracing::info!(protection = %p.protection, mechanism = %p.mechanism, "{}", p.detail);
+        }
+    }
+    enforcer.protect(protected);
     metrics.set_rule_counts(&enforcer.rule_counts());
 
     let metrics_listener = metrics::bind(config.metrics_addr).await?;
@@ -199,6 +239,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
             exec: e.exec.to_owned(),
             network: e.network.to_owned(),
         },
+        protections,
         policies: policy_table,
         policy_dir: config.policy_dir.as_ref().map(|d| d.display().to_string()),
         default_policy: config.default_policy.clone(),

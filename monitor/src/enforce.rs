@@ -21,11 +21,11 @@ use std::{
 };
 
 use aya::maps::lpm_trie::Key;
-use monitor_common::policy::{PathKey, MAX_POLICIES, RULE_DEFAULT};
+use monitor_common::policy::{PathKey, MAX_POLICIES, RULE_BUILTIN_TAMPER, RULE_DEFAULT};
 
 use crate::{
     loader::PolicyMapHandles,
-    policy::{compile::MapEntries, OpenError, PolicySet, Vars},
+    policy::{compile::MapEntries, OpenError, PolicySet, Protected, Vars, TAMPER_RULE},
 };
 
 /// How long a retired instance's entries stay in the kernel maps.
@@ -76,6 +76,8 @@ pub struct Enforcer {
     retiring: VecDeque<(Instant, u32)>,
     /// Rule descriptions, cached per (instance, rule).
     described: HashMap<(u32, u32), Described>,
+    /// Built-in tamper protection, added to every instance.
+    protected: Protected,
 }
 
 impl Enforcer {
@@ -87,7 +89,13 @@ impl Enforcer {
             free: (0..MAX_POLICIES).collect(),
             retiring: VecDeque::new(),
             described: HashMap::new(),
+            protected: Protected::default(),
         }
+    }
+
+    /// Adds `protected` to every instance compiled from now on.
+    pub fn protect(&mut self, protected: Protected) {
+        self.protected = protected;
     }
 
     /// Compiles `binding` against the current set and writes it; returns
@@ -98,7 +106,8 @@ impl Enforcer {
     }
 
     fn open_in(&mut self, set: &Arc<PolicySet>, binding: &Binding) -> Result<u32, EnforceError> {
-        let compiled = set.open(&binding.policy, &binding.vars)?;
+        let mut compiled = set.open(&binding.policy, &binding.vars)?;
+        compiled.protect(&self.protected);
         let id = self.take_id()?;
         let entries = compiled.map_entries(id);
         if let Err(e) = self.write(&entries) {
@@ -161,6 +170,8 @@ impl Enforcer {
         let inst = self.instances.get(&id)?;
         let rule: Arc<str> = if rule_id == RULE_DEFAULT {
             "default".into()
+        } else if rule_id == RULE_BUILTIN_TAMPER {
+            TAMPER_RULE.into()
         } else {
             inst.set.rule(rule_id).map_or_else(|| format!("#{rule_id}"), |o| o.to_string()).into()
         };

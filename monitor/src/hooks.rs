@@ -4,6 +4,8 @@
 //! [`HOOKS`] always, [`LSM_HOOKS`] when the kernel runs BPF LSM programs
 //! (probed at startup by loading them and watching them run), and
 //! [`OPEN_TRACEPOINTS`] otherwise, as the kill fallback for file rules.
+//! [`PROTECTIONS`] lists the built-in tamper protection's hooks, each with
+//! its BPF LSM hooks and its tracepoint fallback.
 
 use monitor_common::names;
 
@@ -14,6 +16,8 @@ pub enum HookClass {
     Exec,
     Open,
     Connect,
+    /// Built-in tamper protection ([`PROTECTIONS`]).
+    Tamper,
 }
 
 /// How a program attaches.
@@ -98,6 +102,104 @@ pub const OPEN_TRACEPOINTS: &[Hook] = &[
     syscall("open:openat2/exit", HookClass::Open, names::PROG_SYS_EXIT_OPENAT2, "sys_exit_openat2", true),
     syscall("open:open/exit", HookClass::Open, names::PROG_SYS_EXIT_OPEN, "sys_exit_open", true),
     syscall("open:creat/exit", HookClass::Open, names::PROG_SYS_EXIT_CREAT, "sys_exit_creat", true),
+];
+
+/// A built-in tamper protection (`monitor-ebpf/src/tamper.rs`) and the
+/// hooks that carry it on each kind of kernel.
+#[derive(Clone, Copy, Debug)]
+pub struct Protection {
+    /// Shown by `status` and in `docs/security.md`.
+    pub name: &'static str,
+    /// Attached when BPF LSM passed its self-test; empty when the file
+    /// hooks already cover the protection there.
+    pub lsm: &'static [Hook],
+    /// What the LSM hooks refuse.
+    pub lsm_scope: &'static str,
+    /// Attached otherwise: syscall-entry tracepoints that kill.
+    pub fallback: &'static [Hook],
+    /// What the fallback stops, and what it does not.
+    pub fallback_scope: &'static str,
+}
+
+const fn tamper_lsm(name: &'static str, program: &'static str, lsm: &'static str) -> Hook {
+    Hook { name, class: HookClass::Tamper, program, attach: Attach::Lsm { name: lsm }, optional: true }
+}
+
+const fn tamper_tp(name: &'static str, program: &'static str, tp: &'static str) -> Hook {
+    syscall(name, HookClass::Tamper, program, tp, true)
+}
+
+/// The built-in protections besides the file-write protection (which the
+/// file hooks carry, see `crate::policy::builtin`).
+pub const PROTECTIONS: &[Protection] = &[
+    Protection {
+        name: "bpf",
+        lsm: &[tamper_lsm("tamper:lsm:bpf", names::PROG_LSM_BPF, "bpf")],
+        lsm_scope: "the bpf() syscall (maps, programs, links, pins) fails with EPERM",
+        fallback: &[tamper_tp("tamper:bpf", names::PROG_TP_BPF, "sys_enter_bpf")],
+        fallback_scope: "a process calling bpf() is killed at syscall entry (the first call runs)",
+    },
+    Protection {
+        name: "ptrace",
+        lsm: &[tamper_lsm("tamper:lsm:ptrace_access_check", names::PROG_LSM_PTRACE, "ptrace_access_check")],
+        lsm_scope: "ptrace, /proc/<pid>/mem|environ|fd|root, process_vm_*, pidfd_getfd of any process outside the \
+                    trajectory fail with EPERM",
+        fallback: &[
+            tamper_tp("tamper:ptrace", names::PROG_TP_PTRACE, "sys_enter_ptrace"),
+            tamper_tp("tamper:process_vm_readv", names::PROG_TP_PROCESS_VM_READV, "sys_enter_process_vm_readv"),
+            tamper_tp("tamper:process_vm_writev", names::PROG_TP_PROCESS_VM_WRITEV, "sys_enter_process_vm_writev"),
+            tamper_tp("tamper:pidfd_open", names::PROG_TP_PIDFD_OPEN, "sys_enter_pidfd_open"),
+        ],
+        fallback_scope: "a process that ptrace-attaches to, process_vm_*s or pidfd_opens the daemon is killed at \
+                         syscall entry; other processes outside the trajectory are not protected",
+    },
+    Protection {
+        name: "cgroup-escape",
+        lsm: &[tamper_lsm("tamper:lsm:task_alloc", names::PROG_LSM_TASK_ALLOC, "task_alloc")],
+        lsm_scope: "clone3(CLONE_INTO_CGROUP) fails with EPERM",
+        fallback: &[tamper_tp("tamper:clone3", names::PROG_TP_CLONE3, "sys_enter_clone3")],
+        fallback_scope: "clone3(CLONE_INTO_CGROUP) kills the caller before the child exists (flags read from user \
+                         memory: racy)",
+    },
+    Protection {
+        name: "cgroup-mkdir",
+        lsm: &[
+            tamper_lsm("tamper:lsm:inode_mkdir", names::PROG_LSM_INODE_MKDIR, "inode_mkdir"),
+            tamper_lsm("tamper:lsm:inode_rmdir", names::PROG_LSM_INODE_RMDIR, "inode_rmdir"),
+        ],
+        lsm_scope: "mkdir/rmdir in a cgroup or BPF filesystem fails with EPERM",
+        fallback: &[],
+        fallback_scope: "mkdir/rmdir of cgroups cannot be stopped without BPF LSM (moving a process into a new \
+                         cgroup still is: cgroup files are read-only, clone3 into a cgroup kills)",
+    },
+    Protection {
+        name: "mount",
+        lsm: &[
+            tamper_lsm("tamper:lsm:sb_mount", names::PROG_LSM_SB_MOUNT, "sb_mount"),
+            tamper_lsm("tamper:lsm:move_mount", names::PROG_LSM_MOVE_MOUNT, "move_mount"),
+        ],
+        lsm_scope: "mount and move_mount fail with EPERM (no bind mount can alias a protected or denied path)",
+        fallback: &[
+            tamper_tp("tamper:mount", names::PROG_TP_MOUNT, "sys_enter_mount"),
+            tamper_tp("tamper:move_mount", names::PROG_TP_MOVE_MOUNT, "sys_enter_move_mount"),
+            tamper_tp("tamper:open_tree", names::PROG_TP_OPEN_TREE, "sys_enter_open_tree"),
+            tamper_tp("tamper:fsmount", names::PROG_TP_FSMOUNT, "sys_enter_fsmount"),
+        ],
+        fallback_scope: "mount, move_mount, open_tree and fsmount kill the caller at syscall entry; the mount(2) \
+                         that killed it has taken effect",
+    },
+    Protection {
+        name: "unjudged-opens",
+        lsm: &[],
+        lsm_scope: "BPF LSM file_open judges opens made through io_uring and open_by_handle_at",
+        fallback: &[
+            tamper_tp("tamper:io_uring_setup", names::PROG_TP_IO_URING_SETUP, "sys_enter_io_uring_setup"),
+            tamper_tp("tamper:io_uring_enter", names::PROG_TP_IO_URING_ENTER, "sys_enter_io_uring_enter"),
+            tamper_tp("tamper:open_by_handle_at", names::PROG_TP_OPEN_BY_HANDLE_AT, "sys_enter_open_by_handle_at"),
+        ],
+        fallback_scope: "under an enforcing policy, io_uring_setup/io_uring_enter and open_by_handle_at kill the \
+                         caller at syscall entry (their opens pass no open tracepoint)",
+    },
 ];
 
 impl Hook {

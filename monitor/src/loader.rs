@@ -15,7 +15,7 @@ use monitor_common::{
     policy::{ExecValue, FileValue, NetValue, PolicyConfig},
 };
 
-use crate::hooks::{Attach, Hook, HookClass, HOOKS, LSM_HOOKS, OPEN_TRACEPOINTS};
+use crate::hooks::{Attach, Hook, HookClass, Protection, HOOKS, LSM_HOOKS, OPEN_TRACEPOINTS, PROTECTIONS};
 
 /// The kernel programs, built by `build.rs` from `monitor-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor-ebpf"));
@@ -63,6 +63,17 @@ pub struct LoadOptions<'a> {
     pub wakeup_bytes: u64,
     /// The trajectory parent cgroup: socket hooks attach here.
     pub cgroup_parent: &'a Path,
+    /// Offsets and the daemon's pid for the tamper hooks.
+    pub tamper: monitor_common::tamper::TamperConfig,
+}
+
+/// State of one built-in tamper protection after startup.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ProtectionState {
+    pub protection: &'static str,
+    /// One of the `mechanism` constants.
+    pub mechanism: &'static str,
+    pub detail: String,
 }
 
 /// State of one hook after startup.
@@ -121,6 +132,8 @@ pub struct Loaded {
     _ebpf: Ebpf,
     pub hooks: Vec<HookState>,
     pub enforcement: Enforcement,
+    /// The built-in tamper protections besides file writes.
+    pub protections: Vec<ProtectionState>,
     /// [`RuntimeConfig::flags`] the pipeline must keep writing.
     pub runtime_flags: u64,
 }
@@ -129,6 +142,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<(Loaded, PipelineMaps, PolicyMapHa
     let mut ebpf = EbpfLoader::new()
         .override_global(names::GLOBAL_OFFSETS, &opts.offsets, true)
         .override_global(names::GLOBAL_WAKEUP_BYTES, &opts.wakeup_bytes, true)
+        .override_global(names::GLOBAL_TAMPER, &opts.tamper, true)
         .map_max_entries(names::MAP_EVENTS, opts.ringbuf_bytes)
         .load(EBPF_OBJECT)
         .map_err(LoadError::Object)?;
@@ -142,7 +156,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<(Loaded, PipelineMaps, PolicyMapHa
     }
     // The strongest mechanism for file and exec rules: BPF LSM if its
     // programs load, attach and demonstrably run; else the tracepoints' kill.
-    let lsm = probe_lsm(&mut ebpf);
+    let (lsm, btf) = probe_lsm(&mut ebpf);
     let lsm_active = lsm.iter().all(|h| h.mechanism == mechanism::LSM_DENY);
     let runtime_flags = if lsm_active { runtime::LSM_FILE | runtime::LSM_EXEC } else { 0 };
     // The pipeline writes `runtime_flags` into CONFIG with the first
@@ -166,6 +180,8 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<(Loaded, PipelineMaps, PolicyMapHa
             h.mechanism = mechanism::KILL;
         }
     }
+    let btf = btf.filter(|_| lsm_active);
+    let protections = PROTECTIONS.iter().map(|p| protect(&mut ebpf, p, btf.as_ref(), &cgroup, &mut hooks)).collect();
     let file_exec = if lsm_active { mechanism::LSM_DENY } else { mechanism::KILL };
     let enforcement = Enforcement { file: file_exec, exec: file_exec, network: mechanism::CGROUP_DENY };
 
@@ -187,14 +203,14 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<(Loaded, PipelineMaps, PolicyMapHa
         config: Array::try_from(take(&mut ebpf, names::MAP_CONFIG)?).map_err(map_err(names::MAP_CONFIG))?,
         losses: PerCpuArray::try_from(take(&mut ebpf, names::MAP_LOSSES)?).map_err(map_err(names::MAP_LOSSES))?,
     };
-    Ok((Loaded { _ebpf: ebpf, hooks, enforcement, runtime_flags }, maps, policy))
+    Ok((Loaded { _ebpf: ebpf, hooks, enforcement, protections, runtime_flags }, maps, policy))
 }
 
 /// Loads and attaches the LSM programs and checks that the kernel calls
 /// them: an open and an exec by the daemon itself must each move the
 /// program's invocation counter. Any failure leaves the programs unloaded
 /// and says why; the programs judge nothing until the runtime flags say so.
-fn probe_lsm(ebpf: &mut Ebpf) -> Vec<HookState> {
+fn probe_lsm(ebpf: &mut Ebpf) -> (Vec<HookState>, Option<Btf>) {
     let unavailable = |hook: &Hook, detail: String| HookState {
         hook: hook.name,
         class: hook.class,
@@ -203,7 +219,9 @@ fn probe_lsm(ebpf: &mut Ebpf) -> Vec<HookState> {
     };
     let btf = match Btf::from_sys_fs() {
         Ok(btf) => btf,
-        Err(e) => return LSM_HOOKS.iter().map(|h| unavailable(h, format!("cannot read kernel BTF: {e}"))).collect(),
+        Err(e) => {
+            return (LSM_HOOKS.iter().map(|h| unavailable(h, format!("cannot read kernel BTF: {e}"))).collect(), None)
+        }
     };
     let mut failure = None;
     for hook in LSM_HOOKS {
@@ -225,15 +243,18 @@ fn probe_lsm(ebpf: &mut Ebpf) -> Vec<HookState> {
     }
     let failure = failure.or_else(|| lsm_self_test(ebpf).err());
     match failure {
-        None => LSM_HOOKS
-            .iter()
-            .map(|h| HookState {
-                hook: h.name,
-                class: h.class,
-                mechanism: mechanism::LSM_DENY,
-                detail: format!("BPF LSM security_{}: refuses with EPERM; self-test passed", h.lsm_name()),
-            })
-            .collect(),
+        None => (
+            LSM_HOOKS
+                .iter()
+                .map(|h| HookState {
+                    hook: h.name,
+                    class: h.class,
+                    mechanism: mechanism::LSM_DENY,
+                    detail: format!("BPF LSM security_{}: refuses with EPERM; self-test passed", h.lsm_name()),
+                })
+                .collect(),
+            Some(btf),
+        ),
         Some(why) => {
             for hook in LSM_HOOKS {
                 let lsm: Option<&mut Lsm> = ebpf.program_mut(hook.program).and_then(|p| p.try_into().ok());
@@ -241,9 +262,104 @@ fn probe_lsm(ebpf: &mut Ebpf) -> Vec<HookState> {
                     let _ = p.unload();
                 }
             }
-            LSM_HOOKS.iter().map(|h| unavailable(h, why.clone())).collect()
+            (LSM_HOOKS.iter().map(|h| unavailable(h, why.clone())).collect(), None)
         }
     }
+}
+
+/// Attaches one tamper protection: its BPF LSM hooks where BPF LSM runs
+/// (falling back if one fails to load), else its killing tracepoints.
+/// Never claims more than what is attached.
+fn protect(
+    ebpf: &mut Ebpf,
+    p: &Protection,
+    lsm: Option<&Btf>,
+    cgroup: &File,
+    hooks: &mut Vec<HookState>,
+) -> ProtectionState {
+    let state = |mechanism, detail: String| ProtectionState { protection: p.name, mechanism, detail };
+    let mut why_not_lsm = String::from("no BPF LSM on this kernel");
+    if let Some(btf) = lsm {
+        if p.lsm.is_empty() {
+            return state(mechanism::LSM_DENY, p.lsm_scope.into());
+        }
+        match attach_lsm(ebpf, btf, p.lsm) {
+            Ok(()) => {
+                for h in p.lsm {
+                    hooks.push(HookState {
+                        hook: h.name,
+                        class: h.class,
+                        mechanism: mechanism::LSM_DENY,
+                        detail: format!("BPF LSM security_{}: tamper protection {}", h.lsm_name(), p.name),
+                    });
+                }
+                return state(mechanism::LSM_DENY, p.lsm_scope.into());
+            }
+            Err(e) => why_not_lsm = e,
+        }
+    }
+    if p.fallback.is_empty() {
+        return state(mechanism::UNAVAILABLE, format!("{why_not_lsm}: {}", p.fallback_scope));
+    }
+    let mut missing = Vec::new();
+    for h in p.fallback {
+        match attach(ebpf, h, cgroup) {
+            Ok(mut st) => {
+                if st.mechanism == mechanism::UNAVAILABLE {
+                    missing.push(h.name);
+                } else {
+                    st.mechanism = mechanism::KILL;
+                    st.detail.push_str(&format!("; tamper protection {}: kills the caller", p.name));
+                }
+                hooks.push(st);
+            }
+            Err(e) => {
+                missing.push(h.name);
+                hooks.push(HookState {
+                    hook: h.name,
+                    class: h.class,
+                    mechanism: mechanism::UNAVAILABLE,
+                    detail: error_chain(&e),
+                });
+            }
+        }
+    }
+    let mut detail = format!("{why_not_lsm}; {}", p.fallback_scope);
+    if !missing.is_empty() {
+        detail.push_str(&format!(" (not attached: {})", missing.join(", ")));
+    }
+    state(mechanism::KILL, detail)
+}
+
+/// Loads and attaches BPF LSM programs; on any failure, unloads them all.
+fn attach_lsm(ebpf: &mut Ebpf, btf: &Btf, hooks: &[Hook]) -> Result<(), String> {
+    let mut result = Ok(());
+    for hook in hooks {
+        let Attach::Lsm { name } = hook.attach else { continue };
+        let r = (|| -> Result<(), String> {
+            let prog: &mut Lsm = ebpf
+                .program_mut(hook.program)
+                .ok_or("program missing from the object")?
+                .try_into()
+                .map_err(|e: ProgramError| e.to_string())?;
+            prog.load(name, btf).map_err(|e| format!("load failed: {}", error_chain(&e)))?;
+            prog.attach().map_err(|e| format!("attach failed: {}", error_chain(&e)))?;
+            Ok(())
+        })();
+        if let Err(e) = r {
+            result = Err(format!("{}: {e}", hook.name));
+            break;
+        }
+    }
+    if result.is_err() {
+        for hook in hooks {
+            let lsm: Option<&mut Lsm> = ebpf.program_mut(hook.program).and_then(|p| p.try_into().ok());
+            if let Some(p) = lsm {
+                let _ = p.unload();
+            }
+        }
+    }
+    result
 }
 
 /// Triggers `file_open` and `bprm_check_security` and reads the programs'

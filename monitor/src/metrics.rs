@@ -210,6 +210,7 @@ impl Metrics {
                 let class = match r.body {
                     Body::Exec { .. } => "exec",
                     Body::Open { .. } => "file",
+                    Body::Tamper { .. } => "tamper",
                     _ => "network",
                 };
                 bump(&mut decisions, [policy, class, decision, v.mechanism.unwrap_or("none")]);

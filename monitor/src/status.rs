@@ -27,6 +27,12 @@ pub fn render(s: &Status) -> String {
     }
     let e = &s.enforcement;
     let _ = writeln!(out, "\nenforcement: file={} exec={} network={}", e.file, e.exec, e.network);
+    if !s.protections.is_empty() {
+        let _ = writeln!(out, "\n{:<20} {:<12} DETAIL", "PROTECTION", "MECHANISM");
+        for p in &s.protections {
+            let _ = writeln!(out, "{:<20} {:<12} {}", p.protection, p.mechanism, p.detail);
+        }
+    }
     let _ = writeln!(
         out,
         "\npolicies from {}:",

@@ -6,6 +6,7 @@
 //! daemon recorded. They must run as root (`cargo xtask test`); as any other
 //! user they fail with a message saying so, never skip.
 
+mod bypass;
 mod confined;
 mod enforce;
 mod harness;
@@ -14,4 +15,5 @@ mod operator_errors;
 mod policy_cli;
 mod schema;
 mod service;
+mod tamper;
 mod telemetry;

@@ -137,15 +137,37 @@ fn child_cgroup_of_a_trajectory_still_counts() {
     let d = Daemon::start();
     let marker = d.dir.path().join("nested-marker");
     std::fs::write(&marker, b"x").unwrap();
-    // The agent creates a sub-cgroup of its own trajectory and moves into it.
+    let pidfile = d.dir.path().join("nested-pid");
+    let go = d.dir.path().join("nested-go");
+    // A sub-cgroup of the trajectory, made by someone outside it (the
+    // trajectory itself may not: cgroupfs is read-only to it, see
+    // tamper::an_agent_cannot_leave_or_reshape_its_cgroup), with the agent
+    // moved into it before it opens the marker.
     let script = format!(
-        "cg=$(awk -F: '$1 == \"0\" {{print $3}}' /proc/self/cgroup); m={root}; \
-         mkdir \"$m$cg/inner\" && echo $$ > \"$m$cg/inner/cgroup.procs\" && cat {marker}",
-        root = crate::harness::cgroup2_mount().unwrap().display(),
+        "echo $$ > {pidfile}; while [ ! -e {go} ]; do sleep 0.02; done; cat {marker}",
+        pidfile = pidfile.display(),
+        go = go.display(),
         marker = marker.display()
     );
-    let out = d.run(Some("observe-nested"), &["sh", "-c", &script]);
-    assert!(out.status.success(), "{out:?}");
+    std::thread::scope(|s| {
+        let agent = s.spawn(|| d.run(Some("observe-nested"), &["sh", "-c", &script]));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let pid = loop {
+            if let Some(pid) = std::fs::read_to_string(&pidfile).ok().and_then(|p| p.trim().parse::<u32>().ok()) {
+                break pid;
+            }
+            assert!(std::time::Instant::now() < deadline, "the agent never started");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let own = cgroups.lines().find_map(|l| l.strip_prefix("0::")).expect("cgroup v2 line").to_owned();
+        let inner = crate::harness::cgroup2_mount().unwrap().join(own.trim_start_matches('/')).join("inner");
+        std::fs::create_dir(&inner).unwrap();
+        std::fs::write(inner.join("cgroup.procs"), pid.to_string()).unwrap();
+        std::fs::write(&go, "").unwrap();
+        let out = agent.join().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    });
     let recs = d.trajectory("observe-nested");
     assert_well_formed(&recs);
     assert!(!opens_of(&recs, marker.to_str().unwrap()).is_empty(), "open from the child cgroup recorded");

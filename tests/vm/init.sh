@@ -87,7 +87,7 @@ else
 fi
 
 echo "VMTEST-TESTS-BEGIN"
-/opt/vmtest/integration --test-threads=1 --color never
+/opt/vmtest/integration --test-threads=1 --color never $VMTEST_FILTER
 rc=$?
 echo "VMTEST-TESTS-END"
 if [ -f "$AGENT_MONITOR_SKIP_FILE" ]; then

@@ -3,6 +3,7 @@
 //! (set up, build, run every test: the host's, then the VM matrix).
 
 mod bench;
+mod fuzz;
 mod setup;
 mod vm;
 
@@ -41,6 +42,9 @@ enum Task {
     /// Measure the monitor's overhead, event throughput and daemon cost
     /// (release build); writes target/bench/results.{md,json}.
     Bench(bench::BenchArgs),
+    /// Run the cargo-fuzz targets (policy parser/compiler, record decoder)
+    /// for a bounded time each; installs cargo-fuzz when missing.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 #[derive(clap::Args)]
@@ -86,6 +90,10 @@ fn run(task: Task) -> Result<()> {
             // tests; a failure here stops the run before any guest boots.
             let host = vm::host_tests()?;
             eprintln!("xtask: host tests passed in {:.0} s", host.duration.as_secs_f64());
+            // A short fuzz run of each target (about a minute in all).
+            if fuzz::available() {
+                fuzz::run(&fuzz::FuzzArgs { seconds: FUZZ_SECONDS_IN_TEST, target: None })?;
+            }
             bench::report_only();
             if args.host_only {
                 println!("\n{}\n(--host-only: the VM matrix did not run)", vm::table(&[host]));
@@ -93,6 +101,7 @@ fn run(task: Task) -> Result<()> {
             }
             vm::run(&vm::VmArgs::default(), Some(host))
         }
+        Task::Fuzz(args) => fuzz::run(&args),
         Task::VmTest(args) => {
             if !args.list {
                 setup::ensure()?;
@@ -102,6 +111,9 @@ fn run(task: Task) -> Result<()> {
         Task::Bench(args) => bench::run(&args),
     }
 }
+
+/// Seconds per fuzz target in `cargo xtask test`.
+const FUZZ_SECONDS_IN_TEST: u64 = 20;
 
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask/ is in the workspace").to_path_buf()

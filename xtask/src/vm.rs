@@ -228,6 +228,7 @@ fn build_payload(root: &Path, out: &Path) -> Result<initramfs::Payload> {
         integration: strip(&built.integration, "integration")?,
         monitor: strip(&built.monitor, "agent-monitor")?,
         test_agent: strip(&built.test_agent, "test-agent")?,
+        attacker: strip(&built.attacker, "attacker")?,
     })
 }
 
@@ -236,6 +237,7 @@ struct Built {
     integration: PathBuf,
     monitor: PathBuf,
     test_agent: PathBuf,
+    attacker: PathBuf,
 }
 
 /// Builds with exactly the host run's `cargo test` selection, `--no-run`, and
@@ -271,6 +273,7 @@ fn test_build(root: &Path) -> Result<Built> {
         integration: find("test", "integration", true)?,
         monitor: find("bin", "agent-monitor", false)?,
         test_agent: find("example", "test-agent", false)?,
+        attacker: find("example", "attacker", false)?,
     })
 }
 

@@ -57,6 +57,10 @@ pub struct Status {
     pub hooks: Vec<HookStatus>,
     /// The mechanism enforcing each rule class.
     pub enforcement: ClassEnforcement,
+    /// The built-in tamper protections and the mechanism of each
+    /// (`docs/security.md`).
+    #[serde(default)]
+    pub protections: Vec<ProtectionStatus>,
     /// The loaded policies.
     pub policies: Vec<PolicyStatus>,
     /// Where policies are loaded from (`null`: the embedded default only).
@@ -70,6 +74,17 @@ pub struct ClassEnforcement {
     pub file: String,
     pub exec: String,
     pub network: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProtectionStatus {
+    /// `files`, `bpf`, `ptrace`, `cgroup-escape`, `cgroup-mkdir`, `unjudged-opens`.
+    pub protection: String,
+    /// `lsm-deny`, `kill` or `unavailable`.
+    pub mechanism: String,
+    /// What is stopped, and on fallback kernels what is not.
+    pub detail: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,6 +229,7 @@ mod tests {
                     exec: "kill".into(),
                     network: "cgroup-deny".into(),
                 },
+                protections: vec![],
                 policies: vec![],
                 policy_dir: None,
                 trajectories: vec![],

@@ -19,7 +19,7 @@ use tokio::{
 };
 
 use super::{
-    protocol::{monostate, ClassEnforcement, HookStatus, Request, Response, Status},
+    protocol::{monostate, ClassEnforcement, HookStatus, ProtectionStatus, Request, Response, Status},
     watcher::Watcher,
 };
 use crate::{
@@ -89,6 +89,8 @@ pub struct Context {
     /// Per-hook state from startup.
     pub hooks: Vec<HookStatus>,
     pub enforcement: ClassEnforcement,
+    /// Built-in tamper protections from startup.
+    pub protections: Vec<ProtectionStatus>,
     pub policies: PolicyTable,
     pub policy_dir: Option<String>,
     /// Policy of trajectories opened without one.
@@ -343,6 +345,7 @@ async fn status(ctx: &Context) -> Response {
             kernel,
             hooks: ctx.hooks.clone(),
             enforcement: ctx.enforcement.clone(),
+            protections: ctx.protections.clone(),
             policies: ctx.policies.read().expect("not poisoned").clone(),
             policy_dir: ctx.policy_dir.clone(),
             trajectories,

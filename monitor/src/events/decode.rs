@@ -10,6 +10,7 @@ use monitor_common::{
         AT_FDCWD,
     },
     policy::action,
+    tamper::{TamperEvent, TamperOp},
 };
 
 use super::{
@@ -96,6 +97,7 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, DecodeError> {
         EventKind::Exec => exec(&sized::<ExecEvent>(buf, kind)?),
         EventKind::Open => open(&sized::<OpenEvent>(buf, kind)?)?,
         EventKind::Connect => connect(&sized::<ConnectEvent>(buf, kind)?)?,
+        EventKind::Tamper => tamper(&sized::<TamperEvent>(buf, kind)?)?,
     };
     Ok(Decoded {
         ts_boot_ns: header.ts_boot_ns,
@@ -207,6 +209,11 @@ fn connect(e: &ConnectEvent) -> Result<Body, DecodeError> {
         n => n.to_string(),
     };
     Ok(Body::Connect { op, family, addr, port: e.port, protocol })
+}
+
+fn tamper(e: &TamperEvent) -> Result<Body, DecodeError> {
+    let op = TamperOp::from_u32(e.op).ok_or(DecodeError::Field { field: "op", value: e.op })?;
+    Ok(Body::Tamper { op: op.as_str(), target_pid: (e.target_pid != 0).then_some(e.target_pid), arg: e.arg })
 }
 
 #[cfg(test)]
@@ -354,5 +361,18 @@ mod tests {
         let mut c = connect_event();
         c.header.decision = 9;
         assert_eq!(decode(&bytes_of(&c)), Err(DecodeError::Field { field: "decision", value: 9 }));
+    }
+
+    #[test]
+    fn decodes_tamper_records() {
+        let mut e =
+            TamperEvent { header: header(EventKind::Tamper), op: TamperOp::Ptrace as u32, target_pid: 77, arg: 2 };
+        let d = decode(&bytes_of(&e)).unwrap();
+        assert_eq!(d.body, Body::Tamper { op: "ptrace", target_pid: Some(77), arg: 2 });
+        e.op = TamperOp::Bpf as u32;
+        e.target_pid = 0;
+        assert_eq!(decode(&bytes_of(&e)).unwrap().body, Body::Tamper { op: "bpf", target_pid: None, arg: 2 });
+        e.op = 0;
+        assert_eq!(decode(&bytes_of(&e)), Err(DecodeError::Field { field: "op", value: 0 }));
     }
 }

@@ -135,6 +135,19 @@ pub enum Body {
         /// `tcp`, `udp`, or the protocol number.
         protocol: String,
     },
+    /// A refused tamper attempt (built-in protection, `docs/security.md`).
+    Tamper {
+        /// What was attempted: `bpf`, `ptrace`, `process_vm`, `pidfd_open`,
+        /// `clone_into_cgroup`, `cgroup_mkdir`, `cgroup_rmdir`, `io_uring`,
+        /// `open_by_handle_at`.
+        op: &'static str,
+        /// The target process of a ptrace-style access.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        target_pid: Option<u32>,
+        /// Per op: the bpf command, the ptrace request or access mode, the
+        /// clone flags.
+        arg: u64,
+    },
     TrajectoryStart {
         cgroup: String,
         command: Vec<Bytes>,
@@ -201,6 +214,7 @@ impl Body {
             Body::Exec { .. } => "exec",
             Body::Open { .. } => "open",
             Body::Connect { .. } => "connect",
+            Body::Tamper { .. } => "tamper",
             Body::TrajectoryStart { .. } => "trajectory_start",
             Body::TrajectoryEnd { .. } => "trajectory_end",
             Body::Gap { .. } => "gap",

@@ -156,11 +156,19 @@ pub fn judge_connect(maps: &PolicyMaps, policy_id: u32, ip: IpAddr, port: u16, p
     Decision::from_verdict(value.fallback)
 }
 
-/// `::ffff:a.b.c.d` → `a.b.c.d`; any other address unchanged.
+/// The address a destination is judged as: `::ffff:a.b.c.d` → `a.b.c.d`,
+/// and the unspecified addresses, which a connect reaches the local host
+/// through, as loopback (`0.0.0.0` → `127.0.0.1`, `::` → `::1`); any other
+/// address unchanged.
 pub fn unmap(ip: IpAddr) -> IpAddr {
-    match ip {
+    let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, |v4: Ipv4Addr| IpAddr::V4(v4)),
         IpAddr::V4(_) => ip,
+    };
+    match ip {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        other => other,
     }
 }
 

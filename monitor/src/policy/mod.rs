@@ -9,6 +9,7 @@
 //! [`judge`] holds the reference decisions the kernel must agree with.
 //! Nothing here touches the kernel; the daemon writes the entries.
 
+pub mod builtin;
 pub mod compile;
 pub mod diagnostic;
 pub mod judge;
@@ -20,6 +21,7 @@ pub mod validate;
 #[cfg(test)]
 mod tests;
 
+pub use builtin::{Protected, ProtectedPath, TAMPER_RULE};
 pub use compile::{compile, resolve, CompiledPolicy, MapEntries, OpenError, ResolvedPolicy, TooManyPortRules};
 pub use diagnostic::{Diagnostic, Pos};
 pub use judge::{judge_connect, judge_exec, judge_file, Decision, PolicyMaps};

@@ -659,3 +659,87 @@ fn compiled_maps_agree_with_the_naive_judge_on_random_policies() {
     }
     assert!(policies > 300 && queries > 45_000, "{policies} policies, {queries} queries");
 }
+
+// ---------------------------------------------------------------- built-in tamper protection
+
+/// With the built-in protection added, a write at or below a protected path
+/// is denied by `builtin:tamper` whatever the policy says (an `allow` rule
+/// deeper inside included); every other query is judged as before.
+#[test]
+fn builtin_protection_overrides_writes_below_protected_paths_only() {
+    use monitor_common::policy::RULE_BUILTIN_TAMPER;
+    let protected = Protected::new([
+        (PathBuf::from("/a/b"), true),
+        (PathBuf::from("/c"), false),
+        // Normalised, and covered by /a/b: dropped.
+        (PathBuf::from("/a//b/./bc/../bc"), true),
+    ]);
+    assert_eq!(protected.paths().len(), 2, "{protected:?}");
+    assert!(protected.covers("/a/b") && protected.covers("/a/b/x") && protected.covers("/c"));
+    assert!(!protected.covers("/a/bc") && !protected.covers("/c/x") && !protected.covers("/a"));
+    let mut rng = Rng(0x7a3b_e001_d00d_0042);
+    let mut checked = 0;
+    for round in 0..300 {
+        let yaml = random_policy(&mut rng);
+        let Ok(set) = PolicySet::from_sources(&[("r.yaml".into(), yaml.clone())]) else { continue };
+        let resolved = resolve(&set.policies()[0], &vars(&[("HOME", "/a")])).unwrap();
+        let compiled = compile(&resolved).unwrap();
+        let plain = PolicyMaps::new(compiled.map_entries(3));
+        let mut with = compiled.clone();
+        with.protect(&protected);
+        let maps = PolicyMaps::new(with.map_entries(3));
+        for _ in 0..100 {
+            let path = random_path(&mut rng);
+            for access in [Access::Read, Access::Write] {
+                checked += 1;
+                let got = judge_file(&maps, 3, path.as_bytes(), access).unwrap();
+                let before = judge_file(&plain, 3, path.as_bytes(), access).unwrap();
+                if access == Access::Write && protected.covers(&path) {
+                    assert_eq!(
+                        got,
+                        Decision { action: Action::Deny, rule_id: RULE_BUILTIN_TAMPER },
+                        "round {round}: write {path}\n{yaml}"
+                    );
+                } else {
+                    assert_eq!(got, before, "round {round}: {path} {access:?} changed\n{yaml}");
+                }
+            }
+        }
+    }
+    assert!(checked > 40_000, "{checked}");
+}
+
+#[test]
+fn protected_paths_refuse_what_cannot_be_encoded() {
+    let p = Protected::new([
+        (PathBuf::from("relative/dir"), true),
+        (PathBuf::from("/"), true),
+        (PathBuf::from(format!("/{}", "x".repeat(300))), true),
+        (PathBuf::from("/ok/"), true),
+    ]);
+    assert_eq!(p.paths().len(), 1);
+    assert_eq!(p.paths()[0].path, "/ok");
+    assert_eq!(p.skipped().len(), 3, "{p:?}");
+    let d = Protected::for_daemon(
+        std::path::Path::new("/run/agent-monitor/control.sock"),
+        Some(std::path::Path::new("/etc/agent-monitor/policies")),
+        Some(std::path::Path::new("/var/log/am.jsonl")),
+        std::path::Path::new("/sys/fs/cgroup/unified"),
+        4242,
+    );
+    for covered in [
+        "/run/agent-monitor/control.sock",
+        "/etc/agent-monitor/policies/x.yaml",
+        "/etc/agent-monitor/config.yaml",
+        "/var/log/am.jsonl",
+        "/sys/fs/cgroup/unified/agent-monitor/t/cgroup.procs",
+        "/sys/fs/cgroup/memory/tasks",
+        "/sys/fs/bpf/agent-monitor/TRAJECTORIES",
+        "/proc/4242/mem",
+    ] {
+        assert!(d.covers(covered), "{covered} must be protected: {d:?}");
+    }
+    for free in ["/run/other", "/var/log/am.jsonl.1", "/proc/42/mem", "/proc/self/mem", "/etc/passwd", "/tmp/x"] {
+        assert!(!d.covers(free), "{free} must not be protected: {d:?}");
+    }
+}

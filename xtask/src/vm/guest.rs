@@ -41,8 +41,9 @@ pub fn boot(b: &Boot<'_>) -> Result<(Exit, Duration)> {
     // buffer, which `panic_print=0x20` replays onto the console at the panic.
     let cmdline = format!(
         "console=ttyS0 panic=-1 quiet softlockup_panic=1 softlockup_all_cpu_backtrace=1 hung_task_panic=1 \
-         panic_print=0x20 lsm={}",
-        b.lsm
+         panic_print=0x20 lsm={}{}",
+        b.lsm,
+        std::env::var("VMTEST_FILTER").map(|f| format!(" VMTEST_FILTER={f}")).unwrap_or_default()
     );
     let log = File::create(b.log).with_context(|| format!("cannot create {}", b.log.display()))?;
     let start = Instant::now();

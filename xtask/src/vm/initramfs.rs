@@ -52,6 +52,8 @@ pub struct Payload {
     pub integration: PathBuf,
     pub monitor: PathBuf,
     pub test_agent: PathBuf,
+    /// `tests/attacker`, beside `test-agent` (the tests find it there).
+    pub attacker: PathBuf,
 }
 
 pub fn build(root: &Path, payload: &Payload, out: &Path) -> Result<()> {
@@ -79,6 +81,7 @@ pub fn build(root: &Path, payload: &Payload, out: &Path) -> Result<()> {
         ("integration", &payload.integration),
         ("agent-monitor", &payload.monitor),
         ("test-agent", &payload.test_agent),
+        ("attacker", &payload.attacker),
     ];
     let mut libs = BTreeSet::new();
     for (name, path) in exes {

@@ -1,0 +1,406 @@
+//! Built-in tamper protection: what no trajectory may do, whatever its
+//! policy says. Every refusal is recorded as a `tamper` record with the
+//! decision `deny` and the rule id `RULE_BUILTIN_TAMPER`.
+//!
+//! With BPF LSM (attached only after the LSM self-test passed):
+//! * `bpf`: no `bpf()` syscall at all (maps, programs, links, pins);
+//! * `ptrace_access_check`: no ptrace-style access (attach, `/proc/<pid>/mem`,
+//!   `environ`, `fd/`, `process_vm_*`, `pidfd_getfd`, ...) to a process
+//!   outside the trajectory;
+//! * `task_alloc`: no `clone3(CLONE_INTO_CGROUP)`;
+//! * `inode_mkdir`/`inode_rmdir`: no directories created or removed in a
+//!   cgroup or BPF filesystem;
+//! * `sb_mount`/`move_mount`: no mounts (a bind mount would give a protected
+//!   or denied file a path no rule names).
+//!
+//! Without it, syscall-entry tracepoints kill the caller (`SIGKILL` is
+//! pending before the syscall body runs): `bpf()`; ptrace attach,
+//! `process_vm_*` and `pidfd_open` aimed at the daemon itself (a tracepoint
+//! cannot look up another pid's task); `clone3(CLONE_INTO_CGROUP)` (the fork
+//! aborts on the pending fatal signal); and, under an enforcing policy,
+//! `io_uring_setup`/`io_uring_enter` and `open_by_handle_at`, whose opens the
+//! open tracepoints never see; `mount`, `move_mount`, `open_tree`, `fsmount`
+//! (the first `mount(2)` has taken effect when the caller dies). `docs/security.md` says what remains.
+//!
+//! [`protected_fs`] is called by both file-open paths: a write open of a
+//! file on a cgroup or BPF filesystem is refused whatever path it was
+//! reached by (bind mounts, other mount namespaces).
+
+use aya_ebpf::{
+    helpers::{bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_send_signal},
+    macros::{lsm, tracepoint},
+    programs::{LsmContext, TracePointContext},
+};
+use monitor_common::{
+    event::{decision, mechanism, EventKind},
+    policy::{action, RULE_BUILTIN_TAMPER},
+    tamper::{magic, TamperConfig, TamperEvent, TamperOp},
+};
+
+use crate::{
+    lsm::lsm_ret,
+    maps::offsets,
+    policy::{self, Verdict},
+    record,
+    trajectory::{self, Membership},
+};
+
+const EPERM: i32 = 1;
+const SIGKILL: u32 = 9;
+const PTRACE_MODE_NOAUDIT: u32 = 0x04;
+const PTRACE_ATTACH: i64 = 16;
+const PTRACE_SEIZE: i64 = 0x4206;
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+/// Bound on the walk up a task's cgroup ancestry.
+const MAX_CGROUP_DEPTH: u32 = 64;
+
+/// Set by the daemon at load time.
+#[unsafe(no_mangle)]
+pub static TAMPER_CONFIG: TamperConfig = TamperConfig {
+    daemon_tgid: 0,
+    task_cgroups: 0,
+    css_set_dfl_cgrp: 0,
+    cgroup_kn: 0,
+    cgroup_parent: 0,
+    kernfs_node_id: 0,
+    dentry_d_sb: 0,
+    inode_i_sb: 0,
+    super_block_s_magic: 0,
+};
+
+#[inline(always)]
+fn config() -> TamperConfig {
+    // Volatile: the loader rewrites .rodata; the zero initialiser must not
+    // be folded in.
+    unsafe { core::ptr::read_volatile(&TAMPER_CONFIG) }
+}
+
+#[inline(always)]
+fn read_u64(addr: u64) -> u64 {
+    unsafe { bpf_probe_read_kernel(addr as *const u64) }.unwrap_or(0)
+}
+
+/// The verdict every tamper refusal carries.
+#[inline(always)]
+pub fn verdict(member: &Membership) -> Verdict {
+    Verdict { policy: member.policy, rule_id: RULE_BUILTIN_TAMPER, action: action::DENY, decision: decision::DENY }
+}
+
+#[inline(always)]
+fn record(member: &Membership, op: TamperOp, target_pid: u32, arg: u64, how: u8) {
+    let Some(mut rec) = record::reserve::<TamperEvent>(member) else {
+        return;
+    };
+    let ev = rec.as_mut_ptr();
+    unsafe {
+        record::fill_header(&raw mut (*ev).header, EventKind::Tamper, member, &verdict(member), how);
+        (*ev).op = op as u32;
+        (*ev).target_pid = target_pid;
+        (*ev).arg = arg;
+    }
+    record::submit(rec);
+}
+
+/// Whether `file` lives on a cgroup (v1 or v2) or BPF filesystem.
+#[inline(always)]
+pub fn protected_fs(file: u64) -> bool {
+    if file == 0 {
+        return false;
+    }
+    let off = offsets();
+    let dentry = read_u64(file + off.file_f_path + off.path_dentry);
+    if dentry == 0 {
+        return false;
+    }
+    sb_protected(read_u64(dentry + config().dentry_d_sb))
+}
+
+#[inline(always)]
+fn sb_protected(sb: u64) -> bool {
+    if sb == 0 {
+        return false;
+    }
+    let m = read_u64(sb + config().super_block_s_magic) & 0xffff_ffff;
+    m == magic::CGROUP || m == magic::CGROUP2 || m == magic::BPF_FS
+}
+
+/// Whether `task` sits in the cgroup `trajectory` or below it.
+#[inline(always)]
+fn task_in(task: u64, trajectory: u64) -> bool {
+    let c = config();
+    let css_set = read_u64(task + c.task_cgroups);
+    if css_set == 0 {
+        return false;
+    }
+    let mut cgroup = read_u64(css_set + c.css_set_dfl_cgrp);
+    let mut i = 0;
+    while i < MAX_CGROUP_DEPTH {
+        if cgroup == 0 {
+            return false;
+        }
+        let kn = read_u64(cgroup + c.cgroup_kn);
+        if kn != 0 && read_u64(kn + c.kernfs_node_id) == trajectory {
+            return true;
+        }
+        cgroup = read_u64(cgroup + c.cgroup_parent);
+        i += 1;
+    }
+    false
+}
+
+#[inline(always)]
+fn tgid_of(task: u64) -> u32 {
+    unsafe { bpf_probe_read_kernel((task + offsets().task_tgid) as *const u32) }.unwrap_or(0)
+}
+
+// ---------------------------------------------------------------- BPF LSM
+
+/// `security_bpf(cmd, attr, size[, kernel])`: the argument count changed
+/// across kernels, so the previous program's verdict is not read here; a
+/// trajectory member is refused, anyone else allowed.
+#[lsm(hook = "bpf")]
+pub fn lsm_bpf(ctx: LsmContext) -> i32 {
+    let Some(member) = trajectory::current() else {
+        return 0;
+    };
+    let cmd: u64 = ctx.arg(0);
+    record(&member, TamperOp::Bpf, 0, cmd & 0xffff_ffff, mechanism::LSM);
+    lsm_ret(-EPERM)
+}
+
+#[lsm(hook = "ptrace_access_check")]
+pub fn lsm_ptrace_access_check(ctx: LsmContext) -> i32 {
+    let prev: i32 = ctx.arg(2);
+    if prev != 0 {
+        return lsm_ret(prev);
+    }
+    let Some(member) = trajectory::current() else {
+        return 0;
+    };
+    let child: u64 = ctx.arg(0);
+    let mode: u64 = ctx.arg(1);
+    if task_in(child, member.cgroup) {
+        return 0;
+    }
+    // `NOAUDIT` accesses (`ps` reading /proc/<pid>/stat) are refused
+    // quietly: the caller gets less detail, and there is nothing to report.
+    if mode as u32 & PTRACE_MODE_NOAUDIT == 0 {
+        record(&member, TamperOp::Ptrace, tgid_of(child), mode & 0xffff_ffff, mechanism::LSM);
+    }
+    lsm_ret(-EPERM)
+}
+
+#[lsm(hook = "task_alloc")]
+pub fn lsm_task_alloc(ctx: LsmContext) -> i32 {
+    let prev: i32 = ctx.arg(2);
+    if prev != 0 {
+        return lsm_ret(prev);
+    }
+    let flags: u64 = ctx.arg(1);
+    if flags & CLONE_INTO_CGROUP == 0 {
+        return 0;
+    }
+    let Some(member) = trajectory::current() else {
+        return 0;
+    };
+    record(&member, TamperOp::CloneIntoCgroup, 0, flags, mechanism::LSM);
+    lsm_ret(-EPERM)
+}
+
+#[lsm(hook = "inode_mkdir")]
+pub fn lsm_inode_mkdir(ctx: LsmContext) -> i32 {
+    let prev: i32 = ctx.arg(3);
+    lsm_ret(dir_change(&ctx, prev, TamperOp::CgroupMkdir))
+}
+
+#[lsm(hook = "inode_rmdir")]
+pub fn lsm_inode_rmdir(ctx: LsmContext) -> i32 {
+    let prev: i32 = ctx.arg(2);
+    lsm_ret(dir_change(&ctx, prev, TamperOp::CgroupRmdir))
+}
+
+#[inline(always)]
+fn dir_change(ctx: &LsmContext, prev: i32, op: TamperOp) -> i32 {
+    if prev != 0 {
+        return prev;
+    }
+    let Some(member) = trajectory::current() else {
+        return 0;
+    };
+    let dir: u64 = ctx.arg(0);
+    if !sb_protected(read_u64(dir + config().inode_i_sb)) {
+        return 0;
+    }
+    record(&member, op, 0, 0, mechanism::LSM);
+    -EPERM
+}
+
+/// `security_sb_mount(dev_name, path, type, flags, data)`.
+#[lsm(hook = "sb_mount")]
+pub fn lsm_sb_mount(ctx: LsmContext) -> i32 {
+    let prev: i32 = ctx.arg(5);
+    if prev != 0 {
+        return lsm_ret(prev);
+    }
+    let Some(member) = trajectory::current() else {
+        return 0;
+    };
+    let flags: u64 = ctx.arg(3);
+    record(&member, TamperOp::Mount, 0, flags, mechanism::LSM);
+    lsm_ret(-EPERM)
+}
+
+/// `security_move_mount(from_path, to_path)`: the new mount API's attach.
+#[lsm(hook = "move_mount")]
+pub fn lsm_move_mount(ctx: LsmContext) -> i32 {
+    let prev: i32 = ctx.arg(2);
+    if prev != 0 {
+        return lsm_ret(prev);
+    }
+    let Some(member) = trajectory::current() else {
+        return 0;
+    };
+    record(&member, TamperOp::Mount, 0, 1, mechanism::LSM);
+    lsm_ret(-EPERM)
+}
+
+// ---------------------------------------------------------------- fallback
+
+/// Syscall tracepoint records: 8-byte common header, `int __syscall_nr`,
+/// then each argument in an 8-byte slot.
+#[inline(always)]
+fn tp_arg(ctx: &TracePointContext, n: usize) -> i64 {
+    unsafe { ctx.read_at::<i64>(16 + 8 * n) }.unwrap_or(0)
+}
+
+#[inline(always)]
+fn kill(member: &Membership, op: TamperOp, target_pid: u32, arg: u64) {
+    unsafe { bpf_send_signal(SIGKILL) };
+    record(member, op, target_pid, arg, mechanism::KILL);
+}
+
+#[tracepoint]
+pub fn tamper_sys_enter_bpf(ctx: TracePointContext) -> u32 {
+    if let Some(member) = trajectory::current() {
+        kill(&member, TamperOp::Bpf, 0, tp_arg(&ctx, 0) as u64 & 0xffff_ffff);
+    }
+    0
+}
+
+/// The daemon as the target of a ptrace-style syscall.
+#[inline(always)]
+fn against_daemon(ctx: &TracePointContext, pid_arg: usize, op: TamperOp, arg: u64) {
+    let Some(member) = trajectory::current() else {
+        return;
+    };
+    let pid = tp_arg(ctx, pid_arg);
+    let daemon = config().daemon_tgid;
+    if daemon != 0 && pid as u64 == daemon {
+        kill(&member, op, pid as u32, arg);
+    }
+}
+
+#[tracepoint]
+pub fn tamper_sys_enter_ptrace(ctx: TracePointContext) -> u32 {
+    let request = tp_arg(&ctx, 0);
+    if request == PTRACE_ATTACH || request == PTRACE_SEIZE {
+        against_daemon(&ctx, 1, TamperOp::Ptrace, request as u64);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn tamper_sys_enter_process_vm_readv(ctx: TracePointContext) -> u32 {
+    against_daemon(&ctx, 0, TamperOp::ProcessVm, 0);
+    0
+}
+
+#[tracepoint]
+pub fn tamper_sys_enter_process_vm_writev(ctx: TracePointContext) -> u32 {
+    against_daemon(&ctx, 0, TamperOp::ProcessVm, 1);
+    0
+}
+
+#[tracepoint]
+pub fn tamper_sys_enter_pidfd_open(ctx: TracePointContext) -> u32 {
+    against_daemon(&ctx, 0, TamperOp::PidfdOpen, 0);
+    0
+}
+
+/// `clone3(struct clone_args *uargs, size_t size)`: `flags` is the first
+/// field. Read from user memory before the kernel copies it, so another
+/// thread could change it in between (see docs/security.md).
+#[tracepoint]
+pub fn tamper_sys_enter_clone3(ctx: TracePointContext) -> u32 {
+    let Some(member) = trajectory::current() else {
+        return 0;
+    };
+    let uargs = tp_arg(&ctx, 0) as u64;
+    let flags: u64 = unsafe { bpf_probe_read_user(uargs as *const u64) }.unwrap_or(0);
+    if flags & CLONE_INTO_CGROUP != 0 {
+        kill(&member, TamperOp::CloneIntoCgroup, 0, flags);
+    }
+    0
+}
+
+/// Opens through io_uring or by handle pass no open tracepoint: under an
+/// enforcing policy the process is stopped before it can use them.
+#[inline(always)]
+fn unjudged_open_path(op: TamperOp, arg: u64) {
+    let Some(member) = trajectory::current() else {
+        return;
+    };
+    if policy::enforcing(member.policy) {
+        kill(&member, op, 0, arg);
+    }
+}
+
+#[tracepoint]
+pub fn tamper_sys_enter_io_uring_setup(_ctx: TracePointContext) -> u32 {
+    unjudged_open_path(TamperOp::IoUring, 0);
+    0
+}
+
+#[tracepoint]
+pub fn tamper_sys_enter_io_uring_enter(_ctx: TracePointContext) -> u32 {
+    unjudged_open_path(TamperOp::IoUring, 1);
+    0
+}
+
+#[tracepoint]
+pub fn tamper_sys_enter_open_by_handle_at(_ctx: TracePointContext) -> u32 {
+    unjudged_open_path(TamperOp::OpenByHandle, 0);
+    0
+}
+
+#[inline(always)]
+fn mount_attempt(arg: u64) {
+    if let Some(member) = trajectory::current() {
+        kill(&member, TamperOp::Mount, 0, arg);
+    }
+}
+
+#[tracepoint]
+pub fn tamper_sys_enter_mount(ctx: TracePointContext) -> u32 {
+    // mount(dev_name, dir_name, type, flags, data): the flags.
+    mount_attempt(tp_arg(&ctx, 3) as u64);
+    0
+}
+
+#[tracepoint]
+pub fn tamper_sys_enter_move_mount(_ctx: TracePointContext) -> u32 {
+    mount_attempt(1);
+    0
+}
+
+#[tracepoint]
+pub fn tamper_sys_enter_open_tree(_ctx: TracePointContext) -> u32 {
+    mount_attempt(2);
+    0
+}
+
+#[tracepoint]
+pub fn tamper_sys_enter_fsmount(_ctx: TracePointContext) -> u32 {
+    mount_attempt(3);
+    0
+}

@@ -1,0 +1,289 @@
+//! `attacker`: the moves an agent makes against its monitor, one per
+//! subcommand, each printing the raw result so the tamper and bypass tests
+//! (`tests/integration/{tamper,bypass}.rs`) can assert what the process saw
+//! as well as what the daemon recorded. Raw syscalls, no helper libraries,
+//! so it behaves the same on the host and in the VM guests.
+//!
+//! Exit status: 0 when the action succeeded (`ok`, then any content read),
+//! 3 when a syscall failed (`errno=N` printed), 2 on bad usage.
+
+use std::{
+    ffi::CString,
+    io::{Read, Write},
+    os::fd::{FromRawFd, RawFd},
+    process::exit,
+};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        // open(PATH, O_WRONLY) and write TEXT (e.g. a pid into cgroup.procs).
+        ["write-str", path, text] => {
+            let fd = check(unsafe { libc::open(c(path).as_ptr(), libc::O_WRONLY) });
+            check(unsafe { libc::write(fd, text.as_ptr().cast(), text.len()) } as i32);
+            println!("ok");
+        }
+        // open(PATH, O_WRONLY|O_CREAT|O_EXCL) and write one line.
+        ["create", path] => {
+            let fd =
+                check(unsafe { libc::open(c(path).as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o644) });
+            check(unsafe { libc::write(fd, b"planted\n".as_ptr().cast(), 8) } as i32);
+            println!("ok");
+        }
+        ["mkdir", path] => {
+            check(unsafe { libc::mkdir(c(path).as_ptr(), 0o755) });
+            println!("ok");
+        }
+        ["rmdir", path] => {
+            check(unsafe { libc::rmdir(c(path).as_ptr()) });
+            println!("ok");
+        }
+        // clone3(CLONE_INTO_CGROUP) into DIR; the child writes its
+        // /proc/self/cgroup into MARKER.
+        ["clone-into-cgroup", dir, marker] => clone_into_cgroup(dir, marker),
+        // bpf(BPF_MAP_GET_NEXT_ID): the first step of finding the daemon's maps.
+        ["bpf"] => {
+            let mut attr = [0u32; 32];
+            // BPF_MAP_GET_NEXT_ID = 12; attr.start_id = 0.
+            let r = unsafe { libc::syscall(libc::SYS_bpf, 12, attr.as_mut_ptr(), std::mem::size_of_val(&attr)) };
+            check(r as i32);
+            println!("ok next_id={}", attr[1]);
+        }
+        // PTRACE_SEIZE then PTRACE_DETACH.
+        ["ptrace-seize", pid] => {
+            let pid: libc::pid_t = pid.parse().expect("pid");
+            check(unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0) } as i32);
+            unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0) };
+            println!("ok");
+        }
+        // process_vm_readv of one byte at an address that is normally not
+        // mapped: EFAULT (14) means the access itself was permitted.
+        ["vm-read", pid] => {
+            let pid: libc::pid_t = pid.parse().expect("pid");
+            let mut b = [0u8; 1];
+            let local = libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: 1 };
+            let remote = libc::iovec { iov_base: 0x1000 as *mut libc::c_void, iov_len: 1 };
+            check(unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) } as i32);
+            println!("ok");
+        }
+        ["pidfd-open", pid] => {
+            let pid: libc::pid_t = pid.parse().expect("pid");
+            check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32);
+            println!("ok");
+        }
+        // Read PATH through an io_uring IORING_OP_OPENAT.
+        ["uring-open", path] => uring_open(path),
+        // name_to_handle_at + open_by_handle_at (the mount named by a
+        // descriptor of DIR, on the same filesystem), then read.
+        ["handle-open", path, dir] => handle_open(path, dir),
+        // openat2 with RESOLVE_NO_MAGICLINKS, then read.
+        ["openat2", path] => {
+            // struct open_how { u64 flags; u64 mode; u64 resolve; }
+            let how = [libc::O_RDONLY as u64, 0, 0x02];
+            let fd = unsafe {
+                libc::syscall(
+                    libc::SYS_openat2,
+                    libc::AT_FDCWD,
+                    c(path).as_ptr(),
+                    how.as_ptr(),
+                    std::mem::size_of_val(&how),
+                )
+            };
+            read_out(check(fd as i32));
+        }
+        // execveat(open(PATH, O_PATH), "", AT_EMPTY_PATH).
+        ["execveat", path, argv @ ..] => {
+            let fd = check(unsafe { libc::open(c(path).as_ptr(), libc::O_PATH | libc::O_CLOEXEC) });
+            exec_fd(fd, argv);
+        }
+        // Copy PATH into a memfd and execute that.
+        ["memfd-exec", path, argv @ ..] => {
+            let bytes = std::fs::read(path).unwrap_or_else(|e| fail(e));
+            let fd = check(unsafe { libc::memfd_create(c("payload").as_ptr(), 0) });
+            let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+            f.write_all(&bytes).unwrap_or_else(|e| fail(e));
+            std::mem::forget(f);
+            exec_fd(fd, argv);
+        }
+        // Receive a descriptor over the unix socket at PATH and read it.
+        ["recv-fd", path] => recv_fd(path),
+        // In a new mount namespace, bind-mount SRC on DST and read DST/FILE.
+        ["bind-read", src, dst, file] => {
+            check(unsafe { libc::unshare(libc::CLONE_NEWNS) });
+            let none = std::ptr::null();
+            check(unsafe { libc::mount(none, c("/").as_ptr(), none, libc::MS_REC | libc::MS_PRIVATE, none.cast()) });
+            check(unsafe { libc::mount(c(src).as_ptr(), c(dst).as_ptr(), none, libc::MS_BIND, none.cast()) });
+            let fd = check(unsafe { libc::open(c(&format!("{dst}/{file}")).as_ptr(), libc::O_RDONLY) });
+            read_out(fd);
+        }
+        _ => {
+            eprintln!(
+                "usage: attacker write-str PATH TEXT | create PATH | mkdir PATH | rmdir PATH | clone-into-cgroup DIR \
+                 MARKER | bpf | ptrace-seize PID | vm-read PID | pidfd-open PID | uring-open PATH | handle-open PATH DIR | \
+                 openat2 PATH | execveat PATH ARGV... | memfd-exec PATH ARGV... | recv-fd SOCKET | bind-read SRC DST FILE"
+            );
+            exit(2)
+        }
+    }
+}
+
+fn c(s: &str) -> CString {
+    CString::new(s).expect("no NUL")
+}
+
+fn fail(e: std::io::Error) -> ! {
+    println!("errno={} {e}", e.raw_os_error().unwrap_or(0));
+    let _ = std::io::stdout().flush();
+    exit(3)
+}
+
+/// A syscall's result: the value, or print the errno and exit 3.
+fn check(r: i32) -> i32 {
+    if r < 0 {
+        fail(std::io::Error::last_os_error());
+    }
+    r
+}
+
+/// Prints `ok` and the descriptor's content.
+fn read_out(fd: RawFd) {
+    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap_or_else(|e| fail(e));
+    println!("ok");
+    print!("{s}");
+}
+
+fn exec_fd(fd: RawFd, argv: &[&str]) {
+    let c_args: Vec<CString> = argv.iter().map(|s| c(s)).collect();
+    let mut ptrs: Vec<*const libc::c_char> = c_args.iter().map(|s| s.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    let _ = std::io::stdout().flush();
+    unsafe { libc::syscall(libc::SYS_execveat, fd, c("").as_ptr(), ptrs.as_ptr(), envp.as_ptr(), libc::AT_EMPTY_PATH) };
+    fail(std::io::Error::last_os_error());
+}
+
+fn clone_into_cgroup(dir: &str, marker: &str) {
+    let cg = check(unsafe { libc::open(c(dir).as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) });
+    // struct clone_args (v2): flags, pidfd, child_tid, parent_tid,
+    // exit_signal, stack, stack_size, tls, set_tid, set_tid_size, cgroup.
+    let mut args = [0u64; 11];
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    args[0] = CLONE_INTO_CGROUP;
+    args[4] = libc::SIGCHLD as u64;
+    args[10] = cg as u64;
+    let pid = unsafe { libc::syscall(libc::SYS_clone3, args.as_mut_ptr(), std::mem::size_of_val(&args)) };
+    if pid == 0 {
+        let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let _ = std::fs::write(marker, cgroup);
+        unsafe { libc::_exit(0) };
+    }
+    let pid = check(pid as i32);
+    let mut status = 0;
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    println!("ok");
+}
+
+fn handle_open(path: &str, dir: &str) {
+    // struct file_handle { u32 handle_bytes; int handle_type; u8 f_handle[]; }
+    let mut buf = [0u32; 34];
+    buf[0] = 128;
+    let mut mount_id = 0i32;
+    check(unsafe {
+        libc::syscall(libc::SYS_name_to_handle_at, libc::AT_FDCWD, c(path).as_ptr(), buf.as_mut_ptr(), &mut mount_id, 0)
+    } as i32);
+    let mount_fd = check(unsafe { libc::open(c(dir).as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) });
+    let fd = unsafe { libc::syscall(libc::SYS_open_by_handle_at, mount_fd, buf.as_mut_ptr(), libc::O_RDONLY) };
+    read_out(check(fd as i32));
+}
+
+fn recv_fd(path: &str) {
+    let s = std::os::unix::net::UnixStream::connect(path).unwrap_or_else(|e| fail(e));
+    use std::os::fd::AsRawFd;
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+    let mut cbuf = [0u64; 8];
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf);
+    check(unsafe { libc::recvmsg(s.as_raw_fd(), &mut msg, 0) } as i32);
+    let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    if cmsg.is_null() {
+        println!("errno=0 no descriptor received");
+        exit(3);
+    }
+    let fd = unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>()) };
+    read_out(fd);
+}
+
+/// One IORING_OP_OPENAT through a ring set up by hand (no liburing), then
+/// a plain read of the descriptor it returned.
+fn uring_open(path: &str) {
+    #[repr(C)]
+    #[derive(Default)]
+    struct Params {
+        sq_entries: u32,
+        cq_entries: u32,
+        flags: u32,
+        sq_thread_cpu: u32,
+        sq_thread_idle: u32,
+        features: u32,
+        wq_fd: u32,
+        resv: [u32; 3],
+        sq_off: [u32; 10],
+        cq_off: [u32; 10],
+    }
+    let mut p = Params::default();
+    let ring = check(unsafe { libc::syscall(libc::SYS_io_uring_setup, 1, &mut p) } as i32);
+    let map = |len: usize, off: i64| {
+        let m = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                ring,
+                off,
+            )
+        };
+        if m == libc::MAP_FAILED {
+            fail(std::io::Error::last_os_error());
+        }
+        m.cast::<u8>()
+    };
+    // sq_off: head, tail, ring_mask, ring_entries, flags, dropped, array;
+    // cq_off: head, tail, ring_mask, ring_entries, overflow, cqes.
+    let sq = map(p.sq_off[6] as usize + 4 * p.sq_entries as usize, 0);
+    let cq = map(p.cq_off[5] as usize + 16 * p.cq_entries as usize, 0x800_0000);
+    let sqes = map(64 * p.sq_entries as usize, 0x1000_0000);
+    let cpath = c(path);
+    unsafe {
+        let sqe = sqes;
+        std::ptr::write_bytes(sqe, 0, 64);
+        *sqe = 18; // IORING_OP_OPENAT
+        *(sqe.add(4) as *mut i32) = libc::AT_FDCWD;
+        *(sqe.add(16) as *mut u64) = cpath.as_ptr() as u64;
+        *(sqe.add(28) as *mut u32) = libc::O_RDONLY as u32;
+        let tail = sq.add(p.sq_off[1] as usize) as *mut u32;
+        let mask = *(sq.add(p.sq_off[2] as usize) as *const u32);
+        let array = sq.add(p.sq_off[6] as usize) as *mut u32;
+        let t = std::ptr::read_volatile(tail);
+        *array.add((t & mask) as usize) = 0;
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        std::ptr::write_volatile(tail, t + 1);
+        // IORING_ENTER_GETEVENTS
+        check(libc::syscall(libc::SYS_io_uring_enter, ring, 1, 1, 1, std::ptr::null::<u8>(), 0) as i32);
+        let head = *(cq.add(p.cq_off[0] as usize) as *const u32);
+        let cmask = *(cq.add(p.cq_off[2] as usize) as *const u32);
+        let cqe = cq.add(p.cq_off[5] as usize + 16 * (head & cmask) as usize);
+        let res = *(cqe.add(8) as *const i32);
+        if res < 0 {
+            fail(std::io::Error::from_raw_os_error(-res));
+        }
+        read_out(res);
+    }
+}
