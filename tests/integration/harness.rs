@@ -60,6 +60,11 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{n}", std::process::id())
 }
 
+/// How long a wait for the daemon may take before the test fails as hung.
+/// Generous: only a hang should reach it, and under TCG in the VM matrix a
+/// debug-build daemon works through a flood of records slowly.
+pub const HANG_GUARD_SECS: u64 = 90;
+
 pub struct Daemon {
     child: Option<Child>,
     pub dir: tempfile::TempDir,
@@ -101,7 +106,7 @@ impl Daemon {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(HANG_GUARD_SECS);
         while Instant::now() < deadline {
             if UnixStream::connect(&self.socket).is_ok() {
                 return;
@@ -111,7 +116,7 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("daemon not ready within 30 s:\n{}", self.stderr());
+        panic!("daemon not ready within {HANG_GUARD_SECS} s:\n{}", self.stderr());
     }
 
     pub fn stderr(&self) -> String {
@@ -161,13 +166,13 @@ impl Daemon {
 
     /// Waits until a metric line `name{labels} value` has a value >= `min`.
     pub fn wait_metric(&self, series: &str, min: f64) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(HANG_GUARD_SECS);
         loop {
             if metric_value(&self.metrics(), series).is_some_and(|v| v >= min) {
                 return;
             }
             if Instant::now() > deadline {
-                panic!("{series} did not reach {min} within 20 s; daemon log:\n{}", self.stderr());
+                panic!("{series} did not reach {min} within {HANG_GUARD_SECS} s; daemon log:\n{}", self.stderr());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -186,7 +191,7 @@ impl Daemon {
 
     /// Records of one trajectory, once its `trajectory_end` has been written.
     pub fn trajectory(&self, id: &str) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(HANG_GUARD_SECS);
         loop {
             let recs: Vec<Value> = self.records().into_iter().filter(|r| r["trajectory"] == id).collect();
             if recs.iter().any(|r| r["kind"] == "trajectory_end") {
@@ -194,7 +199,7 @@ impl Daemon {
             }
             if Instant::now() > deadline {
                 panic!(
-                    "no trajectory_end for {id} within 20 s; have {} records; daemon log:\n{}",
+                    "no trajectory_end for {id} within {HANG_GUARD_SECS} s; have {} records; daemon log:\n{}",
                     recs.len(),
                     self.stderr()
                 );

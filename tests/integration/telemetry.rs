@@ -104,7 +104,7 @@ fn steps_annotate_every_later_record() {
             .count()
     };
     let wait_opens = |d: &Daemon, n: usize| {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(crate::harness::HANG_GUARD_SECS);
         while opens_of_probe(d) < n {
             assert!(Instant::now() < deadline, "agent opens not recorded:\n{}", d.stderr());
             std::thread::sleep(Duration::from_millis(20));
@@ -401,12 +401,17 @@ fn numbered(p: &Path, n: u32) -> PathBuf {
 }
 
 fn wait_for(d: &Daemon, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(crate::harness::HANG_GUARD_SECS);
     loop {
         if let Some(r) = d.records().into_iter().find(|r| pred(r)) {
             return r;
         }
-        assert!(Instant::now() < deadline, "no such record within 20 s; daemon log:\n{}", d.stderr());
+        assert!(
+            Instant::now() < deadline,
+            "no such record within {} s; daemon log:\n{}",
+            crate::harness::HANG_GUARD_SECS,
+            d.stderr()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
