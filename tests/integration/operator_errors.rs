@@ -81,11 +81,20 @@ fn status_reports_every_hook_and_open_trajectories() {
         .args(["--trajectory", "status-1", "--", "sleep", "30"])
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let out =
-        Command::new(monitor_bin()).args(["status", "--json", "--control-socket"]).arg(&d.socket).output().unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Until the trajectory has its start and the exec of sleep (a fixed
+    // 300 ms was too short in the TCG guests under load).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let status = loop {
+        let out =
+            Command::new(monitor_bin()).args(["status", "--json", "--control-socket"]).arg(&d.socket).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let records = status["trajectories"][0]["records"].as_u64().unwrap_or(0);
+        if records >= 2 || std::time::Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     let hooks = status["hooks"].as_array().unwrap();
     for hook in ["connect:connect4", "connect:connect6", "connect:sendmsg4", "connect:sendmsg6"] {
         let h = hooks.iter().find(|h| h["hook"] == hook).unwrap_or_else(|| panic!("{hook} missing: {status}"));
