@@ -312,7 +312,13 @@ fn flood_gaps_equal_the_kernels_drop_counts() {
 /// many records it missed, and what it got plus that equals the file.
 #[test]
 fn a_stalled_subscriber_changes_nothing_else_and_learns_what_it_missed() {
-    let d = Daemon::start();
+    // A ring buffer that holds the whole flood (64 MiB for some 33 MB of
+    // records): a daemon slower than the agent (a debug build under TCG in
+    // the VM matrix) then loses nothing, so every open must reach the file.
+    // It proves nothing about the subscriber by itself: a pipeline that
+    // waited for the stalled subscriber would never write the
+    // trajectory_end this test waits for before it reads a single line.
+    let d = Daemon::start_with(&["--ringbuf-size", "67108864"]);
     let mut sub = Command::new(monitor_bin())
         .args(["events", "--follow", "--trajectory", "sub-1", "--control-socket"])
         .arg(&d.socket)
