@@ -70,6 +70,9 @@ pub struct Adopter {
     pub own_parent: PathBuf,
     pub default_policy: String,
     pub pipeline: mpsc::Sender<Command>,
+    /// Adopted cgroups a previous daemon left, resumed at start: (path,
+    /// cgroup id).
+    pub resumed: Vec<(PathBuf, u64)>,
 }
 
 struct Adopted {
@@ -78,10 +81,11 @@ struct Adopted {
 
 impl Adopter {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        if self.rules.is_empty() {
+        if self.rules.is_empty() && self.resumed.is_empty() {
             return;
         }
-        let mut adopted: HashMap<PathBuf, Adopted> = HashMap::new();
+        let mut adopted: HashMap<PathBuf, Adopted> =
+            self.resumed.iter().map(|(path, cgroup_id)| (path.clone(), Adopted { cgroup_id: *cgroup_id })).collect();
         // Matches whose adoption failed: reported once, not retried until
         // they go away (a policy that cannot be instantiated stays so).
         let mut failed: HashSet<PathBuf> = HashSet::new();

@@ -135,6 +135,21 @@ pub struct DaemonArgs {
     /// Policy of trajectories opened without `--policy` [default: default]
     #[arg(long, value_name = "NAME")]
     pub default_policy: Option<String>,
+    /// bpffs directory where programs' links and maps are pinned, so the
+    /// kernel keeps enforcing when the daemon is gone; "none" disables it
+    /// [default: /sys/fs/bpf/agent-monitor]
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
+    /// Directory of the per-trajectory state a restarted daemon resumes
+    /// from [default: /run/agent-monitor/state]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// On a clean exit (SIGTERM, SIGINT), remove the pins: enforcement
+    /// ends with the daemon and open trajectories end with reason
+    /// `daemon_shutdown`. Without it, the kernel keeps enforcing and the
+    /// next daemon resumes the trajectories.
+    #[arg(long)]
+    pub stop_enforcement_on_exit: bool,
 }
 
 #[derive(Debug, Args)]

@@ -35,6 +35,8 @@ pub const DEFAULT_RINGBUF_BYTES: u32 = 16 << 20;
 pub const DEFAULT_POLICY_DIR: &str = "/etc/agent-monitor/policies";
 pub const DEFAULT_POLICY: &str = "default";
 pub const DEFAULT_EVENTS_KEEP: u32 = 5;
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/agent-monitor";
+pub const DEFAULT_STATE_DIR: &str = "/run/agent-monitor/state";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DaemonConfig {
@@ -55,6 +57,13 @@ pub struct DaemonConfig {
     pub events_rotation: Option<Rotation>,
     /// Existing cgroups to adopt as trajectories.
     pub adopt: Vec<AdoptRule>,
+    /// bpffs directory of the pins (`None`: `none`, nothing outlives the
+    /// daemon).
+    pub pin_dir: Option<PathBuf>,
+    /// Directory of the trajectories' state files.
+    pub state_dir: PathBuf,
+    /// Remove the pins on a clean exit.
+    pub stop_enforcement_on_exit: bool,
 }
 
 /// Everything wrong with the configuration, in file order, then flags.
@@ -116,6 +125,10 @@ struct ConfigDoc {
     /// `GLOB[=POLICY]` strings, as `--adopt` takes them.
     #[serde(default)]
     adopt: Option<Vec<Str>>,
+    #[serde(default)]
+    pin_dir: Option<Str>,
+    #[serde(default)]
+    state_dir: Option<Str>,
 }
 
 type Str = Spanned<String>;
@@ -361,6 +374,32 @@ impl Resolver<'_> {
             doc.events_keep.as_ref(),
             args.events_keep,
         );
+        let pin_dir = self.get(
+            Setting {
+                flag: "--pin-dir",
+                key: "pin_dir",
+                parse: |s| if s == "none" { Ok(PathBuf::from("none")) } else { file_path(s, false) },
+                check: |p| match p.is_absolute() || p == Path::new("none") {
+                    true => Ok(()),
+                    false => Err(format!("{:?}: expected an absolute path or none", p.display().to_string())),
+                },
+            },
+            doc.pin_dir.as_ref(),
+            args.pin_dir.clone(),
+        );
+        let state_dir = self.get(
+            Setting {
+                flag: "--state-dir",
+                key: "state_dir",
+                parse: |s| file_path(s, false),
+                check: |p| match p.is_absolute() {
+                    true => Ok(()),
+                    false => Err(format!("{:?}: expected an absolute path", p.display().to_string())),
+                },
+            },
+            doc.state_dir.as_ref(),
+            args.state_dir.clone(),
+        );
         let adopt = self.adopt(doc.adopt.as_deref(), &args.adopt);
         if events_max_size.is_some() && !matches!(events, Some(Output::File(_))) {
             self.problems.push(Problem::Flag {
@@ -384,6 +423,13 @@ impl Resolver<'_> {
             events_rotation: events_max_size
                 .map(|max_bytes| Rotation { max_bytes, keep: events_keep.unwrap_or(DEFAULT_EVENTS_KEEP) }),
             adopt,
+            pin_dir: match pin_dir {
+                Some(p) if p == Path::new("none") => None,
+                Some(p) => Some(p),
+                None => Some(DEFAULT_PIN_DIR.into()),
+            },
+            state_dir: state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            stop_enforcement_on_exit: args.stop_enforcement_on_exit,
         })
     }
 

@@ -26,11 +26,15 @@ use crate::{
         server::{Context, ControlError},
     },
     enforce::Enforcer,
-    events::pipeline::{Pipeline, PipelineError},
+    events::{
+        pipeline::{Origin, Pipeline, PipelineError},
+        state::StateDir,
+    },
     host::{self, HostError},
     loader::mechanism,
     loader::{self, LoadError, LoadOptions},
     metrics::{self, Metrics},
+    pins::{self, PinDir},
     policy::{self, Diagnostic},
     reload::{self, Reloader},
     sinks::{jsonl, Bus, Hub},
@@ -94,7 +98,21 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
 
     let parent = hierarchy.mount_point.join(&config.cgroup_parent);
     cgroup::create_all(&parent)?;
-    sweep_stale(&parent);
+    let key = pins::daemon_key(&config.cgroup_parent);
+    let state = StateDir::create(config.state_dir.join(&key))
+        .map_err(|e| io::Error::other(format!("state directory {}: {e}", config.state_dir.join(&key).display())))?;
+    let (pin_dir, mut continuity) = match &config.pin_dir {
+        None => (None, "disabled (--pin-dir none): enforcement ends with the daemon".to_owned()),
+        Some(base) => match pins::layout_id(loader::EBPF_OBJECT, config.ringbuf_bytes)
+            .and_then(|layout| PinDir::prepare(base, &key, &layout))
+        {
+            Ok(p) => {
+                let d = format!("links and maps pinned under {}", p.dir().display());
+                (Some(p), d)
+            }
+            Err(e) => (None, format!("cannot pin: {e}; enforcement ends with the daemon")),
+        },
+    };
 
     let (loaded, maps, policy_maps) = loader::load(&LoadOptions {
         offsets,
@@ -102,7 +120,16 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         wakeup_bytes: WAKEUP_BYTES.min(u64::from(config.ringbuf_bytes) / 4),
         cgroup_parent: &parent,
         tamper,
+        pins: pin_dir.as_ref(),
     })?;
+    if let Some(p) = &pin_dir {
+        if p.reused {
+            continuity.push_str("; maps reused from a previous daemon of this layout");
+        }
+        for u in &loaded.unpinned {
+            continuity.push_str(&format!("; {} not pinned: {}", u.hook, u.reason));
+        }
+    }
     let metrics = Metrics::new();
     for h in &loaded.hooks {
         metrics.hook_mechanism.with_label_values(&[h.hook, h.mechanism]).set(1);
@@ -143,6 +170,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     let mut enforcer = Enforcer::new(policy_maps, set);
     let protected = policy::Protected::for_daemon(
         &config.control_socket,
+        state.path(),
         config.policy_dir.as_deref(),
         match &config.events {
             jsonl::Output::File(f) => Some(f.as_path()),
@@ -172,6 +200,25 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         mechanism: p.mechanism.to_owned(),
         detail: p.detail.clone(),
     }));
+    let keep_on_exit = pin_dir.is_some() && !config.stop_enforcement_on_exit;
+    protections.push(ProtectionStatus {
+        protection: "continuity".into(),
+        mechanism: if pin_dir.is_some() && loaded.unpinned.is_empty() {
+            mechanism::PINNED.into()
+        } else {
+            mechanism::UNAVAILABLE.into()
+        },
+        detail: format!(
+            "{continuity}; {}",
+            if keep_on_exit {
+                "the kernel keeps enforcing when the daemon exits or is killed"
+            } else if pin_dir.is_some() {
+                "--stop-enforcement-on-exit: a clean exit removes the pins; a killed daemon's pins stay"
+            } else {
+                "no pins"
+            }
+        ),
+    });
     for p in &protections {
         if p.mechanism == mechanism::UNAVAILABLE {
             tracing::warn!(protection = %p.protection, mechanism = %p.mechanism, "{}", p.detail);
@@ -195,10 +242,26 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     let sink = jsonl::spawn(config.events.clone(), config.events_rotation, reopen.clone(), sink_rx)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
-    let pipeline = Pipeline::new(maps, enforcer, loaded.runtime_flags, bus, metrics.clone())?;
+    let mut pipeline =
+        Pipeline::new(maps, enforcer, loaded.runtime_flags, bus, metrics.clone(), Some(state.clone()), keep_on_exit)?;
+    let (watcher, watch_events) = control::watcher::new()?;
+    // Trajectories a previous daemon left: rebound, their streams resumed,
+    // before the previous daemon's programs are detached.
+    let found = state.load();
+    let resumed = pipeline.resume(found, &config.default_policy, |path, id| watcher.watch(path, id)).await;
+    if let Some(p) = &pin_dir {
+        let removed = p.retire_old();
+        if removed > 0 || !resumed.is_empty() {
+            tracing::info!(
+                resumed = resumed.len(),
+                old_links = removed,
+                "took over from a previous daemon: its trajectories resumed, its programs detached"
+            );
+        }
+    }
+    sweep_stale(&parent, &resumed);
     let pipeline = tokio::spawn(pipeline.run(cmd_rx, stop_rx.clone()));
 
-    let (watcher, watch_events) = control::watcher::new()?;
     let watch_task = tokio::spawn(watch_events.run(cmd_tx.clone(), stop_rx.clone()));
     let listener = control::server::bind(&config.control_socket)?;
     let hooks = loaded
@@ -226,6 +289,11 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         own_parent: parent.clone(),
         default_policy: config.default_policy.clone(),
         pipeline: cmd_tx.clone(),
+        resumed: resumed
+            .iter()
+            .filter(|r| r.origin == Origin::Adopt)
+            .map(|r| (r.cgroup.clone(), r.cgroup_id))
+            .collect(),
     };
     let adopt_task = tokio::spawn(adopter.run(stop_rx.clone()));
     let ctx = Arc::new(Context {
@@ -288,6 +356,10 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         Ok(Err(e)) => tracing::error!("event sink: {e}"),
         Err(_) => tracing::error!("event sink thread panicked"),
     }
+    if let (Some(p), true) = (&pin_dir, config.stop_enforcement_on_exit) {
+        p.remove_all();
+        tracing::info!("pins removed (--stop-enforcement-on-exit): enforcement ends now");
+    }
     drop(loaded);
     let _ = std::fs::remove_file(&config.control_socket);
     result
@@ -315,10 +387,13 @@ fn flatten(r: Result<Result<(), PipelineError>, tokio::task::JoinError>) -> Resu
     }
 }
 
-/// Removes empty trajectory cgroups left by a previous daemon; populated
-/// ones are reported (re-adopting them is not implemented yet).
-fn sweep_stale(parent: &std::path::Path) {
+/// Removes empty trajectory cgroups a previous daemon left without state
+/// to resume; populated ones without state are reported.
+fn sweep_stale(parent: &std::path::Path, resumed: &[crate::events::pipeline::Resumed]) {
     for child in cgroup::children(parent).unwrap_or_default() {
+        if resumed.iter().any(|r| r.cgroup == child) {
+            continue;
+        }
         match cgroup::is_populated(&child) {
             Ok(false) => {
                 if let Err(e) = cgroup::remove_tree(&child) {
@@ -326,7 +401,8 @@ fn sweep_stale(parent: &std::path::Path) {
                 }
             }
             _ => tracing::warn!(
-                "trajectory cgroup {} from a previous daemon still has processes; they are not monitored",
+                "trajectory cgroup {} from a previous daemon still has processes but no state to resume; they are not \
+                 monitored",
                 child.display()
             ),
         }

@@ -53,10 +53,16 @@ pub struct Binding {
 }
 
 struct Instance {
-    set: Arc<PolicySet>,
+    /// The set whose rule table names this instance's rules; `None` for an
+    /// instance a previous daemon compiled from a set no longer loaded.
+    set: Option<Arc<PolicySet>>,
     policy: Arc<str>,
-    /// Keys to delete when retired.
+    /// Keys to delete when retired; `None` once deleted, or for an
+    /// instance a previous daemon wrote (see `scan`).
     entries: Option<MapEntries>,
+    /// Written by a previous daemon: its keys are found by scanning the
+    /// maps for its id.
+    scan: bool,
 }
 
 /// How an event's verdict reads in the stream.
@@ -116,8 +122,15 @@ impl Enforcer {
             return Err(e);
         }
         self.described.retain(|(i, _), _| *i != id);
-        self.instances
-            .insert(id, Instance { set: set.clone(), policy: binding.policy.as_str().into(), entries: Some(entries) });
+        self.instances.insert(
+            id,
+            Instance {
+                set: Some(set.clone()),
+                policy: binding.policy.as_str().into(),
+                entries: Some(entries),
+                scan: false,
+            },
+        );
         Ok(id)
     }
 
@@ -173,7 +186,11 @@ impl Enforcer {
         } else if rule_id == RULE_BUILTIN_TAMPER {
             TAMPER_RULE.into()
         } else {
-            inst.set.rule(rule_id).map_or_else(|| format!("#{rule_id}"), |o| o.to_string()).into()
+            inst.set
+                .as_ref()
+                .and_then(|s| s.rule(rule_id))
+                .map_or_else(|| format!("#{rule_id}"), |o| o.to_string())
+                .into()
         };
         let d = Described { policy: inst.policy.clone(), rule };
         self.described.insert((id, rule_id), d.clone());
@@ -197,8 +214,72 @@ impl Enforcer {
     }
 
     fn discard_entries(&mut self, id: u32) {
-        if let Some(entries) = self.instances.get_mut(&id).and_then(|i| i.entries.take()) {
+        let Some(inst) = self.instances.get_mut(&id) else { return };
+        if std::mem::take(&mut inst.scan) {
+            self.purge(|i| i == id);
+        } else if let Some(entries) = inst.entries.take() {
             self.delete(&entries);
+        }
+    }
+
+    /// Digest of the current set's rule table (policy names and rule
+    /// origins): equal digests name rule ids alike.
+    pub fn rules_digest(&self) -> u64 {
+        let mut h = crate::pins::Fnv::new();
+        for p in self.set.policies() {
+            h.bytes(p.name.as_bytes());
+        }
+        for o in self.set.rules() {
+            h.bytes(o.to_string().as_bytes());
+        }
+        h.0
+    }
+
+    /// After a restart on reused maps: `bound` lists the instances the
+    /// kernel still binds to trajectories being resumed (id, policy name,
+    /// digest of the rule table it was compiled from). Every other instance
+    /// a previous daemon left in the maps is deleted now; the bound ones
+    /// are kept, named by the current set where its rule table is the same,
+    /// and deleted (by scanning for their id) once retired.
+    pub fn adopt_instances(&mut self, bound: &[(u32, String, u64)]) {
+        let keep: std::collections::HashSet<u32> = bound.iter().map(|b| b.0).collect();
+        self.purge(|id| !keep.contains(&id));
+        let digest = self.rules_digest();
+        for (id, policy, d) in bound {
+            if self.instances.contains_key(id) {
+                continue;
+            }
+            self.free.retain(|f| f != id);
+            let set = (*d == digest).then(|| self.set.clone());
+            self.instances.insert(*id, Instance { set, policy: policy.as_str().into(), entries: None, scan: true });
+        }
+    }
+
+    /// Deletes every policy map entry whose instance id `doomed` picks.
+    fn purge(&mut self, doomed: impl Fn(u32) -> bool) {
+        let id_of = |data: &[u8]| u32::from_be_bytes(data[..4].try_into().expect("4 bytes"));
+        let file: Vec<_> = self.maps.file.keys().flatten().filter(|k| doomed(id_of(&k.data()))).collect();
+        for k in file {
+            let _ = self.maps.file.remove(&k);
+        }
+        let exec: Vec<_> = self.maps.exec.keys().flatten().filter(|k| doomed(id_of(&k.data()))).collect();
+        for k in exec {
+            let _ = self.maps.exec.remove(&k);
+        }
+        let net4: Vec<_> = self.maps.net4.keys().flatten().filter(|k| doomed(id_of(&k.data()))).collect();
+        for k in net4 {
+            let _ = self.maps.net4.remove(&k);
+        }
+        let net6: Vec<_> = self.maps.net6.keys().flatten().filter(|k| doomed(id_of(&k.data()))).collect();
+        for k in net6 {
+            let _ = self.maps.net6.remove(&k);
+        }
+        for id in (0..MAX_POLICIES).filter(|&i| doomed(i)) {
+            if let Ok(c) = self.maps.config.get(&id, 0) {
+                if c.mode != 0 {
+                    let _ = self.maps.config.set(id, monitor_common::policy::PolicyConfig { mode: 0, ..c }, 0);
+                }
+            }
         }
     }
 

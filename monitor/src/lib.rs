@@ -19,6 +19,7 @@ pub mod hooks;
 pub mod host;
 pub mod loader;
 pub mod metrics;
+pub mod pins;
 pub mod policy;
 pub mod reload;
 pub mod run;

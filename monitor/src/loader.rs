@@ -6,7 +6,13 @@ use std::{fs::File, path::Path};
 
 use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{CgroupAttachMode, CgroupSockAddr, Lsm, ProgramError, TracePoint},
+    programs::{
+        cgroup_sock_addr::CgroupSockAddrLinkId,
+        links::{FdLink, PinnedLink},
+        lsm::LsmLinkId,
+        trace_point::TracePointLinkId,
+        CgroupAttachMode, CgroupSockAddr, Lsm, ProgramError, TracePoint,
+    },
     Btf, Ebpf, EbpfError, EbpfLoader,
 };
 use monitor_common::{
@@ -15,10 +21,13 @@ use monitor_common::{
     policy::{ExecValue, FileValue, NetValue, PolicyConfig},
 };
 
-use crate::hooks::{Attach, Hook, HookClass, Protection, HOOKS, LSM_HOOKS, OPEN_TRACEPOINTS, PROTECTIONS};
+use crate::{
+    hooks::{Attach, Hook, HookClass, Protection, HOOKS, LSM_HOOKS, OPEN_TRACEPOINTS, PROTECTIONS},
+    pins::{PinDir, PINNED_MAPS},
+};
 
 /// The kernel programs, built by `build.rs` from `monitor-ebpf`.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor-ebpf"));
+pub(crate) static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor-ebpf"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -65,6 +74,9 @@ pub struct LoadOptions<'a> {
     pub cgroup_parent: &'a Path,
     /// Offsets and the daemon's pid for the tamper hooks.
     pub tamper: monitor_common::tamper::TamperConfig,
+    /// Where maps are pinned (and reused from) and links pinned; `None`:
+    /// nothing outlives the daemon.
+    pub pins: Option<&'a PinDir>,
 }
 
 /// State of one built-in tamper protection after startup.
@@ -99,6 +111,9 @@ pub mod mechanism {
     /// Records only; another hook of the class enforces.
     pub const OBSERVE: &str = "observe";
     pub const UNAVAILABLE: &str = "unavailable";
+    /// Continuity: programs and maps pinned, the kernel enforces without
+    /// the daemon.
+    pub const PINNED: &str = "pinned";
 }
 
 /// The mechanism enforcing each rule class.
@@ -128,8 +143,13 @@ pub struct PipelineMaps {
 }
 
 pub struct Loaded {
-    // Owns the programs and their links; dropping detaches.
+    // Owns the programs and the links that are not pinned; dropping
+    // detaches those. Pinned links stay attached until their pin goes.
     _ebpf: Ebpf,
+    /// Links pinned under the pin directory.
+    pub pinned: Vec<PinnedLink>,
+    /// Hooks whose link could not be pinned: they end with the daemon.
+    pub unpinned: Vec<Unpinned>,
     pub hooks: Vec<HookState>,
     pub enforcement: Enforcement,
     /// The built-in tamper protections besides file writes.
@@ -139,31 +159,39 @@ pub struct Loaded {
 }
 
 pub fn load(opts: &LoadOptions<'_>) -> Result<(Loaded, PipelineMaps, PolicyMapHandles), LoadError> {
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .override_global(names::GLOBAL_OFFSETS, &opts.offsets, true)
         .override_global(names::GLOBAL_WAKEUP_BYTES, &opts.wakeup_bytes, true)
         .override_global(names::GLOBAL_TAMPER, &opts.tamper, true)
-        .map_max_entries(names::MAP_EVENTS, opts.ringbuf_bytes)
-        .load(EBPF_OBJECT)
-        .map_err(LoadError::Object)?;
+        .map_max_entries(names::MAP_EVENTS, opts.ringbuf_bytes);
+    if let Some(pins) = opts.pins {
+        // A pinned map of this layout is reused as it is (with the state a
+        // previous daemon left); a missing one is created and pinned.
+        for map in PINNED_MAPS {
+            loader.map_pin_path(map, pins.map_path(map));
+        }
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT).map_err(LoadError::Object)?;
+    let mut links = Vec::new();
 
     let cgroup = File::open(opts.cgroup_parent)
         .map_err(|source| LoadError::CgroupOpen { path: opts.cgroup_parent.display().to_string(), source })?;
 
     let mut hooks = Vec::new();
     for hook in HOOKS {
-        hooks.push(attach(&mut ebpf, hook, &cgroup)?);
+        hooks.push(attach(&mut ebpf, hook, &cgroup, &mut links)?);
     }
     // The strongest mechanism for file and exec rules: BPF LSM if its
     // programs load, attach and demonstrably run; else the tracepoints' kill.
-    let (lsm, btf) = probe_lsm(&mut ebpf);
+    let (lsm, btf) = probe_lsm(&mut ebpf, &mut links);
     let lsm_active = lsm.iter().all(|h| h.mechanism == mechanism::LSM_DENY);
     let runtime_flags = if lsm_active { runtime::LSM_FILE | runtime::LSM_EXEC } else { 0 };
     // The pipeline writes `runtime_flags` into CONFIG with the first
     // trajectory; until then no task is a member, so nothing is judged.
     if !lsm_active {
         for hook in OPEN_TRACEPOINTS {
-            hooks.push(attach(&mut ebpf, hook, &cgroup)?);
+            hooks.push(attach(&mut ebpf, hook, &cgroup, &mut links)?);
         }
     }
     hooks.extend(lsm);
@@ -181,7 +209,19 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<(Loaded, PipelineMaps, PolicyMapHa
         }
     }
     let btf = btf.filter(|_| lsm_active);
-    let protections = PROTECTIONS.iter().map(|p| protect(&mut ebpf, p, btf.as_ref(), &cgroup, &mut hooks)).collect();
+    let protections =
+        PROTECTIONS.iter().map(|p| protect(&mut ebpf, p, btf.as_ref(), &cgroup, &mut hooks, &mut links)).collect();
+    let (pinned, unpinned) = match opts.pins {
+        Some(pins) => pin_links(&mut ebpf, links, pins),
+        None => (Vec::new(), Vec::new()),
+    };
+    // Never claim a hook whose link was lost on the way to its pin.
+    for u in unpinned.iter().filter(|u| u.detached) {
+        for h in hooks.iter_mut().filter(|h| h.hook == u.hook) {
+            h.mechanism = mechanism::UNAVAILABLE;
+            h.detail = u.reason.clone();
+        }
+    }
     let file_exec = if lsm_active { mechanism::LSM_DENY } else { mechanism::KILL };
     let enforcement = Enforcement { file: file_exec, exec: file_exec, network: mechanism::CGROUP_DENY };
 
@@ -203,14 +243,14 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<(Loaded, PipelineMaps, PolicyMapHa
         config: Array::try_from(take(&mut ebpf, names::MAP_CONFIG)?).map_err(map_err(names::MAP_CONFIG))?,
         losses: PerCpuArray::try_from(take(&mut ebpf, names::MAP_LOSSES)?).map_err(map_err(names::MAP_LOSSES))?,
     };
-    Ok((Loaded { _ebpf: ebpf, hooks, enforcement, protections, runtime_flags }, maps, policy))
+    Ok((Loaded { _ebpf: ebpf, pinned, unpinned, hooks, enforcement, protections, runtime_flags }, maps, policy))
 }
 
 /// Loads and attaches the LSM programs and checks that the kernel calls
 /// them: an open and an exec by the daemon itself must each move the
 /// program's invocation counter. Any failure leaves the programs unloaded
 /// and says why; the programs judge nothing until the runtime flags say so.
-fn probe_lsm(ebpf: &mut Ebpf) -> (Vec<HookState>, Option<Btf>) {
+fn probe_lsm(ebpf: &mut Ebpf, links: &mut Vec<LinkRef>) -> (Vec<HookState>, Option<Btf>) {
     let unavailable = |hook: &Hook, detail: String| HookState {
         hook: hook.name,
         class: hook.class,
@@ -233,7 +273,8 @@ fn probe_lsm(ebpf: &mut Ebpf) -> (Vec<HookState>, Option<Btf>) {
                 .try_into()
                 .map_err(|e: ProgramError| e.to_string())?;
             prog.load(name, &btf).map_err(|e| format!("load failed: {}", error_chain(&e)))?;
-            prog.attach().map_err(|e| format!("attach failed: {}", error_chain(&e)))?;
+            let id = prog.attach().map_err(|e| format!("attach failed: {}", error_chain(&e)))?;
+            links.push(LinkRef::Lsm(hook, id));
             Ok(())
         })();
         if let Err(e) = result {
@@ -276,6 +317,7 @@ fn protect(
     lsm: Option<&Btf>,
     cgroup: &File,
     hooks: &mut Vec<HookState>,
+    links: &mut Vec<LinkRef>,
 ) -> ProtectionState {
     let state = |mechanism, detail: String| ProtectionState { protection: p.name, mechanism, detail };
     let mut why_not_lsm = String::from("no BPF LSM on this kernel");
@@ -283,7 +325,7 @@ fn protect(
         if p.lsm.is_empty() {
             return state(mechanism::LSM_DENY, p.lsm_scope.into());
         }
-        match attach_lsm(ebpf, btf, p.lsm) {
+        match attach_lsm(ebpf, btf, p.lsm, links) {
             Ok(()) => {
                 for h in p.lsm {
                     hooks.push(HookState {
@@ -303,7 +345,7 @@ fn protect(
     }
     let mut missing = Vec::new();
     for h in p.fallback {
-        match attach(ebpf, h, cgroup) {
+        match attach(ebpf, h, cgroup, links) {
             Ok(mut st) => {
                 if st.mechanism == mechanism::UNAVAILABLE {
                     missing.push(h.name);
@@ -332,7 +374,7 @@ fn protect(
 }
 
 /// Loads and attaches BPF LSM programs; on any failure, unloads them all.
-fn attach_lsm(ebpf: &mut Ebpf, btf: &Btf, hooks: &[Hook]) -> Result<(), String> {
+fn attach_lsm(ebpf: &mut Ebpf, btf: &Btf, hooks: &'static [Hook], links: &mut Vec<LinkRef>) -> Result<(), String> {
     let mut result = Ok(());
     for hook in hooks {
         let Attach::Lsm { name } = hook.attach else { continue };
@@ -343,7 +385,8 @@ fn attach_lsm(ebpf: &mut Ebpf, btf: &Btf, hooks: &[Hook]) -> Result<(), String> 
                 .try_into()
                 .map_err(|e: ProgramError| e.to_string())?;
             prog.load(name, btf).map_err(|e| format!("load failed: {}", error_chain(&e)))?;
-            prog.attach().map_err(|e| format!("attach failed: {}", error_chain(&e)))?;
+            let id = prog.attach().map_err(|e| format!("attach failed: {}", error_chain(&e)))?;
+            links.push(LinkRef::Lsm(hook, id));
             Ok(())
         })();
         if let Err(e) = r {
@@ -408,7 +451,12 @@ fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> LoadError {
     move |source| LoadError::Map { map, source }
 }
 
-fn attach(ebpf: &mut Ebpf, hook: &Hook, cgroup: &File) -> Result<HookState, LoadError> {
+fn attach(
+    ebpf: &mut Ebpf,
+    hook: &'static Hook,
+    cgroup: &File,
+    links: &mut Vec<LinkRef>,
+) -> Result<HookState, LoadError> {
     let program =
         ebpf.program_mut(hook.program).ok_or(LoadError::MissingProgram { hook: hook.name, program: hook.program })?;
     let load_err = |source| LoadError::Load { hook: hook.name, program: hook.program, source };
@@ -425,7 +473,7 @@ fn attach(ebpf: &mut Ebpf, hook: &Hook, cgroup: &File) -> Result<HookState, Load
             }
             let tp: &mut TracePoint = program.try_into().map_err(load_err)?;
             tp.load().map_err(load_err)?;
-            tp.attach(category, name).map_err(attach_err)?;
+            links.push(LinkRef::TracePoint(hook, tp.attach(category, name).map_err(attach_err)?));
             Ok(HookState {
                 hook: hook.name,
                 class: hook.class,
@@ -441,7 +489,10 @@ fn attach(ebpf: &mut Ebpf, hook: &Hook, cgroup: &File) -> Result<HookState, Load
             // multi-attach: other cgroup programs (systemd's, another
             // daemon's) keep running beside ours. The link API rejects the
             // explicit ALLOW_MULTI flag, hence the default mode here.
-            prog.attach(cgroup, CgroupAttachMode::default()).map_err(attach_err)?;
+            links.push(LinkRef::CgroupSockAddr(
+                hook,
+                prog.attach(cgroup, CgroupAttachMode::default()).map_err(attach_err)?,
+            ));
             Ok(HookState {
                 hook: hook.name,
                 class: hook.class,
@@ -457,4 +508,89 @@ fn tracepoint_exists(category: &str, name: &str) -> bool {
     ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"]
         .iter()
         .any(|root| Path::new(root).join(category).join(name).exists())
+}
+
+/// A hook whose link is not pinned.
+#[derive(Clone, Debug)]
+pub struct Unpinned {
+    pub hook: &'static str,
+    pub reason: String,
+    /// The link was lost trying: the hook no longer runs.
+    pub detached: bool,
+}
+
+/// A link attached during [`load`], to pin once every decision is taken
+/// (programs unloaded after a failed LSM probe have lost theirs).
+enum LinkRef {
+    TracePoint(&'static Hook, TracePointLinkId),
+    Lsm(&'static Hook, LsmLinkId),
+    CgroupSockAddr(&'static Hook, CgroupSockAddrLinkId),
+}
+
+/// Pins every link still attached. A link taken from its program but not
+/// pinned would detach when dropped, so a tracepoint link is only taken
+/// where the kernel makes it a `bpf_link` (5.15 and later); older kernels'
+/// perf-event attachments stay owned by the program and end with the
+/// daemon, which the second list reports.
+fn pin_links(ebpf: &mut Ebpf, links: Vec<LinkRef>, pins: &PinDir) -> (Vec<PinnedLink>, Vec<Unpinned>) {
+    let perf_links = kernel_at_least(5, 15);
+    let mut pinned = Vec::new();
+    let mut unpinned = Vec::new();
+    for link in links {
+        let (hook, fd): (&'static Hook, Result<Option<FdLink>, String>) = match link {
+            LinkRef::TracePoint(hook, id) => {
+                if !perf_links {
+                    unpinned.push(Unpinned {
+                        hook: hook.name,
+                        reason: "tracepoint links need Linux 5.15 to be pinned".into(),
+                        detached: false,
+                    });
+                    continue;
+                }
+                let tp: Option<&mut TracePoint> = ebpf.program_mut(hook.program).and_then(|p| p.try_into().ok());
+                let fd = tp.map(|tp| tp.take_link(id).map_err(|e| e.to_string()));
+                (
+                    hook,
+                    fd.transpose().and_then(|l| l.map(|l| FdLink::try_from(l).map_err(|e| e.to_string())).transpose()),
+                )
+            }
+            LinkRef::Lsm(hook, id) => {
+                let p: Option<&mut Lsm> = ebpf.program_mut(hook.program).and_then(|p| p.try_into().ok());
+                (hook, Ok(p.and_then(|p| p.take_link(id).ok()).map(FdLink::from)))
+            }
+            LinkRef::CgroupSockAddr(hook, id) => {
+                let p: Option<&mut CgroupSockAddr> = ebpf.program_mut(hook.program).and_then(|p| p.try_into().ok());
+                let fd = p.map(|p| p.take_link(id).map_err(|e| e.to_string()));
+                (
+                    hook,
+                    fd.transpose().and_then(|l| l.map(|l| FdLink::try_from(l).map_err(|e| e.to_string())).transpose()),
+                )
+            }
+        };
+        match fd {
+            // Unloaded after a failed probe: nothing to keep.
+            Ok(None) => {}
+            Ok(Some(fd)) => match fd.pin(pins.link_path(hook.name)) {
+                Ok(p) => pinned.push(p),
+                Err(e) => unpinned.push(Unpinned {
+                    hook: hook.name,
+                    reason: format!("pinning its link failed, the hook is detached: {}", error_chain(&e)),
+                    detached: true,
+                }),
+            },
+            Err(e) => unpinned.push(Unpinned {
+                hook: hook.name,
+                reason: format!("cannot take its link to pin it, the hook is detached: {e}"),
+                detached: true,
+            }),
+        }
+    }
+    (pinned, unpinned)
+}
+
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>().unwrap_or(0));
+    let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (a, b) >= (major, minor)
 }

@@ -68,8 +68,13 @@ fn main() {
                 std::thread::sleep(Duration::from_millis(interval.parse().expect("milliseconds")));
             }
         }
+        // Until the file STOP exists: connect to IP:PORT, and in a forked
+        // child open and read PATH (a child, because the fallback
+        // mechanism kills the opener). After every round, OUT holds
+        // "ROUNDS CONNECTED READ": the attempts and how many succeeded.
+        ["retry-denied", ip, port, path, stop, out] => retry_denied(addr(ip, port), path, stop, out),
         _ => {
-            eprintln!("usage: test-agent connect|sendto IP PORT | open|write|reopen-opath PATH | race-open ALLOWED DENIED N | double-fork CMD... | sleep MS | tree DEPTH WIDTH OUT | open-flood PATH N | open-until PATH MS STOP");
+            eprintln!("usage: test-agent connect|sendto IP PORT | open|write|reopen-opath PATH | race-open ALLOWED DENIED N | double-fork CMD... | sleep MS | tree DEPTH WIDTH OUT | open-flood PATH N | open-until PATH MS STOP | retry-denied IP PORT PATH STOP OUT");
             exit(2)
         }
     }
@@ -190,4 +195,34 @@ fn race_open(allowed: &str, denied: &str, n: usize) {
         print!("{s}");
     }
     println!("done");
+}
+
+fn retry_denied(target: SocketAddr, path: &str, stop: &str, out: &str) {
+    let cpath = CString::new(path).expect("no NUL");
+    let (mut rounds, mut connected, mut read) = (0u64, 0u64, 0u64);
+    while std::fs::metadata(stop).is_err() {
+        rounds += 1;
+        if TcpStream::connect_timeout(&target, Duration::from_secs(2)).is_ok() {
+            connected += 1;
+        }
+        // SAFETY: single-threaded; the child only calls async-signal-safe
+        // functions (open, read, _exit).
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            unsafe {
+                let fd = libc::open(cpath.as_ptr(), libc::O_RDONLY);
+                let mut buf = [0u8; 16];
+                let ok = fd >= 0 && libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) > 0;
+                libc::_exit(if ok { 0 } else { 3 });
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+            read += 1;
+        }
+        std::fs::write(out, format!("{rounds} {connected} {read}\n")).expect("write OUT");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }

@@ -88,6 +88,9 @@ impl Confined {
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}"), "--cgroup-parent", &cgroup_parent])
             .arg("--policy-dir")
             .arg(policy_dir)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--stop-enforcement-on-exit")
             .env("AGENT_MONITOR_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).expect("stderr file"));

@@ -73,6 +73,8 @@ pub struct Daemon {
     pub metrics_port: u16,
     pub cgroup_parent: String,
     stderr: PathBuf,
+    /// `--stop-enforcement-on-exit` was given.
+    stops_enforcement: bool,
 }
 
 impl Daemon {
@@ -80,7 +82,20 @@ impl Daemon {
         Self::start_with(&[])
     }
 
+    /// A daemon that ends enforcement when it stops (`--stop-enforcement-on-exit`),
+    /// as every test but the continuity ones wants: nothing it pinned
+    /// outlives the test.
     pub fn start_with(extra: &[&str]) -> Daemon {
+        Self::start_inner(extra, true)
+    }
+
+    /// A daemon with the default behaviour: its pins, and so enforcement,
+    /// outlive it, and the next daemon resumes its trajectories.
+    pub fn start_keeping(extra: &[&str]) -> Daemon {
+        Self::start_inner(extra, false)
+    }
+
+    fn start_inner(extra: &[&str], stops_enforcement: bool) -> Daemon {
         require_root();
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("ctl/control.sock");
@@ -88,21 +103,58 @@ impl Daemon {
         let stderr = dir.path().join("daemon.stderr");
         let metrics_port = free_port();
         let cgroup_parent = unique("agent-monitor-test");
-        let child = Command::new(monitor_bin())
-            .args(["daemon", "--events"])
-            .arg(&events)
+        let mut d = Daemon { child: None, dir, socket, events, metrics_port, cgroup_parent, stderr, stops_enforcement };
+        d.spawn(extra);
+        d
+    }
+
+    fn spawn(&mut self, extra: &[&str]) {
+        let mut cmd = Command::new(monitor_bin());
+        cmd.args(["daemon", "--events"])
+            .arg(&self.events)
             .arg("--control-socket")
-            .arg(&socket)
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}"), "--cgroup-parent", &cgroup_parent])
+            .arg(&self.socket)
+            .args(["--metrics-addr", &format!("127.0.0.1:{}", self.metrics_port)])
+            .args(["--cgroup-parent", &self.cgroup_parent])
+            .arg("--state-dir")
+            .arg(self.dir.path().join("state"));
+        if self.stops_enforcement {
+            cmd.arg("--stop-enforcement-on-exit");
+        }
+        use std::io::Write;
+        let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&self.stderr).expect("stderr file");
+        writeln!(log, "--- daemon start {extra:?}").expect("stderr file");
+        let child = cmd
             .args(extra)
             .env("AGENT_MONITOR_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .stderr(log)
             .spawn()
             .expect("spawn agent-monitor daemon");
-        let mut d = Daemon { child: Some(child), dir, socket, events, metrics_port, cgroup_parent, stderr };
-        d.wait_ready();
-        d
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// SIGKILLs the daemon (no chance to clean up: as an OOM kill or a
+    /// crash) and returns once it is dead.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        child.wait().expect("wait daemon");
+        let _ = std::fs::remove_file(&self.socket);
+    }
+
+    /// Starts the daemon again with the same files, cgroup parent and
+    /// state directory; `stops_enforcement` as for the first start.
+    pub fn restart(&mut self, extra: &[&str], stops_enforcement: bool) {
+        assert!(self.child.is_none(), "kill or stop the daemon first");
+        self.stops_enforcement = stops_enforcement;
+        self.spawn(extra);
+    }
+
+    /// The bpffs directory of this daemon's pins.
+    pub fn pin_dir(&self) -> PathBuf {
+        Path::new("/sys/fs/bpf/agent-monitor").join(&self.cgroup_parent)
     }
 
     fn wait_ready(&mut self) {
@@ -221,6 +273,14 @@ impl Daemon {
         status
     }
 
+    /// Removes whatever pins a daemon that did not stop enforcement left.
+    fn cleanup_pins(&self) {
+        let dir = self.pin_dir();
+        if dir.exists() {
+            remove_pins(&dir);
+        }
+    }
+
     fn cleanup_cgroups(&self) {
         if let Some(root) = cgroup2_mount() {
             let parent = root.join(&self.cgroup_parent);
@@ -241,7 +301,23 @@ impl Drop for Daemon {
         if self.child.is_some() {
             self.stop();
         }
+        self.cleanup_pins();
     }
+}
+
+/// `rm -r` on bpffs (links first, so programs detach before their maps go).
+fn remove_pins(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let mut entries: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+    entries.sort_by_key(|p| !p.ends_with("links"));
+    for p in entries {
+        if p.is_dir() {
+            remove_pins(&p);
+        } else {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// `GET /metrics` on a loopback port: the raw HTTP response.

@@ -8,6 +8,7 @@
 
 mod bypass;
 mod confined;
+mod continuity;
 mod enforce;
 mod harness;
 mod observe;

@@ -66,7 +66,7 @@ cd /tmp
 # start, independently of how the tests report it.
 mkdir -p /run/probe
 "$AGENT_MONITOR_BIN" daemon --control-socket /run/probe/control.sock --events /run/probe/events.jsonl \
-    --metrics-addr 127.0.0.1:9464 --cgroup-parent vmtest-probe 2>/run/probe/stderr &
+    --metrics-addr 127.0.0.1:9464 --cgroup-parent vmtest-probe --stop-enforcement-on-exit 2>/run/probe/stderr &
 probe=$!
 started=$(cut -d' ' -f1 /proc/uptime)
 i=0

@@ -6,4 +6,5 @@ pub mod decode;
 pub mod pipeline;
 pub mod process;
 pub mod record;
+pub mod state;
 pub mod summary;

@@ -29,6 +29,7 @@ use super::{
     decode::{decode, Decoded},
     process,
     record::{Body, Bytes, Process, Record, Step, Timestamp, Verdict, SCHEMA_VERSION},
+    state::{self, Found, Progress, Saved, StateDir},
     summary::Tally,
 };
 use crate::{
@@ -101,6 +102,23 @@ impl Origin {
             Origin::Adopt => "adopt",
         }
     }
+
+    fn parse(s: &str) -> Origin {
+        if s == "adopt" {
+            Origin::Adopt
+        } else {
+            Origin::Run
+        }
+    }
+}
+
+/// A trajectory a restarted daemon took over, still alive.
+#[derive(Debug)]
+pub struct Resumed {
+    pub id: String,
+    pub cgroup: PathBuf,
+    pub cgroup_id: u64,
+    pub origin: Origin,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -172,6 +190,10 @@ struct Trajectory {
     step: u32,
     steps: StdHashMap<u32, Arc<str>>,
     tally: Tally,
+    /// Its state files (see [`state`]); `None` if they could not be written.
+    files: Option<state::Files>,
+    /// Records were sequenced since the last progress write.
+    dirty: bool,
 }
 
 impl Trajectory {
@@ -226,6 +248,10 @@ pub struct Pipeline {
     enforcer: Enforcer,
     /// [`RuntimeConfig::flags`] chosen at load.
     runtime_flags: u64,
+    state: Option<StateDir>,
+    /// The kernel keeps enforcing after this daemon exits (pinned), so its
+    /// trajectories stay open for the next daemon instead of ending.
+    keep_on_exit: bool,
 }
 
 impl Pipeline {
@@ -235,6 +261,8 @@ impl Pipeline {
         runtime_flags: u64,
         bus: Bus,
         metrics: Arc<Metrics>,
+        state: Option<StateDir>,
+        keep_on_exit: bool,
     ) -> std::io::Result<Self> {
         Ok(Pipeline {
             // SAFETY: the ring buffer's fd is owned by the value moved into the
@@ -254,6 +282,8 @@ impl Pipeline {
             pending_kernel_ts: Vec::with_capacity(BATCH),
             enforcer,
             runtime_flags,
+            state,
+            keep_on_exit,
         })
     }
 
@@ -338,6 +368,19 @@ impl Pipeline {
             }
         }
         self.drain().await;
+        if self.keep_on_exit {
+            // The kernel goes on judging and recording them; the next
+            // daemon resumes their streams where this one stops.
+            self.report_losses().await;
+            self.save_progress(true);
+            if !self.trajectories.is_empty() {
+                tracing::info!(
+                    trajectories = self.trajectories.len(),
+                    "open trajectories stay enforced by the pinned programs; the next daemon resumes their streams"
+                );
+            }
+            return Ok(());
+        }
         let open: Vec<u64> = self.trajectories.keys().copied().collect();
         for cgroup_id in open {
             // The processes live on; their cgroups stay, the stream ends.
@@ -356,6 +399,22 @@ impl Pipeline {
             return Err(e);
         }
         let now = clock_ns(libc::CLOCK_BOOTTIME);
+        let files = self.state.as_ref().and_then(|dir| {
+            let saved = Saved {
+                id: spec.id.clone(),
+                cgroup: spec.cgroup.clone(),
+                cgroup_id: spec.cgroup_id,
+                level: spec.level,
+                origin: spec.origin.as_str().into(),
+                policy: spec.binding.policy.clone(),
+                vars: spec.binding.vars.clone(),
+                started_boot_ns: now,
+                rules_digest: self.enforcer.rules_digest(),
+            };
+            dir.open(&saved, Progress { next_seq: 1, lost_reported: 0, alive_boot_ns: now })
+                .map_err(|e| tracing::error!(trajectory = %spec.id, "cannot write its state: a restarted daemon will not resume it: {e}"))
+                .ok()
+        });
         self.trajectories.insert(
             spec.cgroup_id,
             Trajectory {
@@ -371,6 +430,8 @@ impl Pipeline {
                 step: 0,
                 steps: StdHashMap::new(),
                 tally: Tally::default(),
+                files,
+                dirty: true,
             },
         );
         self.write_levels()?;
@@ -421,6 +482,11 @@ impl Pipeline {
         };
         if t.steps.len() >= MAX_STEPS && !t.steps.contains_key(&id) {
             return Err(PipelineError::Step(format!("trajectory {trajectory} already has {MAX_STEPS} steps")));
+        }
+        if let Some(f) = t.files.as_mut() {
+            if let Err(e) = f.step(id, &name) {
+                tracing::warn!(trajectory = %t.id, "cannot save the step: {e}");
+            }
         }
         t.steps.insert(id, name.into());
         let previous = std::mem::replace(&mut t.step, id);
@@ -493,6 +559,9 @@ impl Pipeline {
         self.push(cgroup_id, now, body, Process::default());
         self.flush().await;
         let t = self.trajectories.remove(&cgroup_id).expect("present above");
+        if let Some(dir) = &self.state {
+            dir.remove(&t.id);
+        }
         let _ = self.trajectory_map.remove(&cgroup_id);
         self.enforcer.retire(t.instance, Instant::now());
         let _ = self.trajectory_losses.remove(&cgroup_id);
@@ -552,6 +621,7 @@ impl Pipeline {
         if let Some(t) = self.trajectories.get_mut(&cgroup_id) {
             let seq = t.next_seq;
             t.next_seq += 1;
+            t.dirty = true;
             let record = Record {
                 v: SCHEMA_VERSION,
                 ts: self.clock.wall(boot_ns),
@@ -573,6 +643,9 @@ impl Pipeline {
         if self.pending.is_empty() {
             return;
         }
+        // The next seq is on disk before any record of the batch leaves:
+        // a daemon killed from here on never lets its successor reuse one.
+        self.save_progress(false);
         let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(BATCH));
         self.metrics.count_batch(&batch);
         self.bus.publish(batch).await;
@@ -594,6 +667,168 @@ impl Pipeline {
             local.observe(now.saturating_sub(ts) as f64 / 1e9);
         }
         local.flush();
+    }
+
+    /// Writes the progress of every trajectory with new records (`all`:
+    /// of every trajectory).
+    fn save_progress(&mut self, all: bool) {
+        let now = clock_ns(libc::CLOCK_BOOTTIME);
+        for t in self.trajectories.values_mut() {
+            if !(t.dirty || all) {
+                continue;
+            }
+            t.dirty = false;
+            if let Some(f) = &t.files {
+                let p = Progress { next_seq: t.next_seq, lost_reported: t.lost_reported, alive_boot_ns: now };
+                if let Err(e) = f.progress(p) {
+                    tracing::warn!(trajectory = %t.id, "cannot save its progress: {e}");
+                }
+            }
+        }
+    }
+
+    /// Takes over the trajectories a previous daemon left (its state files),
+    /// before anything else runs. Each still-alive one is rebound to its
+    /// policy compiled from the current set (the kernel kept judging it by
+    /// the previous daemon's instance until this very update, or, on fresh
+    /// maps after a layout change, had no binding for the instant since
+    /// the new programs were attached), gets a `gap` record with reason
+    /// `daemon_restart`, then the records the kernel queued meanwhile.
+    /// One whose cgroup is gone or empty is closed. `watch` registers a
+    /// `run` trajectory's cgroup for the close-on-empty watcher before its
+    /// emptiness is checked.
+    pub async fn resume(
+        &mut self,
+        found: Vec<Found>,
+        default_policy: &str,
+        watch: impl Fn(&std::path::Path, u64) -> std::io::Result<()>,
+    ) -> Vec<Resumed> {
+        if found.is_empty() {
+            return Vec::new();
+        }
+        let now = clock_ns(libc::CLOCK_BOOTTIME);
+        // What the kernel still binds, from the reused maps.
+        let bound: Vec<Option<TrajectoryValue>> =
+            found.iter().map(|f| self.trajectory_map.get(&f.saved.cgroup_id, 0).ok()).collect();
+        let adopted: Vec<(u32, String, u64)> = found
+            .iter()
+            .zip(&bound)
+            .filter_map(|(f, b)| b.map(|v| (v.policy, f.saved.policy.clone(), f.saved.rules_digest)))
+            .collect();
+        self.enforcer.adopt_instances(&adopted);
+        let mut ended = Vec::new();
+        let mut alive = Vec::new();
+        for (f, bound) in found.into_iter().zip(bound) {
+            let Found { saved, progress, steps } = f;
+            let origin = Origin::parse(&saved.origin);
+            let same_cgroup = cgroup::cgroup_id(&saved.cgroup).ok() == Some(saved.cgroup_id);
+            let mut binding = Binding { policy: saved.policy.clone(), vars: saved.vars.clone() };
+            // Rebind to the current set; keep what the kernel has if that
+            // fails, and only bind the default policy where it has nothing.
+            let instance = if !same_cgroup {
+                // Only closed: no instance of its own (a sentinel id no
+                // instance has) unless the kernel still binds one.
+                Some(bound.map_or(u32::MAX, |b| b.policy))
+            } else {
+                match self.enforcer.open(&binding) {
+                    Ok(id) => {
+                        if let Some(old) = bound {
+                            self.enforcer.retire(old.policy, Instant::now());
+                        }
+                        Some(id)
+                    }
+                    Err(e) => match bound {
+                        Some(old) => {
+                            tracing::error!(trajectory = %saved.id, "cannot recompile its policy, the previous daemon's instance keeps judging it: {e}");
+                            Some(old.policy)
+                        }
+                        None => {
+                            tracing::error!(trajectory = %saved.id, policy = %saved.policy, "cannot compile its policy; binding the default policy {default_policy:?}: {e}");
+                            binding.policy = default_policy.to_owned();
+                            self.enforcer.open(&binding).map_err(|e| tracing::error!(trajectory = %saved.id, "the default policy fails too, the trajectory is not judged: {e}")).ok()
+                        }
+                    },
+                }
+            };
+            let step = bound.map_or_else(|| steps.last().map_or(0, |s| s.0), |b| b.step);
+            let Some(instance) = instance else {
+                if let Some(dir) = &self.state {
+                    dir.remove(&saved.id);
+                }
+                continue;
+            };
+            // The loss counter survives with the maps; on fresh maps it
+            // starts at zero and so does what was reported of it.
+            let counted = self.trajectory_losses.get(&saved.cgroup_id, 0).map(|v| v.iter().sum::<u64>()).ok();
+            let lost_reported = if counted.is_some() { progress.lost_reported } else { 0 };
+            if same_cgroup {
+                if counted.is_none() {
+                    let zero = PerCpuValues::try_from(vec![0u64; aya::util::nr_cpus().unwrap_or(1)]);
+                    if let Ok(zero) = zero {
+                        let _ = self.trajectory_losses.insert(saved.cgroup_id, zero, 0);
+                    }
+                }
+                if let Err(e) =
+                    self.trajectory_map.insert(saved.cgroup_id, TrajectoryValue { policy: instance, step }, 0)
+                {
+                    tracing::error!(trajectory = %saved.id, "cannot bind it in the kernel: {e}");
+                }
+            }
+            let files = self.state.as_ref().and_then(|dir| dir.reopen(&saved.id, progress).ok());
+            self.trajectories.insert(
+                saved.cgroup_id,
+                Trajectory {
+                    id: saved.id.as_str().into(),
+                    binding,
+                    instance,
+                    cgroup: saved.cgroup.clone(),
+                    level: saved.level,
+                    next_seq: progress.next_seq.max(1),
+                    started_boot_ns: saved.started_boot_ns,
+                    lost_reported,
+                    origin,
+                    step,
+                    steps: steps.into_iter().map(|(id, name)| (id, name.into())).collect(),
+                    tally: Tally::default(),
+                    files,
+                    dirty: true,
+                },
+            );
+            // The gap opens this daemon's part; what the kernel queued while
+            // no daemon read follows it.
+            let lost = counted.unwrap_or(0).saturating_sub(lost_reported);
+            let t = self.trajectories.get_mut(&saved.cgroup_id).expect("inserted");
+            t.lost_reported += lost;
+            let gap =
+                Body::Gap { lost, reason: "daemon_restart", down_ns: Some(now.saturating_sub(progress.alive_boot_ns)) };
+            self.push(saved.cgroup_id, progress.alive_boot_ns, gap, Process::default());
+            self.metrics.trajectories_started.inc();
+            if !same_cgroup {
+                ended.push((saved.cgroup_id, "cgroup_removed", false));
+                continue;
+            }
+            if origin == Origin::Run {
+                if let Err(e) = watch(&saved.cgroup, saved.cgroup_id) {
+                    tracing::error!(trajectory = %saved.id, "cannot watch its cgroup, it will not be closed when it empties: {e}");
+                }
+            }
+            if origin == Origin::Run && cgroup::is_populated(&saved.cgroup).ok() == Some(false) {
+                ended.push((saved.cgroup_id, "exited", true));
+                continue;
+            }
+            tracing::info!(trajectory = %saved.id, cgroup = %saved.cgroup.display(), "trajectory resumed");
+            alive.push(Resumed { id: saved.id, cgroup: saved.cgroup, cgroup_id: saved.cgroup_id, origin });
+        }
+        if let Err(e) = self.write_levels() {
+            tracing::error!("writing trajectory levels after the restart: {e}");
+        }
+        self.metrics.trajectories_active.set(self.trajectories.len() as i64);
+        self.flush().await;
+        self.drain().await;
+        for (cgroup_id, reason, remove) in ended {
+            self.close(cgroup_id, reason, remove).await;
+        }
+        alive
     }
 
     async fn report_losses(&mut self) {
@@ -622,7 +857,8 @@ impl Pipeline {
             let lost = total - t.lost_reported;
             t.lost_reported = total;
             let now = clock_ns(libc::CLOCK_BOOTTIME);
-            self.push(cgroup_id, now, Body::Gap { lost, reason: LossReason::RingbufFull.as_str() }, Process::default());
+            let gap = Body::Gap { lost, reason: LossReason::RingbufFull.as_str(), down_ns: None };
+            self.push(cgroup_id, now, gap, Process::default());
         }
     }
 }
@@ -641,6 +877,7 @@ fn describe(enforcer: &mut Enforcer, d: &Decoded) -> Verdict {
 fn make_record(clock: &Clock, t: &mut Trajectory, d: Decoded, verdict: Verdict) -> Record {
     let seq = t.next_seq;
     t.next_seq += 1;
+    t.dirty = true;
     Record {
         v: SCHEMA_VERSION,
         ts: clock.wall(d.ts_boot_ns),

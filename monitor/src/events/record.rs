@@ -172,7 +172,13 @@ pub enum Body {
         /// Kernel records of this trajectory that were lost since the last
         /// gap record.
         lost: u64,
+        /// `ringbuf_full`, or `daemon_restart`: the record opening a
+        /// restarted daemon's part of the stream.
         reason: &'static str,
+        /// `daemon_restart`: how long no daemon was reading, in ns (from
+        /// the previous daemon's last state write to the restart).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        down_ns: Option<u64>,
     },
     /// The harness started a new step (tool call); records after this one
     /// carry it in `step`.
@@ -290,7 +296,7 @@ mod tests {
             ts: Timestamp(0),
             trajectory: "t1".into(),
             seq: 3,
-            body: Body::Gap { lost: 7, reason: "ringbuf_full" },
+            body: Body::Gap { lost: 7, reason: "ringbuf_full", down_ns: None },
             process: Process::default(),
             verdict: None,
             step: None,

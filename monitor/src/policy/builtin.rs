@@ -72,12 +72,14 @@ impl Protected {
         out
     }
 
-    /// What the daemon protects: its control socket's directory, the
+    /// What the daemon protects: its control socket's directory, its state
+    /// directory, the
     /// policy directory, `/etc/agent-monitor`, the event file, the cgroup2
     /// mount and `/sys/fs/cgroup` (cgroup v1 controllers on hybrid hosts),
     /// `/sys/fs/bpf` (where the daemon pins), and `/proc/<daemon pid>/`.
     pub fn for_daemon(
         control_socket: &Path,
+        state_dir: &Path,
         policy_dir: Option<&Path>,
         events_file: Option<&Path>,
         cgroup2_mount: &Path,
@@ -93,6 +95,7 @@ impl Protected {
         if let Some(dir) = control_socket.parent() {
             paths.push((dir.to_path_buf(), true));
         }
+        paths.push((state_dir.to_path_buf(), true));
         if let Some(dir) = policy_dir {
             paths.push((dir.to_path_buf(), true));
         }

@@ -722,6 +722,7 @@ fn protected_paths_refuse_what_cannot_be_encoded() {
     assert_eq!(p.skipped().len(), 3, "{p:?}");
     let d = Protected::for_daemon(
         std::path::Path::new("/run/agent-monitor/control.sock"),
+        std::path::Path::new("/var/lib/am-state/agent-monitor"),
         Some(std::path::Path::new("/etc/agent-monitor/policies")),
         Some(std::path::Path::new("/var/log/am.jsonl")),
         std::path::Path::new("/sys/fs/cgroup/unified"),
@@ -736,6 +737,7 @@ fn protected_paths_refuse_what_cannot_be_encoded() {
         "/sys/fs/cgroup/memory/tasks",
         "/sys/fs/bpf/agent-monitor/TRAJECTORIES",
         "/proc/4242/mem",
+        "/var/lib/am-state/agent-monitor/t-1.seq",
     ] {
         assert!(d.covers(covered), "{covered} must be protected: {d:?}");
     }

@@ -171,7 +171,7 @@ mod tests {
             ts: Timestamp(0),
             trajectory: "t".into(),
             seq,
-            body: Body::Gap { lost: 1, reason: "ringbuf_full" },
+            body: Body::Gap { lost: 1, reason: "ringbuf_full", down_ns: None },
             process: Process::default(),
             verdict: None,
             step: None,

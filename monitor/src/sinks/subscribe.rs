@@ -204,7 +204,7 @@ mod tests {
                     ts: Timestamp(0),
                     trajectory: trajectory.into(),
                     seq: i as u64 + 1,
-                    body: Body::Gap { lost: 1, reason: "ringbuf_full" },
+                    body: Body::Gap { lost: 1, reason: "ringbuf_full", down_ns: None },
                     process: Process::default(),
                     verdict: None,
                     step: None,

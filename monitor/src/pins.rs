@@ -1,0 +1,293 @@
+//! Continuity: the kernel side outlives the daemon.
+//!
+//! Every attached program's link and every map that holds state (the
+//! trajectory bindings, the policy instances, the loss counters, the ring
+//! buffer) is pinned under bpffs, so when the daemon dies (SIGKILL, OOM, a
+//! crash, or a clean stop) the kernel keeps judging and recording every
+//! open trajectory. The layout:
+//!
+//! ```text
+//! <pin dir>/<daemon key>/<layout>/maps/<MAP>
+//! <pin dir>/<daemon key>/<layout>/links/<generation>/<hook>
+//! ```
+//!
+//! The *daemon key* names the daemon instance by its cgroup parent, so two
+//! daemons on one host never share pins. The *layout* is a digest of
+//! [`LAYOUT_VERSION`] and every pinned map's type, key and value sizes,
+//! entry count and flags as the embedded object defines them: a daemon
+//! reuses maps only from a directory of exactly its own layout. A
+//! *generation* is one daemon start.
+//!
+//! Start-up order, so that no operation goes unjudged: load (reusing the
+//! maps of a matching layout), attach the new programs and pin their links,
+//! re-register the trajectories (the daemon's part), and only then remove
+//! the older generations' links and any other layout's directory
+//! ([`PinDir::retire_old`]): for an instant both generations run, each
+//! refusing what the policy refuses.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use monitor_common::names;
+
+/// Bump when a pinned map keeps its sizes but changes meaning (a field
+/// reordered within a value, a key encoded differently): the digest below
+/// catches every change of size, type, entry count or flags by itself.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// The maps that carry state from one daemon to the next. The others are
+/// per-CPU scratch space or the LSM self-test's counters.
+pub const PINNED_MAPS: &[&str] = &[
+    names::MAP_EVENTS,
+    names::MAP_TRAJECTORIES,
+    names::MAP_TRAJECTORY_LOSSES,
+    names::MAP_CONFIG,
+    names::MAP_LOSSES,
+    names::MAP_POLICY_CONFIG,
+    names::MAP_POLICY_FILE,
+    names::MAP_POLICY_EXEC,
+    names::MAP_POLICY_NET4,
+    names::MAP_POLICY_NET6,
+    names::MAP_OPEN_INFLIGHT,
+];
+
+/// `BPF_FS_MAGIC` from `<linux/magic.h>`.
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error("cannot read the embedded eBPF object's maps: {0}")]
+    Object(String),
+    #[error("{path} is not on a BPF filesystem (mount bpffs there, e.g. `mount -t bpf bpf /sys/fs/bpf`)")]
+    NotBpffs { path: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PinError + '_ {
+    move |source| PinError::Io { path: path.display().to_string(), source }
+}
+
+/// The layout digest of `object` with the ring buffer sized `ringbuf_bytes`
+/// (the one size the daemon overrides at load): 16 hex digits, FNV-1a.
+pub fn layout_id(object: &[u8], ringbuf_bytes: u32) -> Result<String, PinError> {
+    let obj = aya_obj::Object::parse(object).map_err(|e| PinError::Object(e.to_string()))?;
+    let mut h = Fnv::new();
+    h.u32(LAYOUT_VERSION);
+    for name in PINNED_MAPS {
+        let m = obj.maps.get(*name).ok_or_else(|| PinError::Object(format!("no map {name}")))?;
+        let entries = if *name == names::MAP_EVENTS { ringbuf_bytes } else { m.max_entries() };
+        h.bytes(name.as_bytes());
+        for v in [m.map_type(), m.key_size(), m.value_size(), entries, m.map_flags()] {
+            h.u32(v);
+        }
+    }
+    Ok(format!("{:016x}", h.0))
+}
+
+/// FNV-1a, 64 bits: stable across builds and Rust versions.
+pub struct Fnv(pub u64);
+
+impl Fnv {
+    pub fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+
+    pub fn bytes(&mut self, b: &[u8]) {
+        for &x in b {
+            self.0 = (self.0 ^ u64::from(x)).wrapping_mul(0x100_0000_01b3);
+        }
+        // A separator, so ("ab","c") and ("a","bc") differ.
+        self.0 = (self.0 ^ 0xff).wrapping_mul(0x100_0000_01b3);
+    }
+
+    pub fn u32(&mut self, v: u32) {
+        self.bytes(&v.to_le_bytes());
+    }
+}
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The directory name of a daemon instance: its cgroup parent with `/`
+/// spelled `+` (cgroup names are plain components).
+pub fn daemon_key(cgroup_parent: &Path) -> String {
+    cgroup_parent.to_string_lossy().trim_matches('/').replace('/', "+")
+}
+
+/// One daemon's pins.
+#[derive(Debug)]
+pub struct PinDir {
+    /// `<pin dir>/<daemon key>`: every layout of this daemon instance.
+    root: PathBuf,
+    /// `root/<layout>`.
+    dir: PathBuf,
+    generation: String,
+    /// The maps were there before this start: a previous daemon of the same
+    /// layout left them, with its trajectories' bindings and records.
+    pub reused: bool,
+    /// Layout directories of other layouts found at start.
+    pub foreign: Vec<PathBuf>,
+}
+
+impl PinDir {
+    /// Creates `<base>/<key>/<layout>/{maps,links/<generation>}`, mounting
+    /// bpffs at `base` first if the path is not on one.
+    pub fn prepare(base: &Path, key: &str, layout: &str) -> Result<PinDir, PinError> {
+        if !on_bpffs(base) {
+            if base.starts_with("/sys/fs/bpf") {
+                mount_bpffs();
+            }
+            if !on_bpffs(base) {
+                return Err(PinError::NotBpffs { path: base.display().to_string() });
+            }
+        }
+        let root = base.join(key);
+        let dir = root.join(format!("layout-{layout}"));
+        let reused = dir.join("maps").join(names::MAP_TRAJECTORIES).exists();
+        let foreign = std::fs::read_dir(&root)
+            .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| *p != dir).collect())
+            .unwrap_or_default();
+        let generation = format!("g{:020}", crate::events::pipeline::clock_ns(libc::CLOCK_BOOTTIME));
+        for d in [dir.join("maps"), dir.join("links").join(&generation)] {
+            std::fs::create_dir_all(&d).map_err(io_err(&d))?;
+        }
+        Ok(PinDir { root, dir, generation, reused, foreign })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn map_path(&self, map: &str) -> PathBuf {
+        self.dir.join("maps").join(map)
+    }
+
+    pub fn link_path(&self, hook: &str) -> PathBuf {
+        let name: String = hook.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+        self.dir.join("links").join(&self.generation).join(name)
+    }
+
+    /// Earlier generations of this layout: links a previous daemon left.
+    pub fn older_generations(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.dir.join("links"))
+            .map(|rd| {
+                rd.flatten().map(|e| e.path()).filter(|p| p.file_name() != Some(self.generation.as_ref())).collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Detaches what earlier daemons left (their links: the kernel drops a
+    /// link with its last pin), then deletes other layouts' maps. Call once
+    /// this daemon's links are pinned and its trajectories registered.
+    /// Returns the number of link pins removed.
+    pub fn retire_old(&self) -> usize {
+        let mut removed = 0;
+        for g in self.older_generations() {
+            removed += remove_tree(&g);
+        }
+        for old in &self.foreign {
+            // Links first: the old programs stop before their maps go.
+            removed += remove_tree(&old.join("links"));
+            remove_tree(old);
+        }
+        removed
+    }
+
+    /// `--stop-enforcement-on-exit`: removes every pin of this daemon
+    /// instance; the programs detach when the daemon closes its last
+    /// descriptors.
+    pub fn remove_all(&self) {
+        remove_tree(&self.root);
+    }
+}
+
+/// Removes a directory tree on bpffs; returns the number of files removed.
+fn remove_tree(path: &Path) -> usize {
+    let mut n = 0;
+    if let Ok(rd) = std::fs::read_dir(path) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                n += remove_tree(&p);
+            } else if std::fs::remove_file(&p).is_ok() {
+                n += 1;
+            } else {
+                tracing::warn!(pin = %p.display(), "cannot remove pin");
+            }
+        }
+        let _ = std::fs::remove_dir(path);
+    }
+    n
+}
+
+/// Whether the nearest existing ancestor of `path` is on bpffs.
+fn on_bpffs(path: &Path) -> bool {
+    let mut p = path;
+    loop {
+        if p.exists() {
+            let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else { return false };
+            // SAFETY: a valid C string and an out-pointer to a zeroed statfs.
+            let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+            if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+                return false;
+            }
+            return st.f_type as i64 == BPF_FS_MAGIC;
+        }
+        match p.parent() {
+            Some(parent) => p = parent,
+            None => return false,
+        }
+    }
+}
+
+fn mount_bpffs() {
+    let _ = std::fs::create_dir_all("/sys/fs/bpf");
+    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
+    let (src, tgt, fs) = (c("bpf"), c("/sys/fs/bpf"), c("bpf"));
+    // SAFETY: valid C strings; no data argument.
+    let rc = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        tracing::warn!("cannot mount bpffs at /sys/fs/bpf: {}", io::Error::last_os_error());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv_is_stable_and_separates_fields() {
+        let mut a = Fnv::new();
+        a.bytes(b"ab");
+        a.bytes(b"c");
+        let mut b = Fnv::new();
+        b.bytes(b"a");
+        b.bytes(b"bc");
+        assert_ne!(a.0, b.0);
+    }
+
+    #[test]
+    fn the_layout_follows_the_maps_and_the_ring_size() {
+        let object = crate::loader::EBPF_OBJECT;
+        let a = layout_id(object, 1 << 20).unwrap();
+        assert_eq!(a.len(), 16);
+        assert_eq!(a, layout_id(object, 1 << 20).unwrap());
+        assert_ne!(a, layout_id(object, 1 << 21).unwrap());
+    }
+
+    #[test]
+    fn keys_name_the_cgroup_parent() {
+        assert_eq!(daemon_key(Path::new("agent-monitor")), "agent-monitor");
+        assert_eq!(daemon_key(Path::new("ops.service/trajectories")), "ops.service+trajectories");
+    }
+}

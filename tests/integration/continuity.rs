@@ -1,0 +1,222 @@
+//! Continuity: the kernel keeps enforcing while no daemon runs, and the
+//! next daemon resumes the trajectories' streams without reusing a `seq`
+//! (docs/security.md#continuity).
+
+use std::{
+    collections::HashSet,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::harness::{agent_bin, of_kind, Daemon, HANG_GUARD_SECS};
+
+struct Lab {
+    _dir: tempfile::TempDir,
+    policies: PathBuf,
+    ws: PathBuf,
+    progress: PathBuf,
+    stop: PathBuf,
+}
+
+fn lab(port: u16) -> Lab {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().canonicalize().unwrap();
+    let policies = root.join("policies");
+    let ws = root.join("ws");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::create_dir_all(ws.join("secret")).unwrap();
+    std::fs::write(ws.join("secret/key"), "SECRET-CONTENT\n").unwrap();
+    std::fs::write(
+        policies.join("test.yaml"),
+        format!(
+            "name: test\nmode: enforce\ndefaults:\n  file: allow\n  exec: allow\n  network: allow\nrules:\n  file:\n    \
+             - path: ${{WORKSPACE}}/secret/\n      action: deny\n  network:\n    - cidr: 127.0.0.1/32\n      \
+             ports: [\"{port}\"]\n      action: deny\n"
+        ),
+    )
+    .unwrap();
+    Lab { progress: root.join("progress"), stop: root.join("stop"), _dir: dir, policies, ws }
+}
+
+/// "ROUNDS CONNECTED READ" of the agent's loop.
+fn progress(path: &Path) -> [u64; 3] {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let v: Vec<u64> = text.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    match v[..] {
+        [a, b, c] => [a, b, c],
+        _ => [0; 3],
+    }
+}
+
+/// Waits until the agent has made `more` further attempts.
+fn wait_rounds(path: &Path, more: u64, agent: &mut Child, what: &str) -> [u64; 3] {
+    let start = progress(path)[0];
+    let deadline = Instant::now() + Duration::from_secs(HANG_GUARD_SECS);
+    loop {
+        let p = progress(path);
+        if p[0] >= start + more {
+            return p;
+        }
+        assert!(agent.try_wait().unwrap().is_none(), "the agent died {what}: {p:?}");
+        assert!(Instant::now() < deadline, "the agent made no {more} attempts {what} within {HANG_GUARD_SECS} s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The agent retries a denied connect and a denied open in a tight loop.
+/// The daemon is SIGKILLed twice during the loop; the first restart finds
+/// the pins of its own layout and reuses them, the second runs with
+/// another ring buffer size, which is another map layout, so it builds
+/// new maps, re-registers the trajectory and only then removes the old
+/// pins. No attempt succeeds, before, between or after; the stream
+/// continues after each restart with a `gap` record, and no `seq` is used
+/// twice.
+#[test]
+fn enforcement_survives_sigkill_and_restarts_and_the_stream_resumes() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let l = lab(port);
+    let policy_dir = l.policies.to_str().unwrap().to_owned();
+    let mut d = Daemon::start_keeping(&["--policy-dir", &policy_dir]);
+    let status = d.status();
+    let continuity = status["protections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["protection"] == "continuity")
+        .cloned()
+        .unwrap_or_else(|| panic!("no continuity in status: {status}"));
+    assert_eq!(continuity["mechanism"], "pinned", "{continuity}");
+
+    let agent = agent_bin();
+    let mut run = d.run_policy_cmd(
+        "cont-1",
+        "test",
+        &l.ws,
+        &[
+            agent.to_str().unwrap(),
+            "retry-denied",
+            "127.0.0.1",
+            &port.to_string(),
+            l.ws.join("secret/key").to_str().unwrap(),
+            l.stop.to_str().unwrap(),
+            l.progress.to_str().unwrap(),
+        ],
+    );
+    let mut agent = run.stdout(Stdio::null()).spawn().expect("spawn run");
+    wait_rounds(&l.progress, 20, &mut agent, "under the first daemon");
+
+    d.kill();
+    assert!(d.pin_dir().exists(), "the pins outlive the killed daemon");
+    wait_rounds(&l.progress, 20, &mut agent, "with no daemon (first kill)");
+    d.restart(&["--policy-dir", &policy_dir], false);
+    let status = d.status();
+    let listed = status["trajectories"].as_array().unwrap();
+    assert!(listed.iter().any(|t| t["trajectory"] == "cont-1"), "resumed: {status}");
+    wait_rounds(&l.progress, 20, &mut agent, "under the second daemon");
+
+    d.kill();
+    wait_rounds(&l.progress, 20, &mut agent, "with no daemon (second kill)");
+    // Another ring buffer size: another layout.
+    d.restart(&["--policy-dir", &policy_dir, "--ringbuf-size", "8388608"], true);
+    wait_rounds(&l.progress, 20, &mut agent, "under the third daemon");
+    let layouts: Vec<PathBuf> = std::fs::read_dir(d.pin_dir()).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(layouts.len(), 1, "the old layout's pins are gone once the new one runs: {layouts:?}");
+
+    std::fs::write(&l.stop, "").unwrap();
+    let exit = agent.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+    let [rounds, connected, read] = progress(&l.progress);
+    assert!(rounds >= 100, "{rounds} attempts");
+    assert_eq!(connected, 0, "connects to the denied address succeeded in {connected} of {rounds} attempts");
+    assert_eq!(read, 0, "the denied file was read in {read} of {rounds} attempts");
+    // Nothing ever reached the listener either.
+    listener.set_nonblocking(true).unwrap();
+    assert!(listener.accept().is_err(), "a connection reached the denied port");
+
+    let recs = d.trajectory("cont-1");
+    crate::schema::assert_matches_schema(&recs);
+    let mut seen = HashSet::new();
+    let mut last = 0;
+    for r in &recs {
+        let seq = r["seq"].as_u64().unwrap();
+        assert!(seen.insert(seq), "seq {seq} used twice: {r}");
+        assert!(seq > last, "seq goes back from {last} to {seq}: {r}");
+        last = seq;
+    }
+    assert_eq!(of_kind(&recs, "trajectory_start").len(), 1);
+    assert_eq!(of_kind(&recs, "trajectory_end").len(), 1);
+    let gaps: Vec<&Value> = of_kind(&recs, "gap").into_iter().filter(|g| g["reason"] == "daemon_restart").collect();
+    assert_eq!(gaps.len(), 2, "one gap per restart: {gaps:?}");
+    for g in &gaps {
+        assert!(g["down_ns"].as_u64().is_some_and(|n| n > 0), "{g}");
+        assert!(g["lost"].as_u64().is_some(), "{g}");
+    }
+    // Denials recorded after each restart, judged by the policy's rules.
+    let denied_after = |gap: &Value| {
+        let from = gap["seq"].as_u64().unwrap();
+        recs.iter()
+            .filter(|r| r["seq"].as_u64().unwrap() > from && r["decision"] == "deny" && r["kind"] == "connect")
+            .count()
+    };
+    for g in &gaps {
+        assert!(denied_after(g) > 0, "denied connects recorded after the restart at seq {}", g["seq"]);
+    }
+    let deny = of_kind(&recs, "connect").into_iter().rev().find(|r| r["decision"] == "deny").unwrap();
+    assert_eq!(deny["policy"], "test");
+    assert!(deny["rule"].as_str().unwrap().contains("test.yaml:"), "{deny}");
+
+    assert!(d.stop().success());
+    assert!(!d.pin_dir().exists(), "--stop-enforcement-on-exit removes the pins");
+}
+
+/// The default on a clean stop: the pins stay, the trajectory is not
+/// ended, and the next daemon resumes it; once its cgroup empties while no
+/// daemon runs, the next daemon closes it.
+#[test]
+fn a_clean_stop_keeps_enforcing_and_the_next_daemon_closes_what_ended_meanwhile() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let l = lab(port);
+    let policy_dir = l.policies.to_str().unwrap().to_owned();
+    let mut d = Daemon::start_keeping(&["--policy-dir", &policy_dir]);
+    let agent = agent_bin();
+    let mut run = d.run_policy_cmd(
+        "cont-2",
+        "test",
+        &l.ws,
+        &[
+            agent.to_str().unwrap(),
+            "retry-denied",
+            "127.0.0.1",
+            &port.to_string(),
+            l.ws.join("secret/key").to_str().unwrap(),
+            l.stop.to_str().unwrap(),
+            l.progress.to_str().unwrap(),
+        ],
+    );
+    let mut agent = run.stdout(Stdio::null()).spawn().expect("spawn run");
+    wait_rounds(&l.progress, 10, &mut agent, "under the daemon");
+    assert!(d.stop().success());
+    assert!(d.pin_dir().exists(), "a clean stop keeps the pins by default");
+    assert!(
+        !d.records().iter().any(|r| r["trajectory"] == "cont-2" && r["kind"] == "trajectory_end"),
+        "the trajectory does not end with the daemon"
+    );
+    wait_rounds(&l.progress, 20, &mut agent, "after a clean stop");
+    std::fs::write(&l.stop, "").unwrap();
+    assert!(agent.wait().unwrap().success());
+    let [rounds, connected, read] = progress(&l.progress);
+    assert_eq!((connected, read), (0, 0), "of {rounds} attempts");
+    // The cgroup emptied with no daemon running.
+    d.restart(&["--policy-dir", &policy_dir], true);
+    let recs = d.trajectory("cont-2");
+    let end = of_kind(&recs, "trajectory_end")[0];
+    assert_eq!(end["reason"], "exited", "{end}");
+    let gap = of_kind(&recs, "gap").into_iter().find(|g| g["reason"] == "daemon_restart").expect("restart gap");
+    assert!(gap["seq"].as_u64() < end["seq"].as_u64());
+}
