@@ -183,17 +183,34 @@ fn on_exit(syscall: OpenSyscall, ret: i64) {
     };
     let tid = tid();
     let entry: Option<*const OpenEntry> = OPEN_INFLIGHT.get_ptr(&tid);
-    let open_flags = match entry {
+    let requested_flags = match entry {
         Some(e) => unsafe { (*e).flags },
         None => 0,
     };
-    let access = Access::of_flags(open_flags);
+    // The opened file's own flags as well: the in-flight entry is in an LRU
+    // map, so another task's flood of opens can evict it, and a write open
+    // must never be judged as a read for lack of it. (`f_flags` has lost
+    // O_CREAT and O_TRUNC; the entry, when present, still has them.)
+    let file = if ret >= 0 { fd_file(ret) } else { 0 };
+    let file_flags: u32 = if file != 0 {
+        unsafe { bpf_probe_read_kernel((file + offsets().file_f_flags) as *const u32) }.unwrap_or(0)
+    } else {
+        0
+    };
+    let open_flags = requested_flags | (file_flags & O_PATH);
+    let access = match (entry.is_some(), file != 0) {
+        (true, true) => {
+            let (asked, opened) = (Access::of_flags(requested_flags), Access::of_flags(file_flags));
+            Access { read: asked.read || opened.read, write: asked.write || opened.write }
+        }
+        (false, true) => Access::of_flags(file_flags),
+        _ => Access::of_flags(requested_flags),
+    };
 
     let mut resolved = None;
     let verdict = if open_flags & O_PATH != 0 {
         Verdict::NONE
     } else if ret >= 0 {
-        let file = fd_file(ret);
         // Before the walk: nothing the walk returns stays live across it.
         let tampered = access.write && tamper::protected_fs(file);
         resolved = pathres::file_path(file);
