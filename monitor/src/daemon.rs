@@ -101,6 +101,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     let key = pins::daemon_key(&config.cgroup_parent);
     let state = StateDir::create(config.state_dir.join(&key))
         .map_err(|e| io::Error::other(format!("state directory {}: {e}", config.state_dir.join(&key).display())))?;
+    let _lock = cgroup::lock_parent(&parent)?;
     let (pin_dir, mut continuity) = match &config.pin_dir {
         None => (None, "disabled (--pin-dir none): enforcement ends with the daemon".to_owned()),
         Some(base) => match pins::layout_id(loader::EBPF_OBJECT, config.ringbuf_bytes)
@@ -122,6 +123,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         tamper,
         pins: pin_dir.as_ref(),
     })?;
+    let start_guard = pin_dir.as_ref().map(PinDir::start_guard);
     if let Some(p) = &pin_dir {
         if p.reused {
             continuity.push_str("; maps reused from a previous daemon of this layout");
@@ -230,6 +232,10 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     metrics.set_rule_counts(&enforcer.rule_counts());
 
     let metrics_listener = metrics::bind(config.metrics_addr).await?;
+    // Before taking over from a previous daemon: a start that fails here
+    // (another daemon on the socket) still undoes its pins. Clients that
+    // connect now wait until the server runs, below.
+    let listener = control::server::bind(&config.control_socket)?;
     if !config.metrics_addr.ip().is_loopback() {
         tracing::warn!(
             addr = %config.metrics_addr,
@@ -249,6 +255,9 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     // before the previous daemon's programs are detached.
     let found = state.load();
     let resumed = pipeline.resume(found, &config.default_policy, |path, id| watcher.watch(path, id)).await;
+    if let Some(g) = start_guard {
+        g.disarm();
+    }
     if let Some(p) = &pin_dir {
         let removed = p.retire_old();
         if removed > 0 || !resumed.is_empty() {
@@ -263,7 +272,6 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     let pipeline = tokio::spawn(pipeline.run(cmd_rx, stop_rx.clone()));
 
     let watch_task = tokio::spawn(watch_events.run(cmd_tx.clone(), stop_rx.clone()));
-    let listener = control::server::bind(&config.control_socket)?;
     let hooks = loaded
         .hooks
         .iter()

@@ -203,11 +203,49 @@ impl PinDir {
         removed
     }
 
+    /// Undoes this start's pins if the start fails before it takes over
+    /// (dropped armed): a daemon that refuses to start must not leave
+    /// programs attached that nobody will ever detach.
+    pub fn start_guard(&self) -> StartGuard {
+        let created_alone = !self.reused && self.foreign.is_empty();
+        StartGuard {
+            generation: self.dir.join("links").join(&self.generation),
+            created: created_alone.then(|| self.root.clone()),
+            armed: true,
+        }
+    }
+
     /// `--stop-enforcement-on-exit`: removes every pin of this daemon
     /// instance; the programs detach when the daemon closes its last
     /// descriptors.
     pub fn remove_all(&self) {
         remove_tree(&self.root);
+    }
+}
+
+/// See [`PinDir::start_guard`].
+pub struct StartGuard {
+    generation: PathBuf,
+    /// The daemon's whole directory, when this start created it.
+    created: Option<PathBuf>,
+    armed: bool,
+}
+
+impl StartGuard {
+    /// The daemon has taken over: its pins stay whatever happens next.
+    pub fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for StartGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            remove_tree(&self.generation);
+            if let Some(root) = &self.created {
+                remove_tree(root);
+            }
+        }
     }
 }
 

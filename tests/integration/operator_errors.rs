@@ -61,6 +61,34 @@ fn second_daemon_on_same_socket_is_refused() {
     if let Some(root) = crate::harness::cgroup2_mount() {
         let _ = std::fs::remove_dir(root.join(format!("{}-second", d.cgroup_parent)));
     }
+    // A start that fails leaves no program attached behind it.
+    let pins = std::path::Path::new("/sys/fs/bpf/agent-monitor").join(format!("{}-second", d.cgroup_parent));
+    assert!(!pins.exists(), "a refused daemon left its pins in {}", pins.display());
+}
+
+#[test]
+fn second_daemon_on_same_cgroup_parent_is_refused() {
+    let d = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err) = output(&[
+        "daemon",
+        "--control-socket",
+        dir.path().join("other.sock").to_str().unwrap(),
+        "--metrics-addr",
+        &format!("127.0.0.1:{}", crate::harness::free_port()),
+        "--cgroup-parent",
+        &d.cgroup_parent,
+        "--state-dir",
+        dir.path().join("state").to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("another agent-monitor daemon runs with this cgroup parent"), "{err}");
+    // The first one is untouched: its programs and trajectories work.
+    assert!(d.run(Some("still-mine"), &["true"]).status.success());
+    let recs = d.trajectory("still-mine");
+    crate::harness::assert_well_formed(&recs);
+    let layouts = std::fs::read_dir(d.pin_dir()).unwrap().count();
+    assert_eq!(layouts, 1, "the refused daemon added nothing to the first one's pins");
 }
 
 #[test]
