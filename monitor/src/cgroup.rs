@@ -178,6 +178,26 @@ pub fn children(path: &Path) -> Result<Vec<PathBuf>, CgroupError> {
     Ok(out)
 }
 
+/// Locks the daemon's cgroup parent (`flock` on the directory), held while
+/// the returned file is open: two daemons sharing a cgroup parent would
+/// rebind each other's trajectories and retire each other's programs.
+/// Fails at once if another process holds it.
+pub fn lock_parent(parent: &Path) -> Result<std::fs::File, CgroupError> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(parent).map_err(io_err("open", parent))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        let e = if e.kind() == io::ErrorKind::WouldBlock {
+            io::Error::other("another agent-monitor daemon runs with this cgroup parent (it holds the lock)")
+        } else {
+            e
+        };
+        return Err(io_err("lock", parent)(e));
+    }
+    Ok(f)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,24 +235,4 @@ mod tests {
         assert!(parse_populated("populated 1\nfrozen 0\n"));
         assert!(!parse_populated("populated 0\nfrozen 0\n"));
     }
-}
-
-/// Locks the daemon's cgroup parent (`flock` on the directory), held while
-/// the returned file is open: two daemons sharing a cgroup parent would
-/// rebind each other's trajectories and retire each other's programs.
-/// Fails at once if another process holds it.
-pub fn lock_parent(parent: &Path) -> Result<std::fs::File, CgroupError> {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(parent).map_err(io_err("open", parent))?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let e = io::Error::last_os_error();
-        let e = if e.kind() == io::ErrorKind::WouldBlock {
-            io::Error::other("another agent-monitor daemon runs with this cgroup parent (it holds the lock)")
-        } else {
-            e
-        };
-        return Err(io_err("lock", parent)(e));
-    }
-    Ok(f)
 }
