@@ -65,6 +65,7 @@ pub const GLOBAL_TAMPER: &str = "TAMPER_CONFIG";
 pub const PROG_LSM_BPF: &str = "lsm_bpf";
 pub const PROG_LSM_PTRACE: &str = "lsm_ptrace_access_check";
 pub const PROG_LSM_TASK_ALLOC: &str = "lsm_task_alloc";
+pub const PROG_LSM_TASK_KILL: &str = "lsm_task_kill";
 pub const PROG_LSM_INODE_MKDIR: &str = "lsm_inode_mkdir";
 pub const PROG_LSM_INODE_RMDIR: &str = "lsm_inode_rmdir";
 pub const PROG_TP_BPF: &str = "tamper_sys_enter_bpf";

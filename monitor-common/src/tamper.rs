@@ -29,6 +29,9 @@ pub enum TamperOp {
     OpenByHandle = 9,
     /// `mount`, `move_mount` (and, on the fallback, `open_tree`, `fsmount`).
     Mount = 10,
+    /// A signal to the daemon (`kill`, `tkill`, `tgkill`,
+    /// `pidfd_send_signal`, `rt_sigqueueinfo`).
+    Signal = 11,
 }
 
 impl TamperOp {
@@ -44,6 +47,7 @@ impl TamperOp {
             8 => Some(Self::IoUring),
             9 => Some(Self::OpenByHandle),
             10 => Some(Self::Mount),
+            11 => Some(Self::Signal),
             _ => None,
         }
     }
@@ -60,6 +64,7 @@ impl TamperOp {
             Self::IoUring => "io_uring",
             Self::OpenByHandle => "open_by_handle_at",
             Self::Mount => "mount",
+            Self::Signal => "signal",
         }
     }
 }
@@ -72,10 +77,11 @@ pub struct TamperEvent {
     pub header: EventHeader,
     /// One of [`TamperOp`].
     pub op: u32,
-    /// The target process (thread-group id) of a ptrace-style access, else 0.
+    /// The target process (thread-group id) of a ptrace-style access or a
+    /// signal, else 0.
     pub target_pid: u32,
     /// Per op: the `bpf` command, the ptrace request or access mode, the
-    /// clone or mount flags.
+    /// clone or mount flags, the signal number.
     pub arg: u64,
 }
 assert_size!(TamperEvent, 96 + 16);

@@ -8,6 +8,7 @@
 //!   `environ`, `fd/`, `process_vm_*`, `pidfd_getfd`, ...) to a process
 //!   outside the trajectory;
 //! * `task_alloc`: no `clone3(CLONE_INTO_CGROUP)`;
+//! * `task_kill`: no signal to the daemon;
 //! * `inode_mkdir`/`inode_rmdir`: no directories created or removed in a
 //!   cgroup or BPF filesystem;
 //! * `sb_mount`/`move_mount`: no mounts (a bind mount would give a protected
@@ -187,6 +188,29 @@ pub fn lsm_ptrace_access_check(ctx: LsmContext) -> i32 {
     if mode as u32 & PTRACE_MODE_NOAUDIT == 0 {
         record(&member, TamperOp::Ptrace, tgid_of(child), mode & 0xffff_ffff, mechanism::LSM);
     }
+    lsm_ret(-EPERM)
+}
+
+/// `security_task_kill(p, info, sig, cred)`: no signal from a trajectory
+/// to the daemon (`kill -9` would stop the recording; the pinned programs
+/// would go on enforcing). Signal 0 (does the process exist?) stays
+/// allowed: it delivers nothing.
+#[lsm(hook = "task_kill")]
+pub fn lsm_task_kill(ctx: LsmContext) -> i32 {
+    let prev: i32 = ctx.arg(4);
+    if prev != 0 {
+        return lsm_ret(prev);
+    }
+    let Some(member) = trajectory::current() else {
+        return 0;
+    };
+    let target: u64 = ctx.arg(0);
+    let sig: u64 = ctx.arg(2);
+    let tgid = tgid_of(target);
+    if sig & 0xffff_ffff == 0 || u64::from(tgid) != config().daemon_tgid {
+        return 0;
+    }
+    record(&member, TamperOp::Signal, tgid, sig & 0xffff_ffff, mechanism::LSM);
     lsm_ret(-EPERM)
 }
 

@@ -154,6 +154,14 @@ pub const PROTECTIONS: &[Protection] = &[
                          syscall entry; other processes outside the trajectory are not protected",
     },
     Protection {
+        name: "signals",
+        lsm: &[tamper_lsm("tamper:lsm:task_kill", names::PROG_LSM_TASK_KILL, "task_kill")],
+        lsm_scope: "signals to the daemon (kill, tkill, tgkill, pidfd_send_signal, rt_sigqueueinfo) fail with EPERM",
+        fallback: &[],
+        fallback_scope: "signals to the daemon cannot be refused without BPF LSM: a root agent can kill it, which \
+                         stops the recording until it restarts; the pinned programs keep enforcing (continuity)",
+    },
+    Protection {
         name: "cgroup-escape",
         lsm: &[tamper_lsm("tamper:lsm:task_alloc", names::PROG_LSM_TASK_ALLOC, "task_alloc")],
         lsm_scope: "clone3(CLONE_INTO_CGROUP) fails with EPERM",

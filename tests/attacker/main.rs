@@ -67,6 +67,11 @@ fn main() {
             check(unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) } as i32);
             println!("ok");
         }
+        ["signal", pid, sig] => {
+            let (pid, sig): (libc::pid_t, i32) = (pid.parse().expect("pid"), sig.parse().expect("signal number"));
+            check(unsafe { libc::kill(pid, sig) });
+            println!("ok");
+        }
         ["pidfd-open", pid] => {
             let pid: libc::pid_t = pid.parse().expect("pid");
             check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32);

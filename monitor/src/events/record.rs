@@ -139,13 +139,13 @@ pub enum Body {
     Tamper {
         /// What was attempted: `bpf`, `ptrace`, `process_vm`, `pidfd_open`,
         /// `clone_into_cgroup`, `cgroup_mkdir`, `cgroup_rmdir`, `io_uring`,
-        /// `open_by_handle_at`.
+        /// `open_by_handle_at`, `mount`, `signal`.
         op: &'static str,
-        /// The target process of a ptrace-style access.
+        /// The target process of a ptrace-style access or a signal.
         #[serde(skip_serializing_if = "Option::is_none")]
         target_pid: Option<u32>,
         /// Per op: the bpf command, the ptrace request or access mode, the
-        /// clone flags.
+        /// clone or mount flags, the signal number.
         arg: u64,
     },
     TrajectoryStart {
