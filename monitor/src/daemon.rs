@@ -1,11 +1,14 @@
 //! The daemon as a library function: [`run`] takes its configuration and a
 //! shutdown future, so tests and `main` start it the same way.
 //!
-//! Start order: preflight checks → cgroup parent → load and attach every
-//! hook → event pipeline and sink → control socket → /metrics. Nothing is
-//! reachable by clients before the kernel side is in place. Shutdown stops
-//! the clients first, then drains the pipeline, flushes the sink and detaches
-//! the programs.
+//! Start order: preflight checks → cgroup parent (locked: one daemon per
+//! parent) → pin directory → load and attach every hook, pinning the links
+//! → bind /metrics and the control socket → sink and pipeline → resume the
+//! trajectories a previous daemon left, then retire its pins → serve
+//! clients and /metrics. Nothing is served before the kernel side is in
+//! place. Shutdown stops the clients first, then drains the pipeline and
+//! flushes the sink; the pinned programs stay attached (the kernel keeps
+//! enforcing) unless `--stop-enforcement-on-exit` removes the pins.
 
 use std::{
     future::Future,

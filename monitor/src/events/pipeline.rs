@@ -703,10 +703,16 @@ impl Pipeline {
         default_policy: &str,
         watch: impl Fn(&std::path::Path, u64) -> std::io::Result<()>,
     ) -> Vec<Resumed> {
-        if found.is_empty() {
-            return Vec::new();
-        }
         let now = clock_ns(libc::CLOCK_BOOTTIME);
+        // Bindings in reused maps that no state file explains (its write
+        // failed, or it was deleted) go: nothing would ever retire them,
+        // and their instance ids would be handed out again.
+        let known: std::collections::HashSet<u64> = found.iter().map(|f| f.saved.cgroup_id).collect();
+        let stale: Vec<u64> = self.trajectory_map.keys().flatten().filter(|k| !known.contains(k)).collect();
+        for cgroup_id in stale {
+            let _ = self.trajectory_map.remove(&cgroup_id);
+            let _ = self.trajectory_losses.remove(&cgroup_id);
+        }
         // What the kernel still binds, from the reused maps.
         let bound: Vec<Option<TrajectoryValue>> =
             found.iter().map(|f| self.trajectory_map.get(&f.saved.cgroup_id, 0).ok()).collect();
@@ -715,7 +721,11 @@ impl Pipeline {
             .zip(&bound)
             .filter_map(|(f, b)| b.map(|v| (v.policy, f.saved.policy.clone(), f.saved.rules_digest)))
             .collect();
+        // Every instance no resumed trajectory is bound to is deleted.
         self.enforcer.adopt_instances(&adopted);
+        if found.is_empty() {
+            return Vec::new();
+        }
         let mut ended = Vec::new();
         let mut alive = Vec::new();
         for (f, bound) in found.into_iter().zip(bound) {
