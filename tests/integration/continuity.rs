@@ -123,6 +123,9 @@ fn enforcement_survives_sigkill_and_restarts_and_the_stream_resumes() {
     wait_rounds(&l.progress, 20, &mut agent, "with no daemon (second kill)");
     // Another ring buffer size: another layout.
     d.restart(&["--policy-dir", &policy_dir, "--ringbuf-size", "8388608"], true);
+    // The control socket accepts before the take-over is complete; status
+    // is answered only after it (the old pins are retired by then).
+    d.status();
     wait_rounds(&l.progress, 20, &mut agent, "under the third daemon");
     let layouts: Vec<PathBuf> = std::fs::read_dir(d.pin_dir()).unwrap().flatten().map(|e| e.path()).collect();
     assert_eq!(layouts.len(), 1, "the old layout's pins are gone once the new one runs: {layouts:?}");
