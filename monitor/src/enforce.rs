@@ -257,23 +257,10 @@ impl Enforcer {
 
     /// Deletes every policy map entry whose instance id `doomed` picks.
     fn purge(&mut self, doomed: impl Fn(u32) -> bool) {
-        let id_of = |data: &[u8]| u32::from_be_bytes(data[..4].try_into().expect("4 bytes"));
-        let file: Vec<_> = self.maps.file.keys().flatten().filter(|k| doomed(id_of(&k.data()))).collect();
-        for k in file {
-            let _ = self.maps.file.remove(&k);
-        }
-        let exec: Vec<_> = self.maps.exec.keys().flatten().filter(|k| doomed(id_of(&k.data()))).collect();
-        for k in exec {
-            let _ = self.maps.exec.remove(&k);
-        }
-        let net4: Vec<_> = self.maps.net4.keys().flatten().filter(|k| doomed(id_of(&k.data()))).collect();
-        for k in net4 {
-            let _ = self.maps.net4.remove(&k);
-        }
-        let net6: Vec<_> = self.maps.net6.keys().flatten().filter(|k| doomed(id_of(&k.data()))).collect();
-        for k in net6 {
-            let _ = self.maps.net6.remove(&k);
-        }
+        purge_trie(&mut self.maps.file, &doomed);
+        purge_trie(&mut self.maps.exec, &doomed);
+        purge_trie(&mut self.maps.net4, &doomed);
+        purge_trie(&mut self.maps.net6, &doomed);
         for id in (0..MAX_POLICIES).filter(|&i| doomed(i)) {
             if let Ok(c) = self.maps.config.get(&id, 0) {
                 if c.mode != 0 {
@@ -323,6 +310,19 @@ impl Enforcer {
         for (k, _) in &e.net6 {
             let _ = self.maps.net6.remove(&net6_key(k));
         }
+    }
+}
+
+/// Deletes the trie entries whose key starts with an instance id (big
+/// endian, as every policy key does) that `doomed` picks.
+fn purge_trie<const N: usize, V: aya::Pod>(
+    trie: &mut aya::maps::LpmTrie<aya::maps::MapData, [u8; N], V>,
+    doomed: impl Fn(u32) -> bool,
+) {
+    let id_of = |data: &[u8; N]| u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
+    let keys: Vec<Key<[u8; N]>> = trie.keys().flatten().filter(|k| doomed(id_of(&k.data()))).collect();
+    for k in keys {
+        let _ = trie.remove(&k);
     }
 }
 

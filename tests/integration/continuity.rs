@@ -52,6 +52,22 @@ fn progress(path: &Path) -> [u64; 3] {
     }
 }
 
+/// Starts trajectory `id` under policy `test`: the agent retries the
+/// denied connect to `port` and the denied open until `l.stop` exists.
+fn retry_denied(d: &Daemon, id: &str, l: &Lab, port: u16) -> Child {
+    let (agent, secret, port) = (agent_bin(), l.ws.join("secret/key"), port.to_string());
+    let args = [
+        agent.to_str().unwrap(),
+        "retry-denied",
+        "127.0.0.1",
+        &port,
+        secret.to_str().unwrap(),
+        l.stop.to_str().unwrap(),
+        l.progress.to_str().unwrap(),
+    ];
+    d.run_policy_cmd(id, "test", &l.ws, &args).stdout(Stdio::null()).spawn().expect("spawn run")
+}
+
 /// Waits until the agent has made `more` further attempts.
 fn wait_rounds(path: &Path, more: u64, agent: &mut Child, what: &str) -> [u64; 3] {
     let start = progress(path)[0];
@@ -92,22 +108,7 @@ fn enforcement_survives_sigkill_and_restarts_and_the_stream_resumes() {
         .unwrap_or_else(|| panic!("no continuity in status: {status}"));
     assert_eq!(continuity["mechanism"], "pinned", "{continuity}");
 
-    let agent = agent_bin();
-    let mut run = d.run_policy_cmd(
-        "cont-1",
-        "test",
-        &l.ws,
-        &[
-            agent.to_str().unwrap(),
-            "retry-denied",
-            "127.0.0.1",
-            &port.to_string(),
-            l.ws.join("secret/key").to_str().unwrap(),
-            l.stop.to_str().unwrap(),
-            l.progress.to_str().unwrap(),
-        ],
-    );
-    let mut agent = run.stdout(Stdio::null()).spawn().expect("spawn run");
+    let mut agent = retry_denied(&d, "cont-1", &l, port);
     wait_rounds(&l.progress, 20, &mut agent, "under the first daemon");
 
     d.kill();
@@ -187,22 +188,7 @@ fn a_clean_stop_keeps_enforcing_and_the_next_daemon_closes_what_ended_meanwhile(
     let l = lab(port);
     let policy_dir = l.policies.to_str().unwrap().to_owned();
     let mut d = Daemon::start_keeping(&["--policy-dir", &policy_dir]);
-    let agent = agent_bin();
-    let mut run = d.run_policy_cmd(
-        "cont-2",
-        "test",
-        &l.ws,
-        &[
-            agent.to_str().unwrap(),
-            "retry-denied",
-            "127.0.0.1",
-            &port.to_string(),
-            l.ws.join("secret/key").to_str().unwrap(),
-            l.stop.to_str().unwrap(),
-            l.progress.to_str().unwrap(),
-        ],
-    );
-    let mut agent = run.stdout(Stdio::null()).spawn().expect("spawn run");
+    let mut agent = retry_denied(&d, "cont-2", &l, port);
     wait_rounds(&l.progress, 10, &mut agent, "under the daemon");
     assert!(d.stop().success());
     assert!(d.pin_dir().exists(), "a clean stop keeps the pins by default");
