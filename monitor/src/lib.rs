@@ -7,6 +7,7 @@
 //! per-trajectory JSON Lines stream. See `docs/architecture.md`.
 
 pub mod adopt;
+pub mod app;
 pub mod btf;
 pub mod cgroup;
 pub mod cli;

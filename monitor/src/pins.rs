@@ -28,6 +28,7 @@
 use std::{
     io,
     path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
 };
 
 use monitor_common::names;
@@ -36,6 +37,18 @@ use monitor_common::names;
 /// reordered within a value, a key encoded differently): the digest below
 /// catches every change of size, type, entry count or flags by itself.
 pub const LAYOUT_VERSION: u32 = 1;
+
+/// The layout version this build pins with: [`LAYOUT_VERSION`], unless a
+/// build overrode it before starting ([`build_with_layout_version`]).
+static BUILD_LAYOUT_VERSION: AtomicU32 = AtomicU32::new(LAYOUT_VERSION);
+
+/// Makes this build pin with layout `version`. Only the upgrade test's
+/// older build (`tests/previous_layout`) calls it, before `app::main`:
+/// that executable stands for a release whose layout differs, so that a
+/// hand-over between two separately built daemons is tested end to end.
+pub fn build_with_layout_version(version: u32) {
+    BUILD_LAYOUT_VERSION.store(version, Ordering::Relaxed);
+}
 
 /// The maps that carry state from one daemon to the next. The others are
 /// per-CPU scratch space or the LSM self-test's counters.
@@ -77,9 +90,13 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PinError + '_ {
 /// The layout digest of `object` with the ring buffer sized `ringbuf_bytes`
 /// (the one size the daemon overrides at load): 16 hex digits, FNV-1a.
 pub fn layout_id(object: &[u8], ringbuf_bytes: u32) -> Result<String, PinError> {
+    layout_digest(object, ringbuf_bytes, BUILD_LAYOUT_VERSION.load(Ordering::Relaxed))
+}
+
+fn layout_digest(object: &[u8], ringbuf_bytes: u32, version: u32) -> Result<String, PinError> {
     let obj = aya_obj::Object::parse(object).map_err(|e| PinError::Object(e.to_string()))?;
     let mut h = Fnv::new();
-    h.u32(LAYOUT_VERSION);
+    h.u32(version);
     for name in PINNED_MAPS {
         let m = obj.maps.get(*name).ok_or_else(|| PinError::Object(format!("no map {name}")))?;
         let entries = if *name == names::MAP_EVENTS { ringbuf_bytes } else { m.max_entries() };
@@ -321,6 +338,8 @@ mod tests {
         assert_eq!(a.len(), 16);
         assert_eq!(a, layout_id(object, 1 << 20).unwrap());
         assert_ne!(a, layout_id(object, 1 << 21).unwrap());
+        assert_eq!(a, layout_digest(object, 1 << 20, LAYOUT_VERSION).unwrap());
+        assert_ne!(a, layout_digest(object, 1 << 20, LAYOUT_VERSION + 1).unwrap());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::harness::{agent_bin, of_kind, Daemon, HANG_GUARD_SECS};
+use crate::harness::{agent_bin, of_kind, previous_layout_bin, Daemon, HANG_GUARD_SECS};
 
 struct Lab {
     _dir: tempfile::TempDir,
@@ -52,9 +52,34 @@ fn progress(path: &Path) -> [u64; 3] {
     }
 }
 
+/// The agent's process, killed if the test fails before it stops it.
+struct Agent(Child);
+
+impl std::ops::Deref for Agent {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Agent {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts trajectory `id` under policy `test`: the agent retries the
 /// denied connect to `port` and the denied open until `l.stop` exists.
-fn retry_denied(d: &Daemon, id: &str, l: &Lab, port: u16) -> Child {
+fn retry_denied(d: &Daemon, id: &str, l: &Lab, port: u16) -> Agent {
     let (agent, secret, port) = (agent_bin(), l.ws.join("secret/key"), port.to_string());
     let args = [
         agent.to_str().unwrap(),
@@ -65,7 +90,7 @@ fn retry_denied(d: &Daemon, id: &str, l: &Lab, port: u16) -> Child {
         l.stop.to_str().unwrap(),
         l.progress.to_str().unwrap(),
     ];
-    d.run_policy_cmd(id, "test", &l.ws, &args).stdout(Stdio::null()).spawn().expect("spawn run")
+    Agent(d.run_policy_cmd(id, "test", &l.ws, &args).stdout(Stdio::null()).spawn().expect("spawn run"))
 }
 
 /// Waits until the agent has made `more` further attempts.
@@ -208,4 +233,71 @@ fn a_clean_stop_keeps_enforcing_and_the_next_daemon_closes_what_ended_meanwhile(
     assert_eq!(end["reason"], "exited", "{end}");
     let gap = of_kind(&recs, "gap").into_iter().find(|g| g["reason"] == "daemon_restart").expect("restart gap");
     assert!(gap["seq"].as_u64() < end["seq"].as_u64());
+}
+
+/// The only directory under the daemon's pin directory: its layout's.
+fn layout_dir(d: &Daemon) -> PathBuf {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(d.pin_dir()).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(dirs.len(), 1, "one layout directory: {dirs:?}");
+    dirs.into_iter().next().unwrap()
+}
+
+/// An upgrade across a layout change, with two builds: the build before
+/// this one (`agent-monitor-previous-layout`, pinning with the previous
+/// layout version) runs a trajectory and stops the way a package upgrade
+/// stops it (SIGTERM, pins kept); the current `agent-monitor` starts, finds
+/// pins it must not reuse, builds its own maps, re-registers the
+/// trajectory, and only then detaches the older build's programs. The
+/// agent retries a denied connect and a denied open throughout: none
+/// succeeds, and the stream goes on with one restart gap.
+#[test]
+fn an_upgrade_from_a_build_of_another_layout_hands_over_without_a_gap() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let l = lab(port);
+    let policy_dir = l.policies.to_str().unwrap().to_owned();
+    let mut d = Daemon::start_keeping_build(previous_layout_bin(), &["--policy-dir", &policy_dir]);
+    d.status();
+    let old_layout = layout_dir(&d);
+    let mut agent = retry_denied(&d, "upgrade-1", &l, port);
+    wait_rounds(&l.progress, 20, &mut agent, "under the older build");
+
+    assert!(d.stop().success());
+    wait_rounds(&l.progress, 20, &mut agent, "between the builds");
+    d.upgrade(&["--policy-dir", &policy_dir], true);
+    d.status();
+    let new_layout = layout_dir(&d);
+    assert_ne!(new_layout, old_layout, "the current build must not reuse the older build's maps");
+    let status = d.status();
+    assert!(
+        status["trajectories"].as_array().unwrap().iter().any(|t| t["trajectory"] == "upgrade-1"),
+        "the trajectory was handed over: {status}"
+    );
+    wait_rounds(&l.progress, 20, &mut agent, "under the current build");
+
+    std::fs::write(&l.stop, "").unwrap();
+    assert!(agent.wait().unwrap().success());
+    let [rounds, connected, read] = progress(&l.progress);
+    assert_eq!(connected, 0, "connects to the denied address succeeded in {connected} of {rounds} attempts");
+    assert_eq!(read, 0, "the denied file was read in {read} of {rounds} attempts");
+    listener.set_nonblocking(true).unwrap();
+    assert!(listener.accept().is_err(), "a connection reached the denied port");
+
+    let recs = d.trajectory("upgrade-1");
+    crate::schema::assert_matches_schema(&recs);
+    let seqs: Vec<u64> = recs.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seq strictly increasing across the builds: {seqs:?}");
+    let gaps: Vec<&Value> = of_kind(&recs, "gap").into_iter().filter(|g| g["reason"] == "daemon_restart").collect();
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    let from = gaps[0]["seq"].as_u64().unwrap();
+    let denied = |after: bool| {
+        recs.iter()
+            .filter(|r| r["kind"] == "connect" && r["decision"] == "deny")
+            .filter(|r| (r["seq"].as_u64().unwrap() > from) == after)
+            .count()
+    };
+    assert!(denied(false) > 0 && denied(true) > 0, "denials recorded by both builds");
+    assert_eq!(of_kind(&recs, "trajectory_start").len(), 1);
+    assert!(d.stop().success());
+    assert!(!d.pin_dir().exists(), "--stop-enforcement-on-exit removes the pins");
 }

@@ -17,6 +17,17 @@ pub fn monitor_bin() -> PathBuf {
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_agent-monitor").into())
 }
 
+/// The daemon built with the previous pinned-map layout version (the
+/// `agent-monitor-previous-layout` example, the upgrade test's older
+/// build); `AGENT_MONITOR_PREVIOUS_BIN` overrides (VM guests).
+pub fn previous_layout_bin() -> PathBuf {
+    let path = std::env::var_os("AGENT_MONITOR_PREVIOUS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| agent_bin().with_file_name("agent-monitor-previous-layout"));
+    assert!(path.exists(), "{} not built: run the tests with `cargo xtask test`", path.display());
+    path
+}
+
 /// The `test-agent` example; `TEST_AGENT_BIN` overrides (VM guests).
 pub fn agent_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("TEST_AGENT_BIN") {
@@ -67,6 +78,8 @@ pub const HANG_GUARD_SECS: u64 = 90;
 
 pub struct Daemon {
     child: Option<Child>,
+    /// The executable the next (re)start runs.
+    bin: PathBuf,
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub events: PathBuf,
@@ -86,16 +99,21 @@ impl Daemon {
     /// as every test but the continuity ones wants: nothing it pinned
     /// outlives the test.
     pub fn start_with(extra: &[&str]) -> Daemon {
-        Self::start_inner(extra, true)
+        Self::start_inner(monitor_bin(), extra, true)
     }
 
     /// A daemon with the default behaviour: its pins, and so enforcement,
     /// outlive it, and the next daemon resumes its trajectories.
     pub fn start_keeping(extra: &[&str]) -> Daemon {
-        Self::start_inner(extra, false)
+        Self::start_inner(monitor_bin(), extra, false)
     }
 
-    fn start_inner(extra: &[&str], stops_enforcement: bool) -> Daemon {
+    /// [`Daemon::start_keeping`] with another build of the daemon.
+    pub fn start_keeping_build(bin: PathBuf, extra: &[&str]) -> Daemon {
+        Self::start_inner(bin, extra, false)
+    }
+
+    fn start_inner(bin: PathBuf, extra: &[&str], stops_enforcement: bool) -> Daemon {
         require_root();
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("ctl/control.sock");
@@ -103,13 +121,14 @@ impl Daemon {
         let stderr = dir.path().join("daemon.stderr");
         let metrics_port = free_port();
         let cgroup_parent = unique("agent-monitor-test");
-        let mut d = Daemon { child: None, dir, socket, events, metrics_port, cgroup_parent, stderr, stops_enforcement };
+        let mut d =
+            Daemon { child: None, bin, dir, socket, events, metrics_port, cgroup_parent, stderr, stops_enforcement };
         d.spawn(extra);
         d
     }
 
     fn spawn(&mut self, extra: &[&str]) {
-        let mut cmd = Command::new(monitor_bin());
+        let mut cmd = Command::new(&self.bin);
         cmd.args(["daemon", "--events"])
             .arg(&self.events)
             .arg("--control-socket")
@@ -123,7 +142,7 @@ impl Daemon {
         }
         use std::io::Write;
         let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&self.stderr).expect("stderr file");
-        writeln!(log, "--- daemon start {extra:?}").expect("stderr file");
+        writeln!(log, "--- daemon start {} {extra:?}", self.bin.display()).expect("stderr file");
         let child = cmd
             .args(extra)
             .env("AGENT_MONITOR_LOG", "info")
@@ -150,6 +169,14 @@ impl Daemon {
         assert!(self.child.is_none(), "kill or stop the daemon first");
         self.stops_enforcement = stops_enforcement;
         self.spawn(extra);
+    }
+
+    /// Starts this build of the daemon (the current `agent-monitor`) with
+    /// the same files, cgroup parent and state directory, as a package
+    /// upgrade does once the older build has stopped.
+    pub fn upgrade(&mut self, extra: &[&str], stops_enforcement: bool) {
+        self.bin = monitor_bin();
+        self.restart(extra, stops_enforcement);
     }
 
     /// The bpffs directory of this daemon's pins.

@@ -53,6 +53,7 @@ echo "VMTEST-LSM $(cat /sys/kernel/security/lsm)"
 export HOME=/root TMPDIR=/tmp NO_COLOR=1 RUST_BACKTRACE=1
 export AGENT_MONITOR_BIN=/opt/vmtest/agent-monitor
 export TEST_AGENT_BIN=/opt/vmtest/test-agent
+export AGENT_MONITOR_PREVIOUS_BIN=/opt/vmtest/agent-monitor-previous-layout
 export AGENT_MONITOR_SKIP_FILE=/run/vmtest-skips
 # Booted with bpf in lsm=: the daemon must enforce file and exec with BPF
 # LSM here, and the tests fail if it fell back to kill.
@@ -79,6 +80,7 @@ if [ -S /run/probe/control.sock ]; then
     kill -TERM "$probe"
     wait "$probe"
     grep 'mechanism=' /run/probe/stderr | sed 's/^/VMTEST-MECH /'
+    grep 'started in' /run/probe/stderr | sed 's/^/VMTEST-STARTUP /'
 else
     kill -KILL "$probe" 2>/dev/null
     wait "$probe"

@@ -230,6 +230,7 @@ fn build_payload(root: &Path, out: &Path) -> Result<initramfs::Payload> {
         monitor: strip(&built.monitor, "agent-monitor")?,
         test_agent: strip(&built.test_agent, "test-agent")?,
         attacker: strip(&built.attacker, "attacker")?,
+        previous_layout: strip(&built.previous_layout, "agent-monitor-previous-layout")?,
     })
 }
 
@@ -239,6 +240,7 @@ struct Built {
     monitor: PathBuf,
     test_agent: PathBuf,
     attacker: PathBuf,
+    previous_layout: PathBuf,
 }
 
 /// Builds with exactly the host run's `cargo test` selection, `--no-run`, and
@@ -275,6 +277,7 @@ fn test_build(root: &Path) -> Result<Built> {
         monitor: find("bin", "agent-monitor", false)?,
         test_agent: find("example", "test-agent", false)?,
         attacker: find("example", "attacker", false)?,
+        previous_layout: find("example", "agent-monitor-previous-layout", false)?,
     })
 }
 

@@ -54,6 +54,8 @@ pub struct Payload {
     pub test_agent: PathBuf,
     /// `tests/attacker`, beside `test-agent` (the tests find it there).
     pub attacker: PathBuf,
+    /// The daemon built with the previous map layout (the upgrade test).
+    pub previous_layout: PathBuf,
 }
 
 pub fn build(root: &Path, payload: &Payload, out: &Path) -> Result<()> {
@@ -82,6 +84,7 @@ pub fn build(root: &Path, payload: &Payload, out: &Path) -> Result<()> {
         ("agent-monitor", &payload.monitor),
         ("test-agent", &payload.test_agent),
         ("attacker", &payload.attacker),
+        ("agent-monitor-previous-layout", &payload.previous_layout),
     ];
     let mut libs = BTreeSet::new();
     for (name, path) in exes {

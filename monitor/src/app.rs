@@ -1,0 +1,119 @@
+//! `agent-monitor`: flags → tracing → runtime → dispatch → exit code.
+//!
+//! In the library so that a second build of the daemon (the upgrade test's
+//! older layout, `tests/previous_layout`) runs exactly this entry point.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::{
+    cli::{Cli, Commands, PolicyCommand},
+    config::DaemonConfig,
+    control::{
+        client::{self, ClientError},
+        protocol::{Request, Response},
+    },
+};
+
+/// `agent-monitor`'s `main`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Commands::Daemon(args) => {
+            let config = match DaemonConfig::from_args(&args) {
+                Ok(c) => c,
+                Err(e) => return fail(&e),
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+                Ok(r) => r,
+                Err(e) => return fail(&e),
+            };
+            match runtime.block_on(crate::daemon::run(config, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
+        }
+        Commands::Status(args) => match crate::status::show(&args.control_socket, args.json) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
+        Commands::Step(args) => {
+            let req = Request::Step { trajectory: args.trajectory, name: args.name, id: args.id };
+            match client::request(&args.control_socket, &req) {
+                Ok(Response::Stepped { trajectory, step, .. }) => {
+                    println!("trajectory {trajectory}: step {step}");
+                    ExitCode::SUCCESS
+                }
+                Ok(other) => fail(&ClientError::Protocol(format!("unexpected answer to step: {other:?}"))),
+                Err(e) => fail(&e),
+            }
+        }
+        Commands::Events(args) => {
+            let req = Request::Events { trajectory: args.trajectory, kinds: args.kinds, follow: args.follow };
+            match client::stream(&args.control_socket, &req, &mut std::io::stdout().lock()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
+        }
+        Commands::Policy(PolicyCommand::Check { paths }) => {
+            let diagnostics = crate::policy::check(&paths);
+            for d in &diagnostics {
+                eprintln!("{d}");
+            }
+            if diagnostics.is_empty() {
+                println!("{} policy path(s) valid", paths.len());
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("agent-monitor policy check: {} error(s)", diagnostics.len());
+                ExitCode::FAILURE
+            }
+        }
+        Commands::Run(args) => {
+            let spec =
+                crate::run::RunSpec { trajectory: args.trajectory, policy: args.policy, workspace: args.workspace };
+            let err = crate::run::run(&args.control_socket, spec, &args.command);
+            eprintln!("agent-monitor run: {}", chain(&err));
+            ExitCode::from(err.exit_code() as u8)
+        }
+    }
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn fail(e: &dyn std::error::Error) -> ExitCode {
+    eprintln!("agent-monitor: error: {}", chain(e));
+    ExitCode::FAILURE
+}
+
+/// The error and its sources, `: `-joined, so the verifier log and OS errors
+/// reach the user.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        src = s.source();
+    }
+    out
+}
