@@ -14,6 +14,7 @@ use std::{
     future::Future,
     io,
     sync::{atomic::AtomicBool, Arc},
+    time::Instant,
 };
 
 use tokio::sync::{mpsc, watch};
@@ -71,6 +72,7 @@ pub enum DaemonError {
 }
 
 pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    let started = Instant::now();
     host::require_root()?;
     match &config.config_file {
         Some(file) => tracing::info!(file = %file.display(), "configuration file read"),
@@ -81,6 +83,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     host::ensure_tracefs()?;
     let hierarchy = Hierarchy::discover()?;
     let (offsets, tamper) = btf::all_offsets(VMLINUX_BTF.as_ref(), std::process::id())?;
+    let offsets_done = started.elapsed();
     // Policies before anything is loaded: a broken policy stops the start.
     let set = policy::load_daemon_set(config.policy_dir.as_deref()).map_err(DaemonError::Policy)?;
     if set.get(&config.default_policy).is_none() {
@@ -325,6 +328,13 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         hub: hub.clone(),
     });
     let control_task = tokio::spawn(control::server::serve(listener, ctx, stop_rx.clone()));
+    // Where a start's time goes (the kernel BTF parses and the verifier
+    // dominate; under TCG, seconds).
+    let phases: Vec<String> = std::iter::once(("offsets", offsets_done))
+        .chain(loaded.timings.iter().copied())
+        .map(|(name, d)| format!("{name}={}ms", d.as_millis()))
+        .collect();
+    tracing::info!(phases = %phases.join(" "), "started in {} ms", started.elapsed().as_millis());
 
     let mut metrics_stop = stop_rx.clone();
     let metrics_task = tokio::spawn(metrics::serve(metrics_listener, metrics, async move {

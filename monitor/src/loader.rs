@@ -2,7 +2,11 @@
 //! the maps. [`Loaded`] is the single owner of the programs and their links;
 //! dropping it detaches everything.
 
-use std::{fs::File, path::Path};
+use std::{
+    fs::File,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -156,10 +160,20 @@ pub struct Loaded {
     pub protections: Vec<ProtectionState>,
     /// [`RuntimeConfig::flags`] the pipeline must keep writing.
     pub runtime_flags: u64,
+    /// How long each start-up phase took, in order (logged by the daemon).
+    pub timings: Vec<(&'static str, Duration)>,
 }
 
 pub fn load(opts: &LoadOptions<'_>) -> Result<(Loaded, PipelineMaps, PolicyMapHandles), LoadError> {
+    let mut timings = Vec::new();
+    let mut phase = Instant::now();
+    let mut lap = |name: &'static str| {
+        timings.push((name, phase.elapsed()));
+        phase = Instant::now();
+    };
+    // Parses the kernel's BTF (aya's copy, for relocations).
     let mut loader = EbpfLoader::new();
+    lap("loader_btf");
     loader
         .override_global(names::GLOBAL_OFFSETS, &opts.offsets, true)
         .override_global(names::GLOBAL_WAKEUP_BYTES, &opts.wakeup_bytes, true)
@@ -173,6 +187,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<(Loaded, PipelineMaps, PolicyMapHa
         }
     }
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(LoadError::Object)?;
+    lap("object_load");
     let mut links = Vec::new();
 
     let cgroup = File::open(opts.cgroup_parent)
@@ -182,10 +197,12 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<(Loaded, PipelineMaps, PolicyMapHa
     for hook in HOOKS {
         hooks.push(attach(&mut ebpf, hook, &cgroup, &mut links)?);
     }
+    lap("attach");
     // The strongest mechanism for file and exec rules: BPF LSM if its
     // programs load, attach and demonstrably run; else the tracepoints' kill.
     let (lsm, btf) = probe_lsm(&mut ebpf, &mut links);
     let lsm_active = lsm.iter().all(|h| h.mechanism == mechanism::LSM_DENY);
+    lap("lsm_probe");
     let runtime_flags = if lsm_active { runtime::LSM_FILE | runtime::LSM_EXEC } else { 0 };
     // The pipeline writes `runtime_flags` into CONFIG with the first
     // trajectory; until then no task is a member, so nothing is judged.
@@ -211,10 +228,12 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<(Loaded, PipelineMaps, PolicyMapHa
     let btf = btf.filter(|_| lsm_active);
     let protections =
         PROTECTIONS.iter().map(|p| protect(&mut ebpf, p, btf.as_ref(), &cgroup, &mut hooks, &mut links)).collect();
+    lap("protections");
     let (pinned, unpinned) = match opts.pins {
         Some(pins) => pin_links(&mut ebpf, links, pins),
         None => (Vec::new(), Vec::new()),
     };
+    lap("pin_links");
     // Never claim a hook whose link was lost on the way to its pin.
     for u in unpinned.iter().filter(|u| u.detached) {
         for h in hooks.iter_mut().filter(|h| h.hook == u.hook) {
@@ -243,7 +262,11 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<(Loaded, PipelineMaps, PolicyMapHa
         config: Array::try_from(take(&mut ebpf, names::MAP_CONFIG)?).map_err(map_err(names::MAP_CONFIG))?,
         losses: PerCpuArray::try_from(take(&mut ebpf, names::MAP_LOSSES)?).map_err(map_err(names::MAP_LOSSES))?,
     };
-    Ok((Loaded { _ebpf: ebpf, pinned, unpinned, hooks, enforcement, protections, runtime_flags }, maps, policy))
+    Ok((
+        Loaded { _ebpf: ebpf, pinned, unpinned, hooks, enforcement, protections, runtime_flags, timings },
+        maps,
+        policy,
+    ))
 }
 
 /// Loads and attaches the LSM programs and checks that the kernel calls

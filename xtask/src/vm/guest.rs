@@ -39,9 +39,13 @@ pub fn boot(b: &Boot<'_>) -> Result<(Exit, Duration)> {
     // instead of waiting for the bound; the stack traces `quiet` keeps off
     // the console (every CPU's, for a soft lockup) are in the kernel's log
     // buffer, which `panic_print=0x20` replays onto the console at the panic.
+    // `watchdog_thresh=60` (the maximum) reports a soft lockup after 120 s
+    // instead of 20: under TCG guest time is host time, so a guest CPU the
+    // host does not run for 20 s, or one crawling through a long kernel
+    // path, looks stuck, and a report ends the whole guest's run.
     let cmdline = format!(
         "console=ttyS0 panic=-1 quiet softlockup_panic=1 softlockup_all_cpu_backtrace=1 hung_task_panic=1 \
-         panic_print=0x20 lsm={}{}",
+         watchdog_thresh=60 panic_print=0x20 lsm={}{}",
         b.lsm,
         std::env::var("VMTEST_FILTER").map(|f| format!(" VMTEST_FILTER={f}")).unwrap_or_default()
     );
@@ -78,15 +82,19 @@ pub fn boot(b: &Boot<'_>) -> Result<(Exit, Duration)> {
 }
 
 /// Follows the console log and echoes the lines a person watching wants:
-/// the markers and libtest's per-test results.
+/// the markers and libtest's per-test results, each result with the
+/// seconds since the previous one (libtest completes a line when its test
+/// ends; one test at a time, so that is the test's wall time, to the
+/// polling interval).
 struct Tail {
     file: File,
     pending: String,
+    last: Instant,
 }
 
 impl Tail {
     fn open(path: &Path) -> Result<Tail> {
-        Ok(Tail { file: File::open(path)?, pending: String::new() })
+        Ok(Tail { file: File::open(path)?, pending: String::new(), last: Instant::now() })
     }
 
     fn echo(&mut self, label: &str) {
@@ -101,8 +109,14 @@ impl Tail {
             let line = line.trim_end();
             // The mechanism lines are long and end up in the summary anyway.
             let wanted = line.starts_with("VMTEST-") && !line.starts_with("VMTEST-MECH");
-            if wanted || line.starts_with("test ") || line.contains("Kernel panic") {
+            if line.starts_with("test ") && line.contains(" ... ") {
+                eprintln!("[{label}] {line} ({:.0} s)", self.last.elapsed().as_secs_f64());
+                self.last = Instant::now();
+            } else if wanted || line.starts_with("test ") || line.contains("Kernel panic") {
                 eprintln!("[{label}] {line}");
+                if line.starts_with("VMTEST-TESTS-BEGIN") {
+                    self.last = Instant::now();
+                }
             }
         }
     }
