@@ -51,10 +51,8 @@ pub const MAP_SCRATCH: &str = "SCRATCH";
 /// Per-CPU invocation counters of the LSM programs ([`crate::maps::LsmProbe`]).
 pub const MAP_LSM_PROBE: &str = "LSM_PROBE";
 
-pub const PROG_SYS_EXIT_OPENAT: &str = "sys_exit_openat";
-pub const PROG_SYS_EXIT_OPENAT2: &str = "sys_exit_openat2";
-pub const PROG_SYS_EXIT_OPEN: &str = "sys_exit_open";
-pub const PROG_SYS_EXIT_CREAT: &str = "sys_exit_creat";
+/// Attached to every `sys_exit_open*` tracepoint (one program, verified once).
+pub const PROG_SYS_EXIT_OPEN_ANY: &str = "sys_exit_open_any";
 pub const PROG_LSM_FILE_OPEN: &str = "lsm_file_open";
 pub const PROG_LSM_BPRM_CHECK: &str = "lsm_bprm_check";
 

@@ -34,6 +34,8 @@ const fn arg(n: usize) -> usize {
     16 + 8 * n
 }
 const RET: usize = 16;
+/// `int __syscall_nr`, after the common header.
+const SYSCALL_NR: usize = 8;
 
 const O_WRONLY: u32 = 0o1;
 const O_CREAT: u32 = 0o100;
@@ -82,28 +84,29 @@ pub fn sys_enter_creat(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// One program for every `sys_exit_open*` tracepoint: the daemon attaches
+/// it to each, so the verifier checks it once instead of four times (most
+/// of a daemon's start on a kernel without BPF LSM). The syscall is the one
+/// the in-flight entry recorded, or, when the LRU map evicted the entry,
+/// the tracepoint's `__syscall_nr`.
 #[tracepoint]
-pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
-    on_exit(OpenSyscall::Openat, read(&ctx, RET));
+pub fn sys_exit_open_any(ctx: TracePointContext) -> u32 {
+    let nr: i32 = read(&ctx, SYSCALL_NR);
+    on_exit(syscall_of_nr(nr), read(&ctx, RET));
     0
 }
 
-#[tracepoint]
-pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
-    on_exit(OpenSyscall::Openat2, read(&ctx, RET));
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
-    on_exit(OpenSyscall::Open, read(&ctx, RET));
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_creat(ctx: TracePointContext) -> u32 {
-    on_exit(OpenSyscall::Creat, read(&ctx, RET));
-    0
+/// The open syscall `nr` is, on x86-64 (where `open` and `creat` exist;
+/// `openat2` has one number on every architecture, and elsewhere the only
+/// other exit tracepoint is `openat`'s).
+#[inline(always)]
+fn syscall_of_nr(nr: i32) -> OpenSyscall {
+    match nr {
+        2 => OpenSyscall::Open,
+        85 => OpenSyscall::Creat,
+        437 => OpenSyscall::Openat2,
+        _ => OpenSyscall::Openat,
+    }
 }
 
 #[inline(always)]
@@ -177,12 +180,16 @@ fn fd_file(fd: i64) -> u64 {
 }
 
 #[inline(always)]
-fn on_exit(syscall: OpenSyscall, ret: i64) {
+fn on_exit(by_nr: OpenSyscall, ret: i64) {
     let Some(member) = trajectory::current() else {
         return;
     };
     let tid = tid();
     let entry: Option<*const OpenEntry> = OPEN_INFLIGHT.get_ptr(&tid);
+    let syscall = match entry {
+        Some(e) => unsafe { (*e).syscall },
+        None => by_nr as u32,
+    };
     let requested_flags = match entry {
         Some(e) => unsafe { (*e).flags },
         None => 0,
@@ -249,7 +256,7 @@ fn on_exit(syscall: OpenSyscall, ret: i64) {
             if !kill {
                 (*ev).header.mechanism = mechanism::NONE;
             }
-            (*ev).syscall = syscall as u32;
+            (*ev).syscall = syscall;
             (*ev).ret = ret as i32;
             (*ev)._pad = 0;
             if ret >= 0 {

@@ -92,16 +92,17 @@ pub const LSM_HOOKS: &[Hook] = &[
 ];
 
 /// Open observation and kill enforcement where BPF LSM does not run:
-/// entry records the request, exit judges the opened file.
+/// entry records the request, exit judges the opened file (one exit
+/// program, attached to the four exit tracepoints).
 pub const OPEN_TRACEPOINTS: &[Hook] = &[
     syscall("open:openat", HookClass::Open, names::PROG_SYS_ENTER_OPENAT, "sys_enter_openat", false),
     syscall("open:openat2", HookClass::Open, names::PROG_SYS_ENTER_OPENAT2, "sys_enter_openat2", true),
     syscall("open:open", HookClass::Open, names::PROG_SYS_ENTER_OPEN, "sys_enter_open", true),
     syscall("open:creat", HookClass::Open, names::PROG_SYS_ENTER_CREAT, "sys_enter_creat", true),
-    syscall("open:openat/exit", HookClass::Open, names::PROG_SYS_EXIT_OPENAT, "sys_exit_openat", false),
-    syscall("open:openat2/exit", HookClass::Open, names::PROG_SYS_EXIT_OPENAT2, "sys_exit_openat2", true),
-    syscall("open:open/exit", HookClass::Open, names::PROG_SYS_EXIT_OPEN, "sys_exit_open", true),
-    syscall("open:creat/exit", HookClass::Open, names::PROG_SYS_EXIT_CREAT, "sys_exit_creat", true),
+    syscall("open:openat/exit", HookClass::Open, names::PROG_SYS_EXIT_OPEN_ANY, "sys_exit_openat", false),
+    syscall("open:openat2/exit", HookClass::Open, names::PROG_SYS_EXIT_OPEN_ANY, "sys_exit_openat2", true),
+    syscall("open:open/exit", HookClass::Open, names::PROG_SYS_EXIT_OPEN_ANY, "sys_exit_open", true),
+    syscall("open:creat/exit", HookClass::Open, names::PROG_SYS_EXIT_OPEN_ANY, "sys_exit_creat", true),
 ];
 
 /// A built-in tamper protection (`monitor-ebpf/src/tamper.rs`) and the

@@ -495,8 +495,19 @@ fn attach(
                 });
             }
             let tp: &mut TracePoint = program.try_into().map_err(load_err)?;
-            tp.load().map_err(load_err)?;
+            let start = Instant::now();
+            // Hooks may share a program (the open exits): load it once.
+            if tp.fd().is_err() {
+                tp.load().map_err(load_err)?;
+            }
+            let loaded = start.elapsed();
             links.push(LinkRef::TracePoint(hook, tp.attach(category, name).map_err(attach_err)?));
+            tracing::debug!(
+                hook = hook.name,
+                load_ms = loaded.as_millis(),
+                total_ms = start.elapsed().as_millis(),
+                "attached"
+            );
             Ok(HookState {
                 hook: hook.name,
                 class: hook.class,
