@@ -42,14 +42,21 @@ fn lab(port: u16) -> Lab {
     Lab { progress: root.join("progress"), stop: root.join("stop"), _dir: dir, policies, ws }
 }
 
-/// "ROUNDS CONNECTED READ" of the agent's loop.
+/// "ROUNDS CONNECTED READ" of the agent's loop; zeros before its first
+/// round. The agent rewrites the file in place every round: a read between
+/// its truncate and its write finds the file empty and is retried (taken
+/// as zero, it made `wait_rounds` return at once and the test stop the
+/// agent before the rounds it meant to wait for).
 fn progress(path: &Path) -> [u64; 3] {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let v: Vec<u64> = text.split_whitespace().filter_map(|w| w.parse().ok()).collect();
-    match v[..] {
-        [a, b, c] => [a, b, c],
-        _ => [0; 3],
+    for _ in 0..1000 {
+        let Ok(text) = std::fs::read_to_string(path) else { return [0; 3] };
+        let v: Vec<u64> = text.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+        if let [a, b, c] = v[..] {
+            return [a, b, c];
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
+    panic!("{} never holds three numbers", path.display())
 }
 
 /// The agent's process, killed if the test fails before it stops it.
@@ -296,7 +303,14 @@ fn an_upgrade_from_a_build_of_another_layout_hands_over_without_a_gap() {
             .filter(|r| (r["seq"].as_u64().unwrap() > from) == after)
             .count()
     };
-    assert!(denied(false) > 0 && denied(true) > 0, "denials recorded by both builds");
+    assert!(
+        denied(false) > 0 && denied(true) > 0,
+        "denials recorded by both builds: {} before the gap at seq {from}, {} after; stream:\n{}\ndaemon log:\n{}",
+        denied(false),
+        denied(true),
+        recs.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("\n"),
+        d.stderr()
+    );
     assert_eq!(of_kind(&recs, "trajectory_start").len(), 1);
     assert!(d.stop().success());
     assert!(!d.pin_dir().exists(), "--stop-enforcement-on-exit removes the pins");
