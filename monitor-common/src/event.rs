@@ -117,6 +117,14 @@ pub struct EventHeader {
 }
 assert_size!(EventHeader, 96);
 
+/// Bytes at the head of every record whose layout no map layout may change:
+/// `kind`, `flags`, `ts_boot_ns`, `trajectory_cgroup`. A daemon taking over
+/// from pins of another layout reads them from that layout's ring buffer to
+/// count, per trajectory, the records it cannot deliver.
+pub const STABLE_PREFIX_LEN: usize = 24;
+const _: () = assert!(core::mem::offset_of!(EventHeader, ts_boot_ns) == 8);
+const _: () = assert!(core::mem::offset_of!(EventHeader, trajectory_cgroup) == 16);
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ExecEvent {

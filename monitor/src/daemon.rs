@@ -260,7 +260,9 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     // Trajectories a previous daemon left: rebound, their streams resumed,
     // before the previous daemon's programs are detached.
     let found = state.load();
-    let resumed = pipeline.resume(found, &config.default_policy, |path, id| watcher.watch(path, id)).await;
+    let previous_layouts = pin_dir.as_ref().map_or(&[][..], |p| &p.foreign[..]);
+    let resumed =
+        pipeline.resume(found, &config.default_policy, |path, id| watcher.watch(path, id), previous_layouts).await;
     if let Some(g) = start_guard {
         g.disarm();
     }

@@ -211,6 +211,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<(Loaded, PipelineMaps, PolicyMapHa
             hooks.push(attach(&mut ebpf, hook, &cgroup, &mut links)?);
         }
     }
+    lap("open_tracepoints");
     hooks.extend(lsm);
     for h in hooks.iter_mut() {
         if h.mechanism == mechanism::UNAVAILABLE || h.class == HookClass::Connect || h.hook.starts_with("lsm:") {

@@ -12,7 +12,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::harness::{agent_bin, of_kind, previous_layout_bin, Daemon, HANG_GUARD_SECS};
+use crate::harness::{agent_bin, metric_value, of_kind, previous_layout_bin, Daemon, HANG_GUARD_SECS};
 
 struct Lab {
     _dir: tempfile::TempDir,
@@ -192,6 +192,13 @@ fn enforcement_survives_sigkill_and_restarts_and_the_stream_resumes() {
         assert!(g["down_ns"].as_u64().is_some_and(|n| n > 0), "{g}");
         assert!(g["lost"].as_u64().is_some(), "{g}");
     }
+    // The second restart changed the layout: what the kernel recorded into
+    // the old ring while no daemon ran (20 rounds and more) cannot be
+    // delivered, and is counted instead.
+    assert!(gaps[1]["lost"].as_u64().unwrap() >= 20, "records left in the old layout's ring, counted: {}", gaps[1]);
+    let series = "agent_monitor_events_lost_total{reason=\"layout_change\"}";
+    let counted = metric_value(&d.metrics(), series).unwrap_or_else(|| panic!("no {series}"));
+    assert_eq!(counted as u64, gaps[1]["lost"].as_u64().unwrap(), "{series} counts what the gap reports");
     // Denials recorded after each restart, judged by the policy's rules.
     let denied_after = |gap: &Value| {
         let from = gap["seq"].as_u64().unwrap();
@@ -311,6 +318,14 @@ fn an_upgrade_from_a_build_of_another_layout_hands_over_without_a_gap() {
         recs.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("\n"),
         d.stderr()
     );
+    // Every attempt is delivered or counted: the connects the kernel took
+    // into the older build's ring between the builds (20 rounds and more)
+    // are counted in the gap (with the other records of those rounds).
+    // Duplicates (both builds' programs run for an instant) only add.
+    let lost = gaps[0]["lost"].as_u64().unwrap();
+    assert!(lost >= 20, "records left in the older build's ring, counted: {}", gaps[0]);
+    let delivered = (denied(false) + denied(true)) as u64;
+    assert!(delivered + lost >= rounds, "{rounds} connects: {delivered} recorded, {lost} counted lost");
     assert_eq!(of_kind(&recs, "trajectory_start").len(), 1);
     assert!(d.stop().success());
     assert!(!d.pin_dir().exists(), "--stop-enforcement-on-exit removes the pins");

@@ -27,6 +27,7 @@ use tokio::{
 
 use super::{
     decode::{decode, Decoded},
+    leftover::Leftover,
     process,
     record::{Body, Bytes, Process, Record, Step, Timestamp, Verdict, SCHEMA_VERSION},
     state::{self, Found, Progress, Saved, StateDir},
@@ -120,6 +121,21 @@ pub struct Resumed {
     pub cgroup_id: u64,
     pub origin: Origin,
 }
+
+/// A restart gap waiting for the previous layout's count.
+struct RestartGap {
+    cgroup_id: u64,
+    alive_boot_ns: u64,
+    /// Drops of this daemon's (reused) loss counter since the saved report.
+    lost: u64,
+    /// The saved report of the drop counter, when it is the previous
+    /// layout's (this daemon's maps are new).
+    previous_reported: Option<u64>,
+}
+
+/// `agent_monitor_events_lost_total` reason: records a previous map layout
+/// queued or dropped while no daemon read it.
+pub const LAYOUT_CHANGE: &str = "layout_change";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EndReason {
@@ -702,6 +718,7 @@ impl Pipeline {
         found: Vec<Found>,
         default_policy: &str,
         watch: impl Fn(&std::path::Path, u64) -> std::io::Result<()>,
+        previous_layouts: &[PathBuf],
     ) -> Vec<Resumed> {
         let now = clock_ns(libc::CLOCK_BOOTTIME);
         // Bindings in reused maps that no state file explains (its write
@@ -724,10 +741,15 @@ impl Pipeline {
         // Every instance no resumed trajectory is bound to is deleted.
         self.enforcer.adopt_instances(&adopted);
         if found.is_empty() {
+            self.count_leftover(previous_layouts, &StdHashMap::new());
             return Vec::new();
         }
         let mut ended = Vec::new();
         let mut alive = Vec::new();
+        // Each trajectory's restart gap waits until every binding is in
+        // place and the previous layout's leftovers are counted.
+        let mut gaps = Vec::new();
+        let mut bound_at = StdHashMap::new();
         for (f, bound) in found.into_iter().zip(bound) {
             let Found { saved, progress, steps } = f;
             let origin = Origin::parse(&saved.origin);
@@ -778,6 +800,7 @@ impl Pipeline {
                         let _ = self.trajectory_losses.insert(saved.cgroup_id, zero, 0);
                     }
                 }
+                bound_at.insert(saved.cgroup_id, clock_ns(libc::CLOCK_BOOTTIME));
                 if let Err(e) =
                     self.trajectory_map.insert(saved.cgroup_id, TrajectoryValue { policy: instance, step }, 0)
                 {
@@ -809,9 +832,13 @@ impl Pipeline {
             let lost = counted.unwrap_or(0).saturating_sub(lost_reported);
             let t = self.trajectories.get_mut(&saved.cgroup_id).expect("inserted");
             t.lost_reported += lost;
-            let gap =
-                Body::Gap { lost, reason: "daemon_restart", down_ns: Some(now.saturating_sub(progress.alive_boot_ns)) };
-            self.push(saved.cgroup_id, progress.alive_boot_ns, gap, Process::default());
+            gaps.push(RestartGap {
+                cgroup_id: saved.cgroup_id,
+                alive_boot_ns: progress.alive_boot_ns,
+                lost,
+                // On new maps the saved report is the previous layout's.
+                previous_reported: counted.is_none().then_some(progress.lost_reported),
+            });
             self.metrics.trajectories_started.inc();
             if !same_cgroup {
                 ended.push((saved.cgroup_id, "cgroup_removed", false));
@@ -829,6 +856,17 @@ impl Pipeline {
             tracing::info!(trajectory = %saved.id, cgroup = %saved.cgroup.display(), "trajectory resumed");
             alive.push(Resumed { id: saved.id, cgroup: saved.cgroup, cgroup_id: saved.cgroup_id, origin });
         }
+        let leftover = self.count_leftover(previous_layouts, &bound_at);
+        for g in gaps {
+            let mut lost = g.lost + leftover.queued.get(&g.cgroup_id).copied().unwrap_or(0);
+            if let Some(reported) = g.previous_reported {
+                let dropped = leftover.dropped.get(&g.cgroup_id).map_or(0, |d| d.saturating_sub(reported));
+                self.metrics.events_lost.with_label_values(&[LAYOUT_CHANGE]).inc_by(dropped);
+                lost += dropped;
+            }
+            let gap = Body::Gap { lost, reason: "daemon_restart", down_ns: Some(now.saturating_sub(g.alive_boot_ns)) };
+            self.push(g.cgroup_id, g.alive_boot_ns, gap, Process::default());
+        }
         if let Err(e) = self.write_levels() {
             tracing::error!("writing trajectory levels after the restart: {e}");
         }
@@ -839,6 +877,25 @@ impl Pipeline {
             self.close(cgroup_id, reason, remove).await;
         }
         alive
+    }
+
+    /// Counts what the previous layouts' maps hold that this daemon cannot
+    /// deliver ([`Leftover`]); the records into the loss metric here, the
+    /// drop counters by the caller, against each trajectory's saved report.
+    fn count_leftover(&self, previous_layouts: &[PathBuf], bound_at: &StdHashMap<u64, u64>) -> Leftover {
+        if previous_layouts.is_empty() {
+            return Leftover::default();
+        }
+        let leftover = Leftover::read(previous_layouts, bound_at);
+        let queued = leftover.queued_total();
+        self.metrics.events_lost.with_label_values(&[LAYOUT_CHANGE]).inc_by(queued);
+        if queued > 0 {
+            tracing::warn!(
+                records = queued,
+                "records the kernel queued under the previous map layout cannot be delivered; counted as lost"
+            );
+        }
+        leftover
     }
 
     async fn report_losses(&mut self) {
