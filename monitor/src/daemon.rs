@@ -120,6 +120,17 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
             Err(e) => (None, format!("cannot pin: {e}; enforcement ends with the daemon")),
         },
     };
+    // Trajectories a previous daemon left. A state file that cannot be
+    // read keeps the previous bindings and pins in place (see resume).
+    let (found, unreadable) = state.load();
+    if !unreadable.is_empty() {
+        continuity.push_str(&format!(
+            "; {} unreadable trajectory state file(s) ({}): the previous daemon's bindings and pins are kept so \
+             those trajectories stay judged, unrecorded; fix or remove the files and restart",
+            unreadable.len(),
+            unreadable.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        ));
+    }
 
     let (loaded, maps, policy_maps) = loader::load(&LoadOptions {
         offsets,
@@ -259,15 +270,23 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     let (watcher, watch_events) = control::watcher::new()?;
     // Trajectories a previous daemon left: rebound, their streams resumed,
     // before the previous daemon's programs are detached.
-    let found = state.load();
     let previous_layouts = pin_dir.as_ref().map_or(&[][..], |p| &p.foreign[..]);
-    let resumed =
-        pipeline.resume(found, &config.default_policy, |path, id| watcher.watch(path, id), previous_layouts).await;
+    let resumed = pipeline
+        .resume(
+            found,
+            &config.default_policy,
+            |path, id| watcher.watch(path, id),
+            previous_layouts,
+            !unreadable.is_empty(),
+        )
+        .await;
     if let Some(g) = start_guard {
         g.disarm();
     }
     if let Some(p) = &pin_dir {
-        let removed = p.retire_old();
+        // Another layout's pins may hold the bindings of the trajectories
+        // whose state is unreadable: they stay until the files are fixed.
+        let removed = p.retire_old(unreadable.is_empty());
         if removed > 0 || !resumed.is_empty() {
             tracing::info!(
                 resumed = resumed.len(),
@@ -276,7 +295,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
             );
         }
     }
-    sweep_stale(&parent, &resumed);
+    sweep_stale(&parent, &resumed, !unreadable.is_empty());
     let pipeline = tokio::spawn(pipeline.run(cmd_rx, stop_rx.clone()));
 
     let watch_task = tokio::spawn(watch_events.run(cmd_tx.clone(), stop_rx.clone()));
@@ -412,7 +431,7 @@ fn flatten(r: Result<Result<(), PipelineError>, tokio::task::JoinError>) -> Resu
 
 /// Removes empty trajectory cgroups a previous daemon left without state
 /// to resume; populated ones without state are reported.
-fn sweep_stale(parent: &std::path::Path, resumed: &[crate::events::pipeline::Resumed]) {
+fn sweep_stale(parent: &std::path::Path, resumed: &[crate::events::pipeline::Resumed], kept_bindings: bool) {
     for child in cgroup::children(parent).unwrap_or_default() {
         if resumed.iter().any(|r| r.cgroup == child) {
             continue;
@@ -423,6 +442,11 @@ fn sweep_stale(parent: &std::path::Path, resumed: &[crate::events::pipeline::Res
                     tracing::warn!("cannot remove stale trajectory cgroup: {e}");
                 }
             }
+            _ if kept_bindings => tracing::warn!(
+                "trajectory cgroup {} from a previous daemon still has processes but no readable state to resume; \
+                 the previous binding, if any, keeps judging them, unrecorded",
+                child.display()
+            ),
             _ => tracing::warn!(
                 "trajectory cgroup {} from a previous daemon still has processes but no state to resume; they are not \
                  monitored",

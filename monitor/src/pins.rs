@@ -204,13 +204,17 @@ impl PinDir {
     }
 
     /// Detaches what earlier daemons left (their links: the kernel drops a
-    /// link with its last pin), then deletes other layouts' maps. Call once
-    /// this daemon's links are pinned and its trajectories registered.
-    /// Returns the number of link pins removed.
-    pub fn retire_old(&self) -> usize {
+    /// link with its last pin), then deletes other layouts' maps, unless
+    /// `!foreign_too`: those stay, programs and bindings. Call once this
+    /// daemon's links are pinned and its trajectories registered. Returns
+    /// the number of link pins removed.
+    pub fn retire_old(&self, foreign_too: bool) -> usize {
         let mut removed = 0;
         for g in self.older_generations() {
             removed += remove_tree(&g);
+        }
+        if !foreign_too {
+            return removed;
         }
         for old in &self.foreign {
             // Links first: the old programs stop before their maps go.

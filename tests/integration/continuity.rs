@@ -249,6 +249,73 @@ fn a_clean_stop_keeps_enforcing_and_the_next_daemon_closes_what_ended_meanwhile(
     assert!(gap["seq"].as_u64() < end["seq"].as_u64());
 }
 
+/// `<id>.json` in the daemon's state directory.
+fn state_file(d: &Daemon, id: &str) -> PathBuf {
+    let dirs = std::fs::read_dir(d.state_dir()).unwrap().flatten().map(|e| e.path());
+    dirs.map(|dir| dir.join(format!("{id}.json"))).find(|p| p.exists()).expect("state file")
+}
+
+/// A state file the restarted daemon cannot read (written by another
+/// release of agent-monitor, torn, edited by hand) must not end the
+/// enforcement of its trajectory: the daemon keeps the previous binding,
+/// both on the same layout (a binding no readable state explains would
+/// otherwise be removed) and across a layout change (the previous
+/// layout's pins would otherwise go), says so in `status`, and names the
+/// file in its log. The trajectory's stream is not resumed.
+#[test]
+fn an_unreadable_state_file_keeps_its_trajectory_enforced() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let l = lab(port);
+    let policy_dir = l.policies.to_str().unwrap().to_owned();
+    let mut d = Daemon::start_keeping(&["--policy-dir", &policy_dir]);
+    let mut agent = retry_denied(&d, "cont-3", &l, port);
+    wait_rounds(&l.progress, 10, &mut agent, "under the first daemon");
+
+    d.kill();
+    let json = state_file(&d, "cont-3");
+    let text = std::fs::read_to_string(&json).unwrap();
+    assert!(text.contains(r#""format":1,"#), "{text}");
+    std::fs::write(&json, text.replace(r#""format":1,"#, r#""format":99,"#)).unwrap();
+    d.restart(&["--policy-dir", &policy_dir], false);
+    let status = d.status();
+    let continuity = status["protections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["protection"] == "continuity")
+        .cloned()
+        .unwrap_or_else(|| panic!("no continuity in status: {status}"));
+    assert!(continuity["detail"].as_str().unwrap().contains("unreadable trajectory state"), "{continuity}");
+    assert!(
+        !status["trajectories"].as_array().unwrap().iter().any(|t| t["trajectory"] == "cont-3"),
+        "not resumed: {status}"
+    );
+    let log = d.stderr();
+    assert!(log.contains("state format 99") && log.contains(json.to_str().unwrap()), "{log}");
+    let [rounds, connected, read] = wait_rounds(&l.progress, 20, &mut agent, "with its state unreadable (same layout)");
+    assert_eq!((connected, read), (0, 0), "successes in {rounds} attempts, same layout");
+
+    d.kill();
+    d.restart(&["--policy-dir", &policy_dir, "--ringbuf-size", "8388608"], true);
+    d.status();
+    let [rounds, connected, read] =
+        wait_rounds(&l.progress, 20, &mut agent, "with its state unreadable (another layout)");
+    assert_eq!((connected, read), (0, 0), "successes in {rounds} attempts, another layout");
+    let layouts = std::fs::read_dir(d.pin_dir()).unwrap().count();
+    assert_eq!(layouts, 2, "the previous layout's pins stay while a state file is unreadable");
+
+    std::fs::write(&l.stop, "").unwrap();
+    assert!(agent.wait().unwrap().success());
+    let [rounds, connected, read] = progress(&l.progress);
+    assert_eq!(connected, 0, "connects to the denied address succeeded in {connected} of {rounds} attempts");
+    assert_eq!(read, 0, "the denied file was read in {read} of {rounds} attempts");
+    listener.set_nonblocking(true).unwrap();
+    assert!(listener.accept().is_err(), "a connection reached the denied port");
+    assert!(d.stop().success());
+    assert!(!d.pin_dir().exists(), "--stop-enforcement-on-exit removes the pins, the kept ones too");
+}
+
 /// The only directory under the daemon's pin directory: its layout's.
 fn layout_dir(d: &Daemon) -> PathBuf {
     let dirs: Vec<PathBuf> = std::fs::read_dir(d.pin_dir()).unwrap().flatten().map(|e| e.path()).collect();

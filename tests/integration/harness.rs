@@ -179,6 +179,11 @@ impl Daemon {
         self.restart(extra, stops_enforcement);
     }
 
+    /// The daemon's `--state-dir`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
     /// The bpffs directory of this daemon's pins.
     pub fn pin_dir(&self) -> PathBuf {
         Path::new("/sys/fs/bpf/agent-monitor").join(&self.cgroup_parent)

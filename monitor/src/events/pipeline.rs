@@ -417,6 +417,7 @@ impl Pipeline {
         let now = clock_ns(libc::CLOCK_BOOTTIME);
         let files = self.state.as_ref().and_then(|dir| {
             let saved = Saved {
+                format: state::STATE_FORMAT,
                 id: spec.id.clone(),
                 cgroup: spec.cgroup.clone(),
                 cgroup_id: spec.cgroup_id,
@@ -719,25 +720,44 @@ impl Pipeline {
         default_policy: &str,
         watch: impl Fn(&std::path::Path, u64) -> std::io::Result<()>,
         previous_layouts: &[PathBuf],
+        unreadable_state: bool,
     ) -> Vec<Resumed> {
         let now = clock_ns(libc::CLOCK_BOOTTIME);
         // Bindings in reused maps that no state file explains (its write
         // failed, or it was deleted) go: nothing would ever retire them,
-        // and their instance ids would be handed out again.
+        // and their instance ids would be handed out again. Unless a state
+        // file could not be read: any of them may be its trajectory's, and
+        // removing it would end that trajectory's enforcement. They are
+        // kept, with their instances, judging as before, unrecorded.
         let known: std::collections::HashSet<u64> = found.iter().map(|f| f.saved.cgroup_id).collect();
-        let stale: Vec<u64> = self.trajectory_map.keys().flatten().filter(|k| !known.contains(k)).collect();
-        for cgroup_id in stale {
-            let _ = self.trajectory_map.remove(&cgroup_id);
-            let _ = self.trajectory_losses.remove(&cgroup_id);
+        let unexplained: Vec<u64> = self.trajectory_map.keys().flatten().filter(|k| !known.contains(k)).collect();
+        let mut kept = Vec::new();
+        for cgroup_id in unexplained {
+            if unreadable_state {
+                if let Ok(v) = self.trajectory_map.get(&cgroup_id, 0) {
+                    kept.push((v.policy, "(unreadable state)".to_owned(), 0));
+                }
+            } else {
+                let _ = self.trajectory_map.remove(&cgroup_id);
+                let _ = self.trajectory_losses.remove(&cgroup_id);
+            }
         }
         // What the kernel still binds, from the reused maps.
         let bound: Vec<Option<TrajectoryValue>> =
             found.iter().map(|f| self.trajectory_map.get(&f.saved.cgroup_id, 0).ok()).collect();
-        let adopted: Vec<(u32, String, u64)> = found
+        let mut adopted: Vec<(u32, String, u64)> = found
             .iter()
             .zip(&bound)
             .filter_map(|(f, b)| b.map(|v| (v.policy, f.saved.policy.clone(), f.saved.rules_digest)))
             .collect();
+        if !kept.is_empty() {
+            tracing::warn!(
+                trajectories = kept.len(),
+                "bindings without a readable state file are kept: they stay judged, their records are counted as \
+                 unknown_trajectory losses"
+            );
+        }
+        adopted.extend(kept);
         // Every instance no resumed trajectory is bound to is deleted.
         self.enforcer.adopt_instances(&adopted);
         if found.is_empty() {

@@ -18,6 +18,13 @@
 //! Files are written with plain `write`, without `fsync`: they must outlive
 //! the daemon's process, not the machine (trajectories do not survive a
 //! reboot either).
+//!
+//! `<id>.json` names the format of all three ([`STATE_FORMAT`]). A daemon
+//! reads only its own format: a release that changes one bumps it and
+//! reads the formats before it. A file it cannot read (another format, a
+//! torn or edited file) is reported by [`StateDir::load`], and the daemon
+//! then leaves the previous daemon's bindings and pins in place, so that
+//! trajectory stays judged though its stream is not resumed.
 
 use std::{
     collections::BTreeMap,
@@ -29,9 +36,19 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+/// The format of the state files this build writes and reads.
+pub const STATE_FORMAT: u32 = 1;
+
+fn format_1() -> u32 {
+    1
+}
+
 /// `<id>.json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Saved {
+    /// [`STATE_FORMAT`] of the writer (absent: 1, the first).
+    #[serde(default = "format_1")]
+    pub format: u32,
     pub id: String,
     pub cgroup: PathBuf,
     pub cgroup_id: u64,
@@ -73,7 +90,7 @@ impl Progress {
 }
 
 /// A trajectory found in the state directory.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Found {
     pub saved: Saved,
     pub progress: Progress,
@@ -144,11 +161,11 @@ impl StateDir {
         }
     }
 
-    /// Every trajectory a previous daemon left, in start order. Unreadable
-    /// entries are reported and skipped.
-    pub fn load(&self) -> Vec<Found> {
-        let mut found = Vec::new();
-        let Ok(rd) = std::fs::read_dir(&self.dir) else { return found };
+    /// Every trajectory a previous daemon left, in start order, and the
+    /// state files that could not be read (each logged with the reason).
+    pub fn load(&self) -> (Vec<Found>, Vec<PathBuf>) {
+        let (mut found, mut unreadable) = (Vec::new(), Vec::new());
+        let Ok(rd) = std::fs::read_dir(&self.dir) else { return (found, unreadable) };
         for e in rd.flatten() {
             let path = e.path();
             if path.extension().and_then(|x| x.to_str()) != Some("json") {
@@ -156,15 +173,28 @@ impl StateDir {
             }
             match self.load_one(&path) {
                 Ok(f) => found.push(f),
-                Err(e) => tracing::error!(file = %path.display(), "unreadable trajectory state, not resumed: {e}"),
+                Err(e) => {
+                    tracing::error!(
+                        file = %path.display(),
+                        "unreadable trajectory state, its stream is not resumed; the previous daemon's bindings and \
+                         pins are kept so that it stays judged: {e}"
+                    );
+                    unreadable.push(path);
+                }
             }
         }
         found.sort_by_key(|f| f.saved.started_boot_ns);
-        found
+        (found, unreadable)
     }
 
     fn load_one(&self, json: &Path) -> io::Result<Found> {
         let saved: Saved = serde_json::from_slice(&std::fs::read(json)?).map_err(io::Error::other)?;
+        if saved.format != STATE_FORMAT {
+            return Err(io::Error::other(format!(
+                "state format {} is not this daemon's ({STATE_FORMAT}): written by another release of agent-monitor",
+                saved.format
+            )));
+        }
         let progress = Progress::decode(&std::fs::read(self.file(&saved.id, "seq"))?)
             .ok_or_else(|| io::Error::other("truncated .seq file"))?;
         let mut steps = Vec::new();
@@ -209,6 +239,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::create(dir.path().join("s")).unwrap();
         let saved = Saved {
+            format: STATE_FORMAT,
             id: "t1".into(),
             cgroup: "/sys/fs/cgroup/x/t1".into(),
             cgroup_id: 42,
@@ -223,7 +254,8 @@ mod tests {
         files.step(1, "build").unwrap();
         files.step(2, "test \"x\"").unwrap();
         files.progress(Progress { next_seq: 17, lost_reported: 3, alive_boot_ns: 99 }).unwrap();
-        let found = state.load();
+        let (found, unreadable) = state.load();
+        assert!(unreadable.is_empty());
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].saved, saved);
         assert_eq!(found[0].progress, Progress { next_seq: 17, lost_reported: 3, alive_boot_ns: 99 });
@@ -231,8 +263,28 @@ mod tests {
         // Reopening appends to the steps.
         let mut again = state.reopen("t1", found[0].progress).unwrap();
         again.step(3, "lint").unwrap();
-        assert_eq!(state.load()[0].steps.len(), 3);
+        assert_eq!(state.load().0[0].steps.len(), 3);
         state.remove("t1");
-        assert!(state.load().is_empty());
+        assert_eq!(state.load(), (Vec::new(), Vec::new()));
+    }
+
+    #[test]
+    fn another_format_or_a_torn_file_is_reported_not_guessed() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::create(dir.path().join("s")).unwrap();
+        let json = dir.path().join("s/t1.json");
+        // The first format wrote no `format` field: it reads as 1.
+        std::fs::write(
+            &json,
+            r#"{"id":"t1","cgroup":"/c","cgroup_id":1,"level":1,"origin":"run","policy":"p","vars":{},"started_boot_ns":1,"rules_digest":2}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("s/t1.seq"), [0u8; 24]).unwrap();
+        assert_eq!(state.load().0.len(), 1);
+        let newer = std::fs::read_to_string(&json).unwrap().replacen('{', r#"{"format":2,"#, 1);
+        std::fs::write(&json, newer).unwrap();
+        assert_eq!(state.load(), (Vec::new(), vec![json.clone()]));
+        std::fs::write(&json, "{\"id\":").unwrap();
+        assert_eq!(state.load(), (Vec::new(), vec![json]));
     }
 }
