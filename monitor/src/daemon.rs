@@ -262,7 +262,19 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     let hub = Arc::new(Hub::new(metrics.subscriber_dropped.clone(), metrics.subscribers.clone()));
     let (bus, sink_rx) = Bus::new(hub.clone());
     let reopen = Arc::new(AtomicBool::new(false));
-    let sink = jsonl::spawn(config.events.clone(), config.events_rotation, reopen.clone(), sink_rx)?;
+    // Which of the records a killed daemon had numbered reached the file
+    // (its trajectories' restart gaps count the others).
+    let (written, marking) = match &config.events {
+        jsonl::Output::File(path) => {
+            // Not a trajectory id: those never start with '.'.
+            let mark = state.path().join(".sink-mark");
+            let written = jsonl::recover(path, &mark);
+            let last = written.clone().unwrap_or_default();
+            (written, Some(jsonl::Marking { path: mark, last }))
+        }
+        jsonl::Output::Stdout => (None, None),
+    };
+    let sink = jsonl::spawn(config.events.clone(), config.events_rotation, reopen.clone(), sink_rx, marking)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
     let mut pipeline =
@@ -278,6 +290,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
             |path, id| watcher.watch(path, id),
             previous_layouts,
             !unreadable.is_empty(),
+            written.as_ref(),
         )
         .await;
     if let Some(g) = start_guard {

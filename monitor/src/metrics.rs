@@ -63,7 +63,7 @@ impl Metrics {
         let events_lost = IntCounterVec::new(
             Opts::new(
                 "agent_monitor_events_lost_total",
-                "Kernel records that did not reach the sinks, by reason (ringbuf_full, decode_error, unknown_trajectory, layout_change).",
+                "Kernel records that did not reach the sinks, by reason (ringbuf_full, decode_error, unknown_trajectory, layout_change, daemon_killed).",
             ),
             &["reason"],
         )
@@ -171,7 +171,13 @@ impl Metrics {
         for kind in ["trajectory_start", "trajectory_end", "gap", "step", "process"] {
             events.with_label_values(&[kind, NO_DECISION]);
         }
-        for reason in ["ringbuf_full", "decode_error", "unknown_trajectory", crate::events::pipeline::LAYOUT_CHANGE] {
+        for reason in [
+            "ringbuf_full",
+            "decode_error",
+            "unknown_trajectory",
+            crate::events::pipeline::LAYOUT_CHANGE,
+            crate::events::pipeline::DAEMON_KILLED,
+        ] {
             events_lost.with_label_values(&[reason]);
         }
         Arc::new(Metrics {

@@ -192,6 +192,16 @@ fn enforcement_survives_sigkill_and_restarts_and_the_stream_resumes() {
         assert!(g["down_ns"].as_u64().is_some_and(|n| n > 0), "{g}");
         assert!(g["lost"].as_u64().is_some(), "{g}");
     }
+    // Every seq number up to each gap is in the file or counted as one the
+    // killed daemon did not write.
+    let mut from = 0;
+    for g in &gaps {
+        let at = g["seq"].as_u64().unwrap();
+        let written = recs.iter().filter(|r| (from + 1..at).contains(&r["seq"].as_u64().unwrap())).count() as u64;
+        let unwritten = g["unwritten"].as_u64().unwrap_or_else(|| panic!("no unwritten count: {g}"));
+        assert_eq!(written + unwritten, at - from - 1, "seq {from} to {at}: {g}");
+        from = at;
+    }
     // The second restart changed the layout: what the kernel recorded into
     // the old ring while no daemon ran (20 rounds and more) cannot be
     // delivered, and is counted instead.
@@ -314,6 +324,86 @@ fn an_unreadable_state_file_keeps_its_trajectory_enforced() {
     assert!(listener.accept().is_err(), "a connection reached the denied port");
     assert!(d.stop().success());
     assert!(!d.pin_dir().exists(), "--stop-enforcement-on-exit removes the pins, the kept ones too");
+}
+
+/// The daemon's JSON sink thread, stopped by ptrace (that thread only: the
+/// pipeline goes on numbering records and queueing them for it).
+struct StoppedSink {
+    tid: i32,
+}
+
+impl StoppedSink {
+    fn stop(d: &Daemon) -> StoppedSink {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", d.pid())).unwrap();
+        let tid = tasks
+            .flatten()
+            .find(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "sink-jsonl"))
+            .and_then(|t| t.file_name().to_str()?.parse::<i32>().ok())
+            .expect("the daemon's sink-jsonl thread");
+        // SAFETY: plain ptrace requests on a thread id; no memory is passed.
+        unsafe {
+            assert_eq!(libc::ptrace(libc::PTRACE_SEIZE, tid, 0, 0), 0, "{}", std::io::Error::last_os_error());
+            assert_eq!(libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0), 0, "{}", std::io::Error::last_os_error());
+            let mut status = 0;
+            assert_eq!(libc::waitpid(tid, &mut status, libc::__WALL), tid);
+            assert!(libc::WIFSTOPPED(status), "the sink thread stopped: {status:#x}");
+        }
+        StoppedSink { tid }
+    }
+
+    /// SIGKILLs the daemon; reaps the traced thread, without which the
+    /// daemon's exit is never reported.
+    fn kill_daemon(self, d: &mut Daemon) {
+        // SAFETY: signals and waits on the daemon's own ids.
+        unsafe {
+            libc::kill(d.pid(), libc::SIGKILL);
+            let mut status = 0;
+            while libc::waitpid(self.tid, &mut status, libc::__WALL) == self.tid
+                && !(libc::WIFEXITED(status) || libc::WIFSIGNALED(status))
+            {}
+        }
+        d.kill();
+    }
+}
+
+/// What a killed daemon had numbered and not written is counted, exactly:
+/// the test stops the daemon's sink thread, so the pipeline numbers records
+/// (and saves its progress past them) that never reach the events file, then
+/// SIGKILLs the daemon. The next daemon's restart gap says how many in
+/// `unwritten`: with the records in the file, every `seq` below the gap is
+/// accounted for once. Without the count the gap has no `unwritten`.
+#[test]
+fn records_a_killed_daemon_numbered_but_did_not_write_are_counted() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let l = lab(port);
+    let policy_dir = l.policies.to_str().unwrap().to_owned();
+    let mut d = Daemon::start_keeping(&["--policy-dir", &policy_dir]);
+    let mut agent = retry_denied(&d, "cont-4", &l, port);
+    wait_rounds(&l.progress, 10, &mut agent, "under the first daemon");
+    let sink = StoppedSink::stop(&d);
+    wait_rounds(&l.progress, 10, &mut agent, "with the daemon's sink stopped");
+    sink.kill_daemon(&mut d);
+    d.restart(&["--policy-dir", &policy_dir], true);
+    d.status();
+    wait_rounds(&l.progress, 5, &mut agent, "under the second daemon");
+    std::fs::write(&l.stop, "").unwrap();
+    assert!(agent.wait().unwrap().success());
+
+    let recs = d.trajectory("cont-4");
+    crate::schema::assert_matches_schema(&recs);
+    let gap = of_kind(&recs, "gap").into_iter().find(|g| g["reason"] == "daemon_restart").expect("restart gap");
+    let unwritten = gap["unwritten"].as_u64().unwrap_or_else(|| panic!("no unwritten count: {gap}"));
+    // Ten rounds, a denied connect each at least, numbered while the sink
+    // was stopped.
+    assert!(unwritten >= 10, "{gap}");
+    let gap_seq = gap["seq"].as_u64().unwrap();
+    let before = recs.iter().filter(|r| r["seq"].as_u64().unwrap() < gap_seq).count() as u64;
+    assert_eq!(before + unwritten, gap_seq - 1, "every seq below the gap is in the file or counted: {gap}");
+    let series = "agent_monitor_events_lost_total{reason=\"daemon_killed\"}";
+    let counted = metric_value(&d.metrics(), series).unwrap_or_else(|| panic!("no {series}"));
+    assert_eq!(counted as u64, unwritten, "{series}");
+    assert!(d.stop().success());
 }
 
 /// The only directory under the daemon's pin directory: its layout's.

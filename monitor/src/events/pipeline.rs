@@ -128,6 +128,8 @@ struct RestartGap {
     alive_boot_ns: u64,
     /// Drops of this daemon's (reused) loss counter since the saved report.
     lost: u64,
+    /// Records the previous daemon numbered and did not write.
+    unwritten: Option<u64>,
     /// The saved report of the drop counter, when it is the previous
     /// layout's (this daemon's maps are new).
     previous_reported: Option<u64>,
@@ -136,6 +138,10 @@ struct RestartGap {
 /// `agent_monitor_events_lost_total` reason: records a previous map layout
 /// queued or dropped while no daemon read it.
 pub const LAYOUT_CHANGE: &str = "layout_change";
+
+/// `agent_monitor_events_lost_total` reason: records a daemon that died
+/// had numbered and not written (the restart gap's `unwritten`).
+pub const DAEMON_KILLED: &str = "daemon_killed";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EndReason {
@@ -721,6 +727,7 @@ impl Pipeline {
         watch: impl Fn(&std::path::Path, u64) -> std::io::Result<()>,
         previous_layouts: &[PathBuf],
         unreadable_state: bool,
+        written: Option<&StdHashMap<String, u64>>,
     ) -> Vec<Resumed> {
         let now = clock_ns(libc::CLOCK_BOOTTIME);
         // Bindings in reused maps that no state file explains (its write
@@ -856,6 +863,10 @@ impl Pipeline {
                 cgroup_id: saved.cgroup_id,
                 alive_boot_ns: progress.alive_boot_ns,
                 lost,
+                // Numbered before the saved progress, not in the file.
+                unwritten: written.map(|w| {
+                    progress.next_seq.max(1).saturating_sub(1).saturating_sub(w.get(&saved.id).copied().unwrap_or(0))
+                }),
                 // On new maps the saved report is the previous layout's.
                 previous_reported: counted.is_none().then_some(progress.lost_reported),
             });
@@ -884,7 +895,15 @@ impl Pipeline {
                 self.metrics.events_lost.with_label_values(&[LAYOUT_CHANGE]).inc_by(dropped);
                 lost += dropped;
             }
-            let gap = Body::Gap { lost, reason: "daemon_restart", down_ns: Some(now.saturating_sub(g.alive_boot_ns)) };
+            if let Some(n) = g.unwritten {
+                self.metrics.events_lost.with_label_values(&[DAEMON_KILLED]).inc_by(n);
+            }
+            let gap = Body::Gap {
+                lost,
+                reason: "daemon_restart",
+                down_ns: Some(now.saturating_sub(g.alive_boot_ns)),
+                unwritten: g.unwritten,
+            };
             self.push(g.cgroup_id, g.alive_boot_ns, gap, Process::default());
         }
         if let Err(e) = self.write_levels() {
@@ -944,7 +963,7 @@ impl Pipeline {
             let lost = total - t.lost_reported;
             t.lost_reported = total;
             let now = clock_ns(libc::CLOCK_BOOTTIME);
-            let gap = Body::Gap { lost, reason: LossReason::RingbufFull.as_str(), down_ns: None };
+            let gap = Body::Gap { lost, reason: LossReason::RingbufFull.as_str(), down_ns: None, unwritten: None };
             self.push(cgroup_id, now, gap, Process::default());
         }
     }

@@ -179,6 +179,11 @@ pub enum Body {
         /// the previous daemon's last state write to the restart).
         #[serde(skip_serializing_if = "Option::is_none")]
         down_ns: Option<u64>,
+        /// `daemon_restart`: records the previous daemon had numbered and
+        /// not written when it died (the `seq` numbers this gap skips);
+        /// absent where that cannot be known (stdout output, no mark).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        unwritten: Option<u64>,
     },
     /// The harness started a new step (tool call); records after this one
     /// carry it in `step`.
@@ -296,7 +301,7 @@ mod tests {
             ts: Timestamp(0),
             trajectory: "t1".into(),
             seq: 3,
-            body: Body::Gap { lost: 7, reason: "ringbuf_full", down_ns: None },
+            body: Body::Gap { lost: 7, reason: "ringbuf_full", down_ns: None, unwritten: None },
             process: Process::default(),
             verdict: None,
             step: None,

@@ -11,7 +11,8 @@
 //!   already reported in `gap` records, and when this was written. A
 //!   restarted daemon continues at that `seq`, so no number is ever used
 //!   twice; numbers the dead daemon had assigned to records it never wrote
-//!   are skipped (the restart's `gap` record follows them);
+//!   are skipped (the restart's `gap` record follows them and counts them,
+//!   from the file sink's mark, `.sink-mark`, see `sinks::jsonl`);
 //! * `<id>.steps`: one line per `step` call, so records keep their step
 //!   names across a restart.
 //!

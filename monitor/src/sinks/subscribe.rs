@@ -204,7 +204,7 @@ mod tests {
                     ts: Timestamp(0),
                     trajectory: trajectory.into(),
                     seq: i as u64 + 1,
-                    body: Body::Gap { lost: 1, reason: "ringbuf_full", down_ns: None },
+                    body: Body::Gap { lost: 1, reason: "ringbuf_full", down_ns: None, unwritten: None },
                     process: Process::default(),
                     verdict: None,
                     step: None,
