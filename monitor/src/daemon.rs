@@ -269,7 +269,10 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
             // Not a trajectory id: those never start with '.'.
             let mark = state.path().join(".sink-mark");
             let written = jsonl::recover(path, &mark);
-            let last = written.clone().unwrap_or_default();
+            // Only the trajectories there are state files for can still
+            // write; the others died with a daemon and stay closed.
+            let mut last = written.clone().unwrap_or_default();
+            last.retain(|id, _| found.iter().any(|f| f.saved.id == *id));
             (written, Some(jsonl::Marking { path: mark, last }))
         }
         jsonl::Output::Stdout => (None, None),

@@ -144,8 +144,8 @@ pub fn recover(path: &Path, mark_path: &Path) -> Option<HashMap<String, u64>> {
     } else {
         tracing::warn!(
             file = %path.display(),
-            "the events file the sink's mark names is gone (moved by another tool): records a killed daemon did \
-             not write cannot be counted"
+            "the events file the sink's mark names is neither this file nor its .1 (moved by another tool, or \
+             --events changed): records a killed daemon did not write cannot be counted"
         );
         return None;
     };
