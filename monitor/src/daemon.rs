@@ -73,6 +73,13 @@ pub enum DaemonError {
 
 pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
     let started = Instant::now();
+    // SIGHUP's default action ends the process: the listeners are in place
+    // before anything else, so a SIGHUP during start-up (a `systemctl
+    // reload`, a test's policy edit) is a reload and a reopen once running,
+    // not the daemon's end. The streams keep a signal that comes before
+    // their first poll.
+    let hup = || tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    let (hup_reload, hup_reopen) = (hup()?, hup()?);
     host::require_root()?;
     match &config.config_file {
         Some(file) => tracing::info!(file = %file.display(), "configuration file read"),
@@ -332,8 +339,8 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         metrics: metrics.clone(),
         table: policy_table.clone(),
     };
-    let reload_task = tokio::spawn(reloader.run(stop_rx.clone()));
-    let reopen_task = tokio::spawn(reopen_on_hangup(reopen, stop_rx.clone()));
+    let reload_task = tokio::spawn(reloader.run(hup_reload, stop_rx.clone()));
+    let reopen_task = tokio::spawn(reopen_on_hangup(reopen, hup_reopen, stop_rx.clone()));
     let adopter = Adopter {
         rules: config.adopt.clone(),
         hierarchy: hierarchy.clone(),
@@ -425,11 +432,11 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
 
 /// SIGHUP: the sink reopens its file before its next batch (the policy
 /// reloader answers the same signal).
-async fn reopen_on_hangup(reopen: Arc<AtomicBool>, mut shutdown: watch::Receiver<bool>) {
-    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-        tracing::error!("cannot install the SIGHUP handler: the events file will not be reopened on SIGHUP");
-        return;
-    };
+async fn reopen_on_hangup(
+    reopen: Arc<AtomicBool>,
+    mut hup: tokio::signal::unix::Signal,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => return,

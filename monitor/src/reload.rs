@@ -13,7 +13,7 @@ use std::{
 use futures_util::StreamExt;
 use inotify::{Inotify, WatchMask};
 use tokio::{
-    signal::unix::{signal, SignalKind},
+    signal::unix::Signal,
     sync::{mpsc, oneshot, watch},
 };
 
@@ -52,14 +52,8 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!("cannot install the SIGHUP handler; policies reload only on directory changes: {e}");
-                return;
-            }
-        };
+    /// Reloads on each SIGHUP `hup` receives and on policy directory changes.
+    pub async fn run(self, mut hup: Signal, mut shutdown: watch::Receiver<bool>) {
         let mut changes = self.dir.as_ref().and_then(|dir| {
             let inotify = Inotify::init().ok()?;
             let mask = WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO | WatchMask::MOVED_FROM | WatchMask::DELETE;
