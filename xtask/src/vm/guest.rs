@@ -55,7 +55,8 @@ pub fn boot(b: &Boot<'_>) -> Result<(Exit, Duration)> {
     // QEMU 7.2's multi-threaded TCG (one thread per guest CPU) a 6.12
     // guest took an `int3` oops in kernel text being live-patched
     // (`syscall_exit_to_user_mode_prepare`, while the daemon attached its
-    // tracepoints): a guest CPU executed stale code the other had patched.
+    // tracepoints), most likely a guest CPU running code the other had just
+    // patched; with one thread no two guest CPUs run at once.
     let mut child = Command::new("qemu-system-x86_64")
         .args(["-accel", "tcg,thread=single", "-m", "2G", "-smp", "2", "-nographic", "-no-reboot"])
         .arg("-kernel")
