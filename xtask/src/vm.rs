@@ -35,8 +35,8 @@ pub struct VmArgs {
     /// Per-kernel bound on boot plus tests, in seconds; QEMU is killed after it.
     #[arg(long, default_value_t = DEFAULT_TIMEOUT_SECS)]
     pub timeout: u64,
-    /// Guests booted at the same time. More than one only pays on a machine
-    /// with cores to spare: on two cores TCG guests starve each other.
+    /// Guests booted at the same time. Each runs on one host core
+    /// (single-threaded TCG): on a two-core machine, two.
     #[arg(long, default_value_t = DEFAULT_JOBS)]
     pub jobs: usize,
 }
@@ -91,7 +91,8 @@ pub fn run(args: &VmArgs, host: Option<Row>) -> Result<()> {
     let initramfs = out.join("initramfs.cpio");
     initramfs::build(&root, &payload, &initramfs)?;
 
-    // `--jobs` workers take the next kernel in turn; one by default.
+    // `--jobs` workers take the next kernel in turn, in pin-file order; two
+    // by default.
     let started = Instant::now();
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<(Row, String)>>> = Mutex::new(selected.iter().map(|_| None).collect());
