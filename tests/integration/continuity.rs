@@ -59,6 +59,13 @@ fn progress(path: &Path) -> [u64; 3] {
     panic!("{} never holds three numbers", path.display())
 }
 
+/// The `continuity` row of `status --json`'s protections.
+fn continuity_row(status: &Value) -> Value {
+    let rows = status["protections"].as_array().unwrap();
+    let row = rows.iter().find(|p| p["protection"] == "continuity");
+    row.cloned().unwrap_or_else(|| panic!("no continuity in status: {status}"))
+}
+
 /// The agent's process, killed if the test fails before it stops it.
 struct Agent(Child);
 
@@ -131,13 +138,7 @@ fn enforcement_survives_sigkill_and_restarts_and_the_stream_resumes() {
     let policy_dir = l.policies.to_str().unwrap().to_owned();
     let mut d = Daemon::start_keeping(&["--policy-dir", &policy_dir]);
     let status = d.status();
-    let continuity = status["protections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["protection"] == "continuity")
-        .cloned()
-        .unwrap_or_else(|| panic!("no continuity in status: {status}"));
+    let continuity = continuity_row(&status);
     assert_eq!(continuity["mechanism"], "pinned", "{continuity}");
 
     let mut agent = retry_denied(&d, "cont-1", &l, port);
@@ -289,13 +290,7 @@ fn an_unreadable_state_file_keeps_its_trajectory_enforced() {
     std::fs::write(&json, text.replace(r#""format":1,"#, r#""format":99,"#)).unwrap();
     d.restart(&["--policy-dir", &policy_dir], false);
     let status = d.status();
-    let continuity = status["protections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["protection"] == "continuity")
-        .cloned()
-        .unwrap_or_else(|| panic!("no continuity in status: {status}"));
+    let continuity = continuity_row(&status);
     assert!(continuity["detail"].as_str().unwrap().contains("unreadable trajectory state"), "{continuity}");
     assert!(
         !status["trajectories"].as_array().unwrap().iter().any(|t| t["trajectory"] == "cont-3"),
