@@ -193,7 +193,7 @@ fn the_units_system_call_filter_allows_every_call_the_daemon_makes() {
         vec![strace.into(), "-f".into(), "-qq".into(), "-o".into(), log.path().as_os_str().to_owned()];
     let mut d = Confined::start(&wrapper, None, &f.policies).unwrap_or_else(|e| panic!("did not start:\n{e}"));
     let agent = agent_bin();
-    let out = d.run("ops-test", &f.ws, &[agent.to_str().unwrap(), "connect", "192.0.2.1", "80"]);
+    let out = d.run("ops-test", &f.ws, &[agent.to_str().unwrap(), "connect", "127.0.0.2", "9"]);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     d.status();
     d.wait_metric(r#"agent_monitor_trajectories_ended_total"#, 1.0);

@@ -171,7 +171,7 @@ fn prometheus_scrapes_exactly_the_denials_a_trajectory_caused() {
 
     let agent = agent_bin();
     let script =
-        format!("for port in $(seq 1 {DENIALS}); do '{}' connect 192.0.2.1 $port; done; exit 0", agent.display());
+        format!("for port in $(seq 1 {DENIALS}); do '{}' connect 127.0.0.2 $port; done; exit 0", agent.display());
     let ws = policies.path().canonicalize().unwrap();
     let out = d.run_policy("prom-denials", "prom-test", &ws, &["sh", "-c", &script]);
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::harness::{cgroup2_mount, free_port, metric_value, monitor_bin, require_root};
+use crate::harness::{cgroup2_mount, free_port, metric_value, monitor_bin, remove_cgroup_tree, require_root};
 
 pub const UNIT: &str = include_str!("../../deploy/agent-monitor.service");
 
@@ -205,14 +205,11 @@ impl Confined {
         status
     }
 
+    /// The unit's cgroup and everything below it, processes included.
     fn cleanup(&self) {
         if let Some(root) = cgroup2_mount() {
             let parent = root.join(&self.cgroup_parent);
-            for e in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
-                let _ = std::fs::remove_dir(e.path());
-            }
-            let _ = std::fs::remove_dir(&parent);
-            let _ = std::fs::remove_dir(parent.parent().expect("the unit cgroup"));
+            remove_cgroup_tree(parent.parent().expect("the unit cgroup"));
         }
     }
 }
@@ -228,7 +225,9 @@ impl Drop for Confined {
 }
 
 /// A policy directory with `ops-test` (file `secret/` denied, network denied
-/// but loopback) and a workspace holding the secret.
+/// but 127.0.0.1) and a workspace holding the secret. Tests connect to
+/// 127.0.0.2 to see a denial: were it ever allowed, the connect would fail
+/// with `ECONNREFUSED` on this machine instead of leaving it.
 pub struct Fixture {
     _dir: tempfile::TempDir,
     pub policies: PathBuf,
@@ -245,7 +244,7 @@ pub fn fixture() -> Fixture {
     std::fs::write(
         policies.join("ops-test.yaml"),
         "name: ops-test\nmode: enforce\ndefaults: {file: allow, exec: allow, network: deny}\nrules:\n  file:\n    \
-         - path: ${WORKSPACE}/secret/\n      action: deny\n  network:\n    - cidr: 127.0.0.0/8\n      action: allow\n",
+         - path: ${WORKSPACE}/secret/\n      action: deny\n  network:\n    - cidr: 127.0.0.1/32\n      action: allow\n",
     )
     .unwrap();
     Fixture { _dir: dir, policies, ws }

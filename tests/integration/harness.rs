@@ -329,11 +329,46 @@ impl Daemon {
 }
 
 impl Drop for Daemon {
+    /// Whatever the test did or where it failed: the daemon stops, and what
+    /// it left in the kernel and the cgroup tree (an agent still running in
+    /// a trajectory the daemon did not end) is removed.
     fn drop(&mut self) {
         if self.child.is_some() {
             self.stop();
         }
+        if let Some(root) = cgroup2_mount() {
+            remove_cgroup_tree(&root.join(&self.cgroup_parent));
+        }
         self.cleanup_pins();
+    }
+}
+
+/// Kills every process in the cgroup `dir` and below, then removes the
+/// cgroups, deepest first. Bounded: a cgroup that does not empty within a
+/// few seconds is left and named on stderr.
+pub fn remove_cgroup_tree(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroup_tree(&e.path());
+        }
+    }
+    // cgroup.kill (Linux 5.14) kills the subtree atomically, including
+    // processes forking meanwhile; before it, one SIGKILL per member.
+    if std::fs::write(dir.join("cgroup.kill"), "1").is_err() {
+        for pid in std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines() {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::remove_dir(dir).is_err() && dir.exists() {
+        if Instant::now() > deadline {
+            eprintln!("cannot remove the test cgroup {}", dir.display());
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

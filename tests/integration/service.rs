@@ -49,7 +49,7 @@ fn the_daemon_enforces_with_only_the_units_capabilities() {
     // And it blocks.
     let agent = agent_bin();
     let agent = agent.to_str().unwrap();
-    let out = d.run("ops-test", &f.ws, &[agent, "connect", "192.0.2.1", "80"]);
+    let out = d.run("ops-test", &f.ws, &[agent, "connect", "127.0.0.2", "9"]);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("errno=1 "), "EPERM: {out:?}");
     let key = f.ws.join("secret/key");
@@ -84,7 +84,7 @@ fn without_cap_sys_admin_the_daemon_enforces_unless_the_kernel_restricts_perf_ev
     match Confined::start(&[], Some(&fine_grained()), &f.policies) {
         Ok(d) => {
             let agent = agent_bin();
-            let out = d.run("ops-test", &f.ws, &[agent.to_str().unwrap(), "connect", "192.0.2.1", "80"]);
+            let out = d.run("ops-test", &f.ws, &[agent.to_str().unwrap(), "connect", "127.0.0.2", "9"]);
             assert_eq!(out.status.code(), Some(3), "{out:?}");
             d.wait_metric(
                 r#"agent_monitor_denials_total{class="network",mechanism="cgroup-deny",policy="ops-test"}"#,

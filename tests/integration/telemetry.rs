@@ -80,21 +80,26 @@ fn process_tree_is_rebuilt_from_the_stream() {
     assert_eq!(counted, end["records"].as_u64().unwrap(), "counts cover every record before the end");
 }
 
-/// `agent-monitor step` as a harness uses it: events after each call carry
-/// that step, including events of a process started before the call.
+/// `agent-monitor step` as a harness uses it: records after each call carry
+/// that step, including those of processes started before the call, in the
+/// order docs/events.md ("Steps and ordering") promises, checked exactly:
+/// no record before a `step` record carries its step; a thread's steps never
+/// go back; after a `step` record, only a thread's first record (the
+/// operation it had in flight at the update) may still carry the previous
+/// step; and a record carrying a step is stamped after its `step` record.
+/// Two processes open a file in a loop throughout, so operations are in
+/// flight at the updates.
 #[test]
 fn steps_annotate_every_later_record() {
     let d = Daemon::start();
     let stop = d.dir.path().join("stop");
     let target = d.dir.path().join("probe");
     std::fs::write(&target, "x").unwrap();
+    let opener = format!("'{}' open-until '{}' 1 '{}'", agent_bin().display(), target.display(), stop.display());
     let mut agent = Command::new(monitor_bin())
         .args(["run", "--trajectory", "steps-1", "--control-socket"])
         .arg(&d.socket)
-        .arg("--")
-        .arg(agent_bin())
-        .args(["open-until", target.to_str().unwrap(), "10"])
-        .arg(&stop)
+        .args(["--", "sh", "-c", &format!("{opener} & {opener}; wait")])
         .spawn()
         .unwrap();
     let opens_of_probe = |d: &Daemon| {
@@ -110,7 +115,7 @@ fn steps_annotate_every_later_record() {
             std::thread::sleep(Duration::from_millis(20));
         }
     };
-    wait_opens(&d, 3);
+    wait_opens(&d, 6);
     let step = |args: &[&str]| {
         let out =
             Command::new(monitor_bin()).arg("step").arg("--control-socket").arg(&d.socket).args(args).output().unwrap();
@@ -119,10 +124,10 @@ fn steps_annotate_every_later_record() {
     };
     assert_eq!(step(&["--trajectory", "steps-1", "--name", "read the repo"]), "trajectory steps-1: step 1\n");
     let n = opens_of_probe(&d);
-    wait_opens(&d, n + 3);
+    wait_opens(&d, n + 6);
     assert_eq!(step(&["--trajectory", "steps-1", "--name", "run tests", "--id", "7"]), "trajectory steps-1: step 7\n");
     let n = opens_of_probe(&d);
-    wait_opens(&d, n + 3);
+    wait_opens(&d, n + 6);
     // From inside the trajectory, a process may name its own step.
     let own = Command::new(monitor_bin())
         .args(["run", "--trajectory", "steps-2", "--control-socket"])
@@ -136,34 +141,62 @@ fn steps_annotate_every_later_record() {
     assert!(agent.wait().unwrap().success());
 
     let recs = d.trajectory("steps-1");
-    let steps: Vec<(u64, u64, &str)> = of_kind(&recs, "step")
-        .iter()
-        .map(|r| (r["seq"].as_u64().unwrap(), r["step"]["id"].as_u64().unwrap(), r["step"]["name"].as_str().unwrap()))
-        .collect();
-    assert_eq!(steps.iter().map(|s| (s.1, s.2)).collect::<Vec<_>>(), vec![(1, "read the repo"), (7, "run tests")]);
-    // By seq: before step 1 no step, then step 1 until step 7's record.
-    let mut seen = [0usize; 3];
-    for r in recs.iter().filter(|r| r["kind"] == "open") {
-        let seq = r["seq"].as_u64().unwrap();
-        let expected = if seq < steps[0].0 {
-            Value::Null
-        } else if seq < steps[1].0 {
-            serde_json::json!({"id": 1, "name": "read the repo"})
-        } else {
-            serde_json::json!({"id": 7, "name": "run tests"})
-        };
-        assert_eq!(r["step"], expected, "{r}");
-        seen[if seq < steps[0].0 {
-            0
-        } else if seq < steps[1].0 {
-            1
-        } else {
-            2
-        }] += 1;
+    let steps: Vec<&Value> = of_kind(&recs, "step");
+    let named: Vec<(u64, &str)> =
+        steps.iter().map(|r| (r["step"]["id"].as_u64().unwrap(), r["step"]["name"].as_str().unwrap())).collect();
+    assert_eq!(named, vec![(1, "read the repo"), (7, "run tests")]);
+    let in_flight = assert_step_order(&recs);
+    // Every phase has records of its own step.
+    for phase in 0..=steps.len() {
+        let carried = of_kind(&recs, "open").iter().filter(|r| step_phase(&steps, r) == phase).count();
+        assert!(carried >= 3, "{carried} opens carry phase {phase}'s step");
     }
-    assert!(seen.iter().all(|&n| n >= 3), "records in every phase: {seen:?}");
+    eprintln!("records in flight at a step update: {in_flight}");
     let own = d.trajectory("steps-2");
     assert_eq!(of_kind(&own, "step")[0]["step"]["name"], "self");
+}
+
+/// Which of the trajectory's steps a record carries: 0 for none, `k` for
+/// the step of the `k`-th `step` record.
+fn step_phase(steps: &[&Value], r: &Value) -> usize {
+    if r["step"].is_null() {
+        return 0;
+    }
+    1 + steps.iter().position(|s| s["step"] == r["step"]).unwrap_or_else(|| panic!("an unknown step: {r}"))
+}
+
+/// Asserts the step-ordering guarantee of docs/events.md over one
+/// trajectory's records (each step id used once); returns how many records
+/// followed their `step` record with the previous step.
+fn assert_step_order(recs: &[Value]) -> usize {
+    let steps = of_kind(recs, "step");
+    // Per thread: the phase of its last record, and how many `step`
+    // records preceded that record.
+    let mut threads: HashMap<u64, (usize, usize)> = HashMap::new();
+    let mut in_flight = 0;
+    for r in recs.iter().filter(|r| ["exec", "open", "connect"].contains(&r["kind"].as_str().unwrap())) {
+        let seq = r["seq"].as_u64().unwrap();
+        let after = steps.iter().filter(|s| s["seq"].as_u64().unwrap() < seq).count();
+        let phase = step_phase(&steps, r);
+        assert!(phase <= after, "a record before its step's `step` record: {r}");
+        if phase > 0 {
+            let stamped = steps[phase - 1]["ts"].as_str().unwrap();
+            assert!(r["ts"].as_str().unwrap() >= stamped, "a record of step {} stamped before it: {r}", r["step"]);
+        }
+        let tid = r["tid"].as_u64().unwrap();
+        if let Some(&(last_phase, last_after)) = threads.get(&tid) {
+            assert!(phase >= last_phase, "thread {tid} went back to an earlier step: {r}");
+            if phase < after {
+                assert!(last_after < after, "a second record of thread {tid} with the previous step: {r}");
+            }
+        }
+        if phase < after {
+            assert_eq!(phase + 1, after, "a record two steps behind: {r}");
+            in_flight += 1;
+        }
+        threads.insert(tid, (phase, after));
+    }
+    in_flight
 }
 
 /// The control socket from inside a trajectory: `step` for its own

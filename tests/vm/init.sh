@@ -89,8 +89,21 @@ else
 fi
 
 echo "VMTEST-TESTS-BEGIN"
-/opt/vmtest/integration --test-threads=1 --color never $VMTEST_FILTER
-rc=$?
+if [ -n "$VMTEST_REPEAT" ]; then
+    # A flake hunt (docs/testing.md): the filtered tests VMTEST_REPEAT times,
+    # the count of failed runs at the end; any failure fails the guest.
+    failed=0
+    i=0
+    while [ "$i" -lt "$VMTEST_REPEAT" ]; do
+        i=$((i + 1))
+        /opt/vmtest/integration --test-threads=1 --color never $VMTEST_FILTER || failed=$((failed + 1))
+    done
+    echo "VMTEST-REPEAT runs=$VMTEST_REPEAT failed=$failed"
+    rc=$([ "$failed" -eq 0 ] && echo 0 || echo 1)
+else
+    /opt/vmtest/integration --test-threads=1 --color never $VMTEST_FILTER
+    rc=$?
+fi
 echo "VMTEST-TESTS-END"
 if [ -f "$AGENT_MONITOR_SKIP_FILE" ]; then
     sed 's/^/VMTEST-SKIP /' "$AGENT_MONITOR_SKIP_FILE"

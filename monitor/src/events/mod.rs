@@ -7,5 +7,6 @@ pub mod leftover;
 pub mod pipeline;
 pub mod process;
 pub mod record;
+pub mod ringpos;
 pub mod state;
 pub mod summary;

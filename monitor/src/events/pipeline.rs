@@ -30,6 +30,7 @@ use super::{
     leftover::Leftover,
     process,
     record::{Body, Bytes, Process, Record, Step, Timestamp, Verdict, SCHEMA_VERSION},
+    ringpos::RingPositions,
     state::{self, Found, Progress, Saved, StateDir},
     summary::Tally,
 };
@@ -47,6 +48,19 @@ use crate::{
 pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// Records per published batch.
 const BATCH: usize = 4096;
+/// Longest a `step` waits for a ring record reserved before its update to
+/// be submitted (a BPF program submits within microseconds; this bounds a
+/// kernel bug, not a normal case).
+const STEP_PLACEMENT_WAIT: Duration = Duration::from_secs(1);
+
+/// A `step` record waiting for its place in the trajectory's order.
+#[derive(Clone, Copy)]
+struct StepMarker {
+    cgroup_id: u64,
+    id: u32,
+    /// CLOCK_BOOTTIME just before the map update.
+    boot_ns: u64,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -254,6 +268,10 @@ pub fn clock_ns(clock: libc::clockid_t) -> u64 {
 
 pub struct Pipeline {
     ring: AsyncFd<RingBuf<MapData>>,
+    /// The ring's positions, for placing a `step` record ([`Pipeline::step`]).
+    positions: RingPositions,
+    /// A `step` record not yet placed in its trajectory's order.
+    step_marker: Option<StepMarker>,
     trajectory_map: HashMap<MapData, u64, TrajectoryValue>,
     trajectory_losses: PerCpuHashMap<MapData, u64, u64>,
     config: Array<MapData, RuntimeConfig>,
@@ -286,7 +304,11 @@ impl Pipeline {
         state: Option<StateDir>,
         keep_on_exit: bool,
     ) -> std::io::Result<Self> {
+        use std::os::fd::AsFd;
+        let positions = RingPositions::map(maps.events.as_fd())?;
         Ok(Pipeline {
+            positions,
+            step_marker: None,
             // SAFETY: the ring buffer's fd is owned by the value moved into the
             // AsyncFd and lives exactly as long as the registration.
             ring: unsafe { AsyncFd::register_with_interest(maps.events, tokio::io::Interest::READABLE) }
@@ -514,20 +536,66 @@ impl Pipeline {
         t.steps.insert(id, name.into());
         let previous = std::mem::replace(&mut t.step, id);
         let value = t.value();
+        // Stamped before the update: every record that read the new step
+        // was stamped after it.
+        let stamped = clock_ns(libc::CLOCK_BOOTTIME);
         if let Err(e) = self.trajectory_map.insert(cgroup_id, value, 0) {
             let t = self.trajectories.get_mut(&cgroup_id).expect("found above");
             t.step = previous;
             return Err(PipelineError::Map(e));
         }
-        // What the kernel recorded before the update is published ahead of
-        // the step record. Only an operation in progress at this instant
-        // (its hook read the old step, its record is not yet submitted) can
-        // still follow with the old step.
-        self.drain().await;
-        let now = clock_ns(libc::CLOCK_BOOTTIME);
-        self.push(cgroup_id, now, Body::Step {}, Process::default());
-        self.flush().await;
+        self.place_step(cgroup_id, id, previous, stamped).await;
         Ok(id)
+    }
+
+    /// Publishes the `step` record of an update just made, at the one place
+    /// in the trajectory's order that docs/events.md promises: after every
+    /// record reserved in the ring before the update, and before the first
+    /// record that carries the new step. Either comes first: a record that
+    /// read the new step was reserved after the update, and anything reserved
+    /// before `reserved` (sampled after the update) is read once the
+    /// consumer passes it. What can still follow with the old step is an
+    /// operation whose hook read the old value and reserved its record after
+    /// the update: in progress at that instant, so at most one per thread.
+    async fn place_step(&mut self, cgroup_id: u64, id: u32, previous: u32, stamped: u64) {
+        let reserved = self.positions.producer();
+        if previous != id {
+            // (The same id again: records carrying it are not new.)
+            self.step_marker = Some(StepMarker { cgroup_id, id, boot_ns: stamped });
+        }
+        let deadline = Instant::now() + STEP_PLACEMENT_WAIT;
+        loop {
+            self.drain().await;
+            // A reserved record the kernel has not submitted yet stops the
+            // consumer; a BPF program submits or discards what it reserves
+            // before it returns, so this wait is short.
+            if self.step_marker.is_none() || self.positions.consumer() >= reserved {
+                break;
+            }
+            if Instant::now() > deadline {
+                tracing::warn!(
+                    "a ring record reserved before step {id} stayed unsubmitted for {STEP_PLACEMENT_WAIT:?}; \
+                     the step record is written without it"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        match self.step_marker.take() {
+            Some(m) => self.push(m.cgroup_id, m.boot_ns, Body::Step {}, Process::default()),
+            None if previous == id => self.push(cgroup_id, stamped, Body::Step {}, Process::default()),
+            None => {}
+        }
+        self.flush().await;
+    }
+
+    /// The `step` record pending in [`Self::step_marker`], if `d` is the
+    /// first record to carry its step: published right before it.
+    fn place_step_before(&mut self, d: &Decoded) {
+        if let Some(m) = self.step_marker.filter(|m| m.cgroup_id == d.trajectory_cgroup && m.id == d.step) {
+            self.step_marker = None;
+            self.push(m.cgroup_id, m.boot_ns, Body::Step {}, Process::default());
+        }
     }
 
     /// Kernel side of opening: loss counters first, so the kernel can count
@@ -611,22 +679,20 @@ impl Pipeline {
     /// Reads everything the kernel has submitted and publishes it.
     async fn drain(&mut self) {
         loop {
-            let ring = self.ring.get_mut();
             let mut n = 0;
             while n < BATCH {
-                let Some(item) = ring.next() else { break };
+                // The item is dropped (and the consumer position advanced)
+                // before the record is taken.
+                let decoded = match self.ring.get_mut().next() {
+                    Some(item) => decode(&item),
+                    None => break,
+                };
                 n += 1;
-                match decode(&item) {
-                    Ok(d) => match self.trajectories.get_mut(&d.trajectory_cgroup) {
-                        Some(t) => {
-                            let verdict = describe(&mut self.enforcer, &d);
-                            self.pending_kernel_ts.push(d.ts_boot_ns);
-                            let record = make_record(&self.clock, t, d, verdict);
-                            t.tally.add(&record);
-                            self.pending.push(record);
-                        }
-                        None => self.metrics.events_lost.with_label_values(&["unknown_trajectory"]).inc(),
-                    },
+                match decoded {
+                    Ok(d) => {
+                        self.place_step_before(&d);
+                        self.take(d);
+                    }
                     Err(e) => {
                         tracing::warn!("dropping undecodable kernel record: {e}");
                         self.metrics.events_lost.with_label_values(&["decode_error"]).inc();
@@ -637,6 +703,20 @@ impl Pipeline {
             if n < BATCH {
                 return;
             }
+        }
+    }
+
+    /// A decoded kernel record into the batch of its trajectory.
+    fn take(&mut self, d: Decoded) {
+        match self.trajectories.get_mut(&d.trajectory_cgroup) {
+            Some(t) => {
+                let verdict = describe(&mut self.enforcer, &d);
+                self.pending_kernel_ts.push(d.ts_boot_ns);
+                let record = make_record(&self.clock, t, d, verdict);
+                t.tally.add(&record);
+                self.pending.push(record);
+            }
+            None => self.metrics.events_lost.with_label_values(&["unknown_trajectory"]).inc(),
         }
     }
 

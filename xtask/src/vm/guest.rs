@@ -47,7 +47,10 @@ pub fn boot(b: &Boot<'_>) -> Result<(Exit, Duration)> {
         "console=ttyS0 panic=-1 quiet softlockup_panic=1 softlockup_all_cpu_backtrace=1 hung_task_panic=1 \
          watchdog_thresh=60 panic_print=0x20 lsm={}{}",
         b.lsm,
-        std::env::var("VMTEST_FILTER").map(|f| format!(" VMTEST_FILTER={f}")).unwrap_or_default()
+        ["VMTEST_FILTER", "VMTEST_REPEAT"]
+            .iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| format!(" {k}={v}")))
+            .collect::<String>()
     );
     let log = File::create(b.log).with_context(|| format!("cannot create {}", b.log.display()))?;
     let start = Instant::now();
