@@ -95,27 +95,35 @@ fn steps_annotate_every_later_record() {
     let stop = d.dir.path().join("stop");
     let target = d.dir.path().join("probe");
     std::fs::write(&target, "x").unwrap();
-    let opener = format!("'{}' open-until '{}' 1 '{}'", agent_bin().display(), target.display(), stop.display());
+    // Two openers, a few ms apart: several records per thread wait in the
+    // ring between two reads by the daemon (every 10 ms), so a step record
+    // placed before them would show.
+    let opener = format!("'{}' open-until '{}' 3 '{}'", agent_bin().display(), target.display(), stop.display());
     let mut agent = Command::new(monitor_bin())
         .args(["run", "--trajectory", "steps-1", "--control-socket"])
         .arg(&d.socket)
         .args(["--", "sh", "-c", &format!("{opener} & {opener}; wait")])
         .spawn()
         .unwrap();
-    let opens_of_probe = |d: &Daemon| {
-        d.records()
-            .into_iter()
-            .filter(|r| r["trajectory"] == "steps-1" && r["kind"] == "open" && r["path"] == target.to_str().unwrap())
-            .count()
-    };
-    let wait_opens = |d: &Daemon, n: usize| {
+    // Counts the agent's opens in the events file, reading only what was
+    // appended since the last call (the file grows by thousands of records
+    // under a slow guest; re-reading it all each time would dominate).
+    let (mut read, mut opens) = (0usize, 0usize);
+    let probe = format!("\"path\":{}", Value::from(target.to_str().unwrap()));
+    let mut wait_opens = |more: usize| {
+        let goal = opens + more;
         let deadline = Instant::now() + Duration::from_secs(crate::harness::HANG_GUARD_SECS);
-        while opens_of_probe(d) < n {
+        while opens < goal {
             assert!(Instant::now() < deadline, "agent opens not recorded:\n{}", d.stderr());
             std::thread::sleep(Duration::from_millis(20));
+            let text = std::fs::read(&d.events).unwrap_or_default();
+            let complete = text[read..].iter().rposition(|&b| b == b'\n').map_or(read, |i| read + i + 1);
+            let lines = String::from_utf8_lossy(&text[read..complete]);
+            opens += lines.lines().filter(|l| l.contains("\"kind\":\"open\"") && l.contains(&probe)).count();
+            read = complete;
         }
     };
-    wait_opens(&d, 6);
+    wait_opens(6);
     let step = |args: &[&str]| {
         let out =
             Command::new(monitor_bin()).arg("step").arg("--control-socket").arg(&d.socket).args(args).output().unwrap();
@@ -123,11 +131,9 @@ fn steps_annotate_every_later_record() {
         String::from_utf8(out.stdout).unwrap()
     };
     assert_eq!(step(&["--trajectory", "steps-1", "--name", "read the repo"]), "trajectory steps-1: step 1\n");
-    let n = opens_of_probe(&d);
-    wait_opens(&d, n + 6);
+    wait_opens(6);
     assert_eq!(step(&["--trajectory", "steps-1", "--name", "run tests", "--id", "7"]), "trajectory steps-1: step 7\n");
-    let n = opens_of_probe(&d);
-    wait_opens(&d, n + 6);
+    wait_opens(6);
     // From inside the trajectory, a process may name its own step.
     let own = Command::new(monitor_bin())
         .args(["run", "--trajectory", "steps-2", "--control-socket"])

@@ -96,7 +96,7 @@ if [ -n "$VMTEST_REPEAT" ]; then
     i=0
     while [ "$i" -lt "$VMTEST_REPEAT" ]; do
         i=$((i + 1))
-        /opt/vmtest/integration --test-threads=1 --color never $VMTEST_FILTER || failed=$((failed + 1))
+        /opt/vmtest/integration --test-threads=1 --color never --nocapture $VMTEST_FILTER || failed=$((failed + 1))
     done
     echo "VMTEST-REPEAT runs=$VMTEST_REPEAT failed=$failed"
     rc=$([ "$failed" -eq 0 ] && echo 0 || echo 1)
