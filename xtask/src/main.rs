@@ -4,6 +4,7 @@
 
 mod bench;
 mod fuzz;
+mod modules;
 mod setup;
 mod vm;
 
@@ -45,6 +46,9 @@ enum Task {
     /// Run the cargo-fuzz targets (policy parser/compiler, record decoder)
     /// for a bounded time each; installs cargo-fuzz when missing.
     Fuzz(fuzz::FuzzArgs),
+    /// Check that no module of monitor/ or monitor-ebpf/ imports, directly or
+    /// through others, a module that imports it.
+    Modules,
 }
 
 #[derive(clap::Args)]
@@ -86,6 +90,9 @@ fn run(task: Task) -> Result<()> {
             if !setup::is_root() {
                 bail!("the integration tests load eBPF programs and create cgroups: run `cargo xtask test` as root");
             }
+            // No module cycle (pure, under a second): a cycle fails the
+            // run before anything is built.
+            modules::run()?;
             // Unit tests, integration tests against the real kernel, doc
             // tests; a failure here stops the run before any guest boots.
             let host = vm::host_tests()?;
@@ -109,6 +116,7 @@ fn run(task: Task) -> Result<()> {
             vm::run(&args, None)
         }
         Task::Bench(args) => bench::run(&args),
+        Task::Modules => modules::run(),
     }
 }
 
