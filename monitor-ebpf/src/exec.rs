@@ -24,11 +24,10 @@ use monitor_common::{
 };
 
 use crate::{
+    kernel::SIGKILL,
     maps::{offsets, runtime_flags},
     pathres, policy, record, trajectory,
 };
-
-const SIGKILL: u32 = 9;
 
 /// Offset of `__data_loc char[] filename` in the tracepoint record (after the
 /// 8-byte common header); stable since the tracepoint was added.

@@ -18,13 +18,13 @@ use monitor_common::{
 
 use crate::{
     exec::write_path,
+    kernel::{lsm_ret, read_u64, EPERM},
     maps::{offsets, runtime_flags, LSM_PROBE},
     pathres, policy,
     policy::Access,
     record, tamper, trajectory,
 };
 
-const EPERM: i32 = 1;
 /// `__FMODE_EXEC` in `f_flags`: the open of a binary by exec itself, judged
 /// by the exec rules instead.
 const FMODE_EXEC_FLAG: u32 = 0o40;
@@ -34,27 +34,6 @@ fn probe(which: LsmProbe) {
     if let Some(n) = LSM_PROBE.get_ptr_mut(which as u32) {
         unsafe { *n += 1 };
     }
-}
-
-#[inline(always)]
-fn read_u64(addr: u64) -> Option<u64> {
-    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(addr as *const u64).ok() }
-}
-
-/// Bounds an LSM program's return value where the verifier can see it.
-/// Kernels since 6.9 reject an LSM program unless they can prove its return
-/// value lies in [-4095, 0]; the compiler may derive `-EPERM`/0 with
-/// arithmetic the verifier does not follow, so the value is reloaded
-/// through a volatile stack slot (the compiler cannot fold what follows)
-/// and clamped with comparisons the verifier tracks.
-#[inline(always)]
-pub fn lsm_ret(r: i32) -> i32 {
-    let slot = r as i64;
-    let r = unsafe { core::ptr::read_volatile(&slot) };
-    if !(-4095..=0).contains(&r) {
-        return 0;
-    }
-    r as i32
 }
 
 #[lsm(hook = "file_open")]
@@ -144,7 +123,7 @@ fn on_bprm_check(bprm: u64) -> i32 {
     let Some(member) = trajectory::current() else {
         return 0;
     };
-    let file = read_u64(bprm + offsets().bprm_file).unwrap_or(0);
+    let file = read_u64(bprm + offsets().bprm_file);
     let resolved = pathres::file_path(file);
     let verdict = match &resolved {
         Some(r) => policy::exec(member.policy, pathres::key_from_resolved(r, member.policy)),

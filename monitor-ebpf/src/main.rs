@@ -1,7 +1,7 @@
 //! agent-monitor's kernel programs.
 //!
 //! One file per hook family; every map and load-time global lives in
-//! [`maps`]. Each program is total: it never panics, and every failure path
+//! [`maps`], and small kernel helpers shared by the families in [`kernel`]. Each program is total: it never panics, and every failure path
 //! ends in a defined verdict (observation hooks return 0, socket hooks allow
 //! until the policy layer says otherwise). A record the ring buffer has no
 //! room for is counted, globally and per trajectory, never lost silently.
@@ -10,6 +10,7 @@
 
 mod connect;
 mod exec;
+mod kernel;
 mod lsm;
 mod maps;
 mod open;

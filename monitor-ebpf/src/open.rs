@@ -22,6 +22,7 @@ use monitor_common::event::{flags, mechanism, EventKind, OpenEvent, OpenSyscall,
 
 use crate::{
     exec::write_path,
+    kernel::SIGKILL,
     maps::{offsets, OpenEntry, OPEN_INFLIGHT},
     pathres, policy,
     policy::{Access, Verdict},
@@ -40,7 +41,6 @@ const SYSCALL_NR: usize = 8;
 const O_WRONLY: u32 = 0o1;
 const O_CREAT: u32 = 0o100;
 const O_TRUNC: u32 = 0o1000;
-const SIGKILL: u32 = 9;
 /// An `O_PATH` descriptor names a file without opening it for I/O; BPF LSM
 /// `file_open` never sees such opens, so neither does the policy here.
 const O_PATH: u32 = 0o10000000;

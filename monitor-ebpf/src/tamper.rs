@@ -39,15 +39,13 @@ use monitor_common::{
 };
 
 use crate::{
-    lsm::lsm_ret,
+    kernel::{lsm_ret, read_u64, EPERM, SIGKILL},
     maps::offsets,
     policy::{self, Verdict},
     record,
     trajectory::{self, Membership},
 };
 
-const EPERM: i32 = 1;
-const SIGKILL: u32 = 9;
 const PTRACE_MODE_NOAUDIT: u32 = 0x04;
 const PTRACE_ATTACH: i64 = 16;
 const PTRACE_SEIZE: i64 = 0x4206;
@@ -74,11 +72,6 @@ fn config() -> TamperConfig {
     // Volatile: the loader rewrites .rodata; the zero initialiser must not
     // be folded in.
     unsafe { core::ptr::read_volatile(&TAMPER_CONFIG) }
-}
-
-#[inline(always)]
-fn read_u64(addr: u64) -> u64 {
-    unsafe { bpf_probe_read_kernel(addr as *const u64) }.unwrap_or(0)
 }
 
 /// The verdict every tamper refusal carries.
@@ -156,6 +149,18 @@ fn tgid_of(task: u64) -> u32 {
 
 // ---------------------------------------------------------------- BPF LSM
 
+/// How the tamper hooks that receive the previous LSM program's verdict
+/// open: a refusal already made stands, and only a trajectory member is
+/// judged. `Err` holds what the hook returns.
+#[inline(always)]
+fn opening(ctx: &LsmContext, prev_arg: usize) -> Result<Membership, i32> {
+    let prev: i32 = ctx.arg(prev_arg);
+    if prev != 0 {
+        return Err(lsm_ret(prev));
+    }
+    trajectory::current().ok_or(0)
+}
+
 /// `security_bpf(cmd, attr, size[, kernel])`: the argument count changed
 /// across kernels, so the previous program's verdict is not read here; a
 /// trajectory member is refused, anyone else allowed.
@@ -171,12 +176,9 @@ pub fn lsm_bpf(ctx: LsmContext) -> i32 {
 
 #[lsm(hook = "ptrace_access_check")]
 pub fn lsm_ptrace_access_check(ctx: LsmContext) -> i32 {
-    let prev: i32 = ctx.arg(2);
-    if prev != 0 {
-        return lsm_ret(prev);
-    }
-    let Some(member) = trajectory::current() else {
-        return 0;
+    let member = match opening(&ctx, 2) {
+        Ok(member) => member,
+        Err(ret) => return ret,
     };
     let child: u64 = ctx.arg(0);
     let mode: u64 = ctx.arg(1);
@@ -197,12 +199,9 @@ pub fn lsm_ptrace_access_check(ctx: LsmContext) -> i32 {
 /// allowed: it delivers nothing.
 #[lsm(hook = "task_kill")]
 pub fn lsm_task_kill(ctx: LsmContext) -> i32 {
-    let prev: i32 = ctx.arg(4);
-    if prev != 0 {
-        return lsm_ret(prev);
-    }
-    let Some(member) = trajectory::current() else {
-        return 0;
+    let member = match opening(&ctx, 4) {
+        Ok(member) => member,
+        Err(ret) => return ret,
     };
     let target: u64 = ctx.arg(0);
     let sig: u64 = ctx.arg(2);
@@ -216,6 +215,8 @@ pub fn lsm_task_kill(ctx: LsmContext) -> i32 {
 
 #[lsm(hook = "task_alloc")]
 pub fn lsm_task_alloc(ctx: LsmContext) -> i32 {
+    // Not [`opening`]: every fork runs this, and the flags test is cheaper
+    // than the membership lookup, so it comes first.
     let prev: i32 = ctx.arg(2);
     if prev != 0 {
         return lsm_ret(prev);
@@ -233,41 +234,34 @@ pub fn lsm_task_alloc(ctx: LsmContext) -> i32 {
 
 #[lsm(hook = "inode_mkdir")]
 pub fn lsm_inode_mkdir(ctx: LsmContext) -> i32 {
-    let prev: i32 = ctx.arg(3);
-    lsm_ret(dir_change(&ctx, prev, TamperOp::CgroupMkdir))
+    dir_change(&ctx, 3, TamperOp::CgroupMkdir)
 }
 
 #[lsm(hook = "inode_rmdir")]
 pub fn lsm_inode_rmdir(ctx: LsmContext) -> i32 {
-    let prev: i32 = ctx.arg(2);
-    lsm_ret(dir_change(&ctx, prev, TamperOp::CgroupRmdir))
+    dir_change(&ctx, 2, TamperOp::CgroupRmdir)
 }
 
 #[inline(always)]
-fn dir_change(ctx: &LsmContext, prev: i32, op: TamperOp) -> i32 {
-    if prev != 0 {
-        return prev;
-    }
-    let Some(member) = trajectory::current() else {
-        return 0;
+fn dir_change(ctx: &LsmContext, prev_arg: usize, op: TamperOp) -> i32 {
+    let member = match opening(ctx, prev_arg) {
+        Ok(member) => member,
+        Err(ret) => return ret,
     };
     let dir: u64 = ctx.arg(0);
     if !sb_protected(read_u64(dir + config().inode_i_sb)) {
         return 0;
     }
     record(&member, op, 0, 0, mechanism::LSM);
-    -EPERM
+    lsm_ret(-EPERM)
 }
 
 /// `security_sb_mount(dev_name, path, type, flags, data)`.
 #[lsm(hook = "sb_mount")]
 pub fn lsm_sb_mount(ctx: LsmContext) -> i32 {
-    let prev: i32 = ctx.arg(5);
-    if prev != 0 {
-        return lsm_ret(prev);
-    }
-    let Some(member) = trajectory::current() else {
-        return 0;
+    let member = match opening(&ctx, 5) {
+        Ok(member) => member,
+        Err(ret) => return ret,
     };
     let flags: u64 = ctx.arg(3);
     record(&member, TamperOp::Mount, 0, flags, mechanism::LSM);
@@ -277,12 +271,9 @@ pub fn lsm_sb_mount(ctx: LsmContext) -> i32 {
 /// `security_move_mount(from_path, to_path)`: the new mount API's attach.
 #[lsm(hook = "move_mount")]
 pub fn lsm_move_mount(ctx: LsmContext) -> i32 {
-    let prev: i32 = ctx.arg(2);
-    if prev != 0 {
-        return lsm_ret(prev);
-    }
-    let Some(member) = trajectory::current() else {
-        return 0;
+    let member = match opening(&ctx, 2) {
+        Ok(member) => member,
+        Err(ret) => return ret,
     };
     record(&member, TamperOp::Mount, 0, 1, mechanism::LSM);
     lsm_ret(-EPERM)

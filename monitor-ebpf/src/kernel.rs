@@ -1,0 +1,36 @@
+//! Kernel constants and helpers shared by the hook families: the errno and
+//! signal numbers the programs return or send, the bound on an LSM
+//! program's return value, and a kernel read that never fails. A leaf: it
+//! imports no other module of this crate, so any hook module may use it.
+
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+
+/// An LSM program refuses with `-EPERM`.
+pub const EPERM: i32 = 1;
+/// What the tracepoint fallbacks send to stop a process before its syscall
+/// or its new image runs.
+pub const SIGKILL: u32 = 9;
+
+/// Bounds an LSM program's return value where the verifier can see it.
+/// Kernels since 6.9 reject an LSM program unless they can prove its return
+/// value lies in [-4095, 0]; the compiler may derive `-EPERM`/0 with
+/// arithmetic the verifier does not follow, so the value is reloaded
+/// through a volatile stack slot (the compiler cannot fold what follows)
+/// and clamped with comparisons the verifier tracks.
+#[inline(always)]
+pub fn lsm_ret(r: i32) -> i32 {
+    let slot = r as i64;
+    // SAFETY: a read of a live local through a reference to it.
+    let r = unsafe { core::ptr::read_volatile(&slot) };
+    if !(-4095..=0).contains(&r) {
+        return 0;
+    }
+    r as i32
+}
+
+/// The `u64` at kernel address `addr`; 0 when it cannot be read.
+#[inline(always)]
+pub fn read_u64(addr: u64) -> u64 {
+    // SAFETY: the helper checks the address; a fault is an error, not a crash.
+    unsafe { bpf_probe_read_kernel(addr as *const u64) }.unwrap_or(0)
+}
