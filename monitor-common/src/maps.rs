@@ -120,6 +120,8 @@ impl LsmProbe {
 mod pod {
     // SAFETY: plain-old-data, `#[repr(C)]`, no padding holes left implicit.
     unsafe impl aya::Pod for super::TrajectoryValue {}
+    // SAFETY: plain-old-data, `#[repr(C)]`, no padding holes left implicit.
     unsafe impl aya::Pod for super::RuntimeConfig {}
+    // SAFETY: plain-old-data, `#[repr(C)]`, no padding holes left implicit.
     unsafe impl aya::Pod for super::KernelOffsets {}
 }

@@ -181,11 +181,18 @@ assert_size!(NetValue, 16 + 12 * MAX_PORT_RULES);
 mod pod {
     // SAFETY: plain-old-data, `#[repr(C)]`, no padding holes left implicit.
     unsafe impl aya::Pod for super::PolicyVerdict {}
+    // SAFETY: plain-old-data, `#[repr(C)]`, no padding holes left implicit.
     unsafe impl aya::Pod for super::PolicyConfig {}
+    // SAFETY: plain-old-data, `#[repr(C)]`, no padding holes left implicit.
     unsafe impl aya::Pod for super::PathKey {}
+    // SAFETY: plain-old-data, `#[repr(C)]`, no padding holes left implicit.
     unsafe impl aya::Pod for super::FileValue {}
+    // SAFETY: plain-old-data, `#[repr(C)]`, no padding holes left implicit.
     unsafe impl aya::Pod for super::Net4Key {}
+    // SAFETY: plain-old-data, `#[repr(C)]`, no padding holes left implicit.
     unsafe impl aya::Pod for super::Net6Key {}
+    // SAFETY: plain-old-data, `#[repr(C)]`, no padding holes left implicit.
     unsafe impl aya::Pod for super::PortRule {}
+    // SAFETY: plain-old-data, `#[repr(C)]`, no padding holes left implicit.
     unsafe impl aya::Pod for super::NetValue {}
 }

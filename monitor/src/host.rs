@@ -26,6 +26,7 @@ pub enum HostError {
 const TRACEFS: &str = "/sys/kernel/tracing";
 
 pub fn require_root() -> Result<(), HostError> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
     let uid = unsafe { libc::geteuid() };
     if uid == 0 {
         Ok(())
@@ -53,6 +54,7 @@ pub fn ensure_tracefs() -> Result<(), HostError> {
 fn mount(fstype: &'static str, target: &'static str) -> Result<(), HostError> {
     let src = CString::new(fstype).expect("no NUL");
     let tgt = CString::new(target).expect("no NUL");
+    // SAFETY: NUL-terminated strings that outlive the call; no data.
     let rc = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
     if rc == 0 {
         Ok(())
@@ -65,6 +67,7 @@ fn mount(fstype: &'static str, target: &'static str) -> Result<(), HostError> {
 /// creation does not fail there. Newer kernels ignore it.
 pub fn raise_memlock_limit() {
     let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: a valid rlimit, read by the kernel only during the call.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
         tracing::debug!("could not raise RLIMIT_MEMLOCK: {}", io::Error::last_os_error());
     }

@@ -27,6 +27,7 @@ pub fn validate_id(id: &str) -> Result<(), InvalidId> {
 pub fn generate_id() -> String {
     let mut buf = [0u8; 8];
     // getrandom(2) on 8 bytes does not fail short once the pool is ready.
+    // SAFETY: the pointer and length describe `buf`, which outlives the call.
     let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
     if n != buf.len() as isize {
         let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();

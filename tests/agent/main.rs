@@ -183,6 +183,7 @@ fn race_open(allowed: &str, denied: &str, n: usize) {
         let fd = unsafe { libc::open(ptr as *const libc::c_char, libc::O_RDONLY) };
         if fd >= 0 {
             use std::os::fd::FromRawFd;
+            // SAFETY: `fd` was just opened here and is owned by nothing else.
             let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
             let mut s = String::new();
             let _ = f.read_to_string(&mut s);
@@ -209,6 +210,8 @@ fn retry_denied(target: SocketAddr, path: &str, stop: &str, out: &str) {
         // functions (open, read, _exit).
         let pid = unsafe { libc::fork() };
         if pid == 0 {
+            // SAFETY: in the forked child: a C string made before the fork,
+            // a stack buffer, and _exit.
             unsafe {
                 let fd = libc::open(cpath.as_ptr(), libc::O_RDONLY);
                 let mut buf = [0u8; 16];

@@ -195,11 +195,15 @@ fn send_fd(sock: i32, fd: i32) {
     let mut byte = [0u8; 1];
     let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
     let mut cbuf = [0u64; 8];
+    // SAFETY: msghdr is plain data; all zeroes is its empty value.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = cbuf.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE is arithmetic.
     msg.msg_controllen = unsafe { libc::CMSG_SPACE(4) } as usize;
+    // SAFETY: `cbuf` holds one cmsg with 4 bytes of data (CMSG_SPACE(4)
+    // fits in 64 bytes); every pointer is into `msg`, `iov` or `cbuf`.
     unsafe {
         let c = libc::CMSG_FIRSTHDR(&msg);
         (*c).cmsg_level = libc::SOL_SOCKET;

@@ -368,12 +368,14 @@ fn reload_takes_effect_for_a_running_trajectory_and_a_broken_edit_is_refused() {
     std::thread::sleep(Duration::from_millis(300));
     // Deny `public` from now on.
     std::fs::write(s.policies.join("test.yaml"), policy("public")).unwrap();
+    // SAFETY: a signal to the test's own daemon child.
     unsafe { libc::kill(d.pid(), libc::SIGHUP) };
     d.wait_metric(r#"agent_monitor_policy_reloads_total{result="success"}"#, 1.0);
     std::fs::write(step(2), "").unwrap();
     std::thread::sleep(Duration::from_millis(300));
     // A broken edit: refused, the previous rules keep denying.
     std::fs::write(s.policies.join("test.yaml"), "name: test\nmode: enforce\nrules: [\n").unwrap();
+    // SAFETY: a signal to the test's own daemon child.
     unsafe { libc::kill(d.pid(), libc::SIGHUP) };
     d.wait_metric(r#"agent_monitor_policy_reloads_total{result="failure"}"#, 1.0);
     std::fs::write(step(3), "").unwrap();

@@ -42,6 +42,7 @@ pub fn agent_bin() -> PathBuf {
 
 pub fn require_root() {
     assert_eq!(
+        // SAFETY: geteuid has no preconditions.
         unsafe { libc::geteuid() },
         0,
         "integration tests load eBPF programs and create cgroups: run them as root (`cargo xtask test`)"
@@ -158,6 +159,7 @@ impl Daemon {
     /// crash) and returns once it is dead.
     pub fn kill(&mut self) {
         let mut child = self.child.take().expect("running");
+        // SAFETY: a signal to our own child, not yet reaped.
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
         child.wait().expect("wait daemon");
         let _ = std::fs::remove_file(&self.socket);
@@ -299,6 +301,7 @@ impl Daemon {
     /// SIGTERM and wait; returns the exit status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
+        // SAFETY: a signal to our own child, not yet reaped.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let status = child.wait().expect("wait daemon");
         self.cleanup_cgroups();
@@ -358,6 +361,7 @@ pub fn remove_cgroup_tree(dir: &Path) {
     if std::fs::write(dir.join("cgroup.kill"), "1").is_err() {
         for pid in std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines() {
             if let Ok(pid) = pid.trim().parse::<i32>() {
+                // SAFETY: SIGKILL to a test cgroup's member; at worst a pid gone meanwhile.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }

@@ -438,6 +438,7 @@ fn events_file_rotates_and_reopens_on_sighup() {
     }
     let moved = d.dir.path().join("moved.jsonl");
     std::fs::rename(&d.events, &moved).unwrap();
+    // SAFETY: a signal to the test's own daemon child.
     unsafe { libc::kill(d.pid(), libc::SIGHUP) };
     std::thread::sleep(Duration::from_millis(300));
     assert!(d.run(Some("rot-after"), &["true"]).status.success());
