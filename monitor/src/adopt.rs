@@ -26,12 +26,13 @@ use crate::{
     cgroup::{self, Hierarchy},
     enforce::Binding,
     events::{
-        pipeline::{Command, EndReason, OpenSpec, Origin},
+        pipeline::{Command, OpenSpec},
         process,
-        record::Process,
     },
     policy::Vars,
+    record::Process,
     trajectory,
+    vocab::{EndReason, Origin},
 };
 
 pub const SCAN_INTERVAL: Duration = Duration::from_millis(500);

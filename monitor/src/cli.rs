@@ -4,7 +4,7 @@ use std::{ffi::OsString, net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::DEFAULT_CONTROL_SOCKET;
+use crate::defaults::DEFAULT_CONTROL_SOCKET;
 
 #[derive(Debug, Parser)]
 #[command(name = "agent-monitor", version, about = "Kernel-level monitor and containment for AI coding agents")]

@@ -31,7 +31,7 @@ use crate::{
     },
     enforce::Enforcer,
     events::{
-        pipeline::{Origin, Pipeline, PipelineError},
+        pipeline::{Pipeline, PipelineError},
         state::StateDir,
     },
     host::{self, HostError},
@@ -42,6 +42,7 @@ use crate::{
     policy::{self, Diagnostic},
     reload::{self, Reloader},
     sinks::{jsonl, Bus, Hub},
+    vocab::Origin,
 };
 
 /// Pending records (bytes) in the ring buffer that trigger a wakeup.

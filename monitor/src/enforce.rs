@@ -225,7 +225,7 @@ impl Enforcer {
     /// Digest of the current set's rule table (policy names and rule
     /// origins): equal digests name rule ids alike.
     pub fn rules_digest(&self) -> u64 {
-        let mut h = crate::pins::Fnv::new();
+        let mut h = crate::hash::Fnv::new();
         for p in self.set.policies() {
             h.bytes(p.name.as_bytes());
         }

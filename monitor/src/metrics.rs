@@ -10,6 +10,8 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::vocab::Lost;
+
 pub struct Metrics {
     pub registry: Registry,
     /// Records published to the sinks, by kind and decision (`none` for
@@ -171,14 +173,8 @@ impl Metrics {
         for kind in ["trajectory_start", "trajectory_end", "gap", "step", "process"] {
             events.with_label_values(&[kind, NO_DECISION]);
         }
-        for reason in [
-            "ringbuf_full",
-            "decode_error",
-            "unknown_trajectory",
-            crate::events::pipeline::LAYOUT_CHANGE,
-            crate::events::pipeline::DAEMON_KILLED,
-        ] {
-            events_lost.with_label_values(&[reason]);
+        for reason in Lost::ALL {
+            events_lost.with_label_values(&[reason.as_str()]);
         }
         Arc::new(Metrics {
             registry,
@@ -204,8 +200,13 @@ impl Metrics {
     /// policy decisions and denials among them. Aggregated first, so the
     /// label lookups are one per distinct label set per batch, not one per
     /// record.
-    pub fn count_batch(&self, batch: &[crate::events::record::Record]) {
-        use crate::events::record::Body;
+    /// The `agent_monitor_events_lost_total` series of `reason`.
+    pub fn lost(&self, reason: Lost) -> IntCounter {
+        self.events_lost.with_label_values(&[reason.as_str()])
+    }
+
+    pub fn count_batch(&self, batch: &[crate::record::Record]) {
+        use crate::record::Body;
         let mut events: Vec<([&str; 2], u64)> = Vec::new();
         let mut decisions: Vec<([&str; 4], u64)> = Vec::new();
         for r in batch {

@@ -33,6 +33,8 @@ use std::{
 
 use monitor_common::names;
 
+use crate::hash::Fnv;
+
 /// Bump when a pinned map keeps its sizes but changes meaning (a field
 /// reordered within a value, a key encoded differently): the digest below
 /// catches every change of size, type, entry count or flags by itself.
@@ -108,33 +110,6 @@ fn layout_digest(object: &[u8], ringbuf_bytes: u32, version: u32) -> Result<Stri
     Ok(format!("{:016x}", h.0))
 }
 
-/// FNV-1a, 64 bits: stable across builds and Rust versions.
-pub struct Fnv(pub u64);
-
-impl Fnv {
-    pub fn new() -> Self {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-
-    pub fn bytes(&mut self, b: &[u8]) {
-        for &x in b {
-            self.0 = (self.0 ^ u64::from(x)).wrapping_mul(0x100_0000_01b3);
-        }
-        // A separator, so ("ab","c") and ("a","bc") differ.
-        self.0 = (self.0 ^ 0xff).wrapping_mul(0x100_0000_01b3);
-    }
-
-    pub fn u32(&mut self, v: u32) {
-        self.bytes(&v.to_le_bytes());
-    }
-}
-
-impl Default for Fnv {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 /// The directory name of a daemon instance: its cgroup parent with `/`
 /// spelled `+` (cgroup names are plain components).
 pub fn daemon_key(cgroup_parent: &Path) -> String {
@@ -174,7 +149,7 @@ impl PinDir {
         let foreign = std::fs::read_dir(&root)
             .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| *p != dir).collect())
             .unwrap_or_default();
-        let generation = format!("g{:020}", crate::events::pipeline::clock_ns(libc::CLOCK_BOOTTIME));
+        let generation = format!("g{:020}", crate::clock::boottime_ns());
         for d in [dir.join("maps"), dir.join("links").join(&generation)] {
             std::fs::create_dir_all(&d).map_err(io_err(&d))?;
         }
@@ -297,6 +272,7 @@ fn on_bpffs(path: &Path) -> bool {
             let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else { return false };
             // SAFETY: a valid C string and an out-pointer to a zeroed statfs.
             let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+            // SAFETY: as above.
             if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
                 return false;
             }
@@ -323,17 +299,6 @@ fn mount_bpffs() {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fnv_is_stable_and_separates_fields() {
-        let mut a = Fnv::new();
-        a.bytes(b"ab");
-        a.bytes(b"c");
-        let mut b = Fnv::new();
-        b.bytes(b"a");
-        b.bytes(b"bc");
-        assert_ne!(a.0, b.0);
-    }
 
     #[test]
     fn the_layout_follows_the_maps_and_the_ring_size() {

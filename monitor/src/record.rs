@@ -14,7 +14,8 @@ use std::{
 use base64::Engine as _;
 use serde::{Serialize, Serializer};
 
-pub use super::process::ExecId;
+pub use crate::identity::ExecId;
+use crate::vocab::{EndReason, GapReason, Origin};
 
 /// Bumped on any incompatible change to the record format.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -155,12 +156,12 @@ pub enum Body {
         policy: String,
         /// `run` (opened by `agent-monitor run`) or `adopt` (an existing
         /// cgroup matching a configured pattern).
-        origin: &'static str,
+        origin: Origin,
     },
     TrajectoryEnd {
         /// `exited` (the cgroup emptied), `cgroup_removed` (an adopted
         /// cgroup was deleted), `start_failed` or `daemon_shutdown`.
-        reason: &'static str,
+        reason: EndReason,
         duration_ns: u64,
         /// Records of this trajectory, this one excluded.
         records: u64,
@@ -174,7 +175,7 @@ pub enum Body {
         lost: u64,
         /// `ringbuf_full`, or `daemon_restart`: the record opening a
         /// restarted daemon's part of the stream.
-        reason: &'static str,
+        reason: GapReason,
         /// `daemon_restart`: how long no daemon was reading, in ns (from
         /// the previous daemon's last state write to the restart).
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -301,7 +302,7 @@ mod tests {
             ts: Timestamp(0),
             trajectory: "t1".into(),
             seq: 3,
-            body: Body::Gap { lost: 7, reason: "ringbuf_full", down_ns: None, unwritten: None },
+            body: Body::Gap { lost: 7, reason: GapReason::RingbufFull, down_ns: None, unwritten: None },
             process: Process::default(),
             verdict: None,
             step: None,

@@ -12,13 +12,13 @@ use std::{
 
 use futures_util::StreamExt;
 use inotify::{Inotify, WatchMask};
+use serde::{Deserialize, Serialize};
 use tokio::{
     signal::unix::Signal,
     sync::{mpsc, oneshot, watch},
 };
 
 use crate::{
-    control::protocol::PolicyStatus,
     events::pipeline::Command,
     metrics::Metrics,
     policy::{load_daemon_set, PolicySet},
@@ -27,6 +27,17 @@ use crate::{
 /// Editors write a file in several steps; changes closer together than
 /// this make one reload.
 const SETTLE: Duration = Duration::from_millis(200);
+
+/// A loaded policy as `status` shows it (`control::protocol`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyStatus {
+    pub name: String,
+    pub mode: String,
+    pub file: String,
+    /// Rules per class: file, exec, network.
+    pub rules: [usize; 3],
+}
 
 /// The loaded policies as `status` shows them.
 pub type PolicyTable = Arc<RwLock<Vec<PolicyStatus>>>;

@@ -3,6 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
+// Defined where they are made (the policy reloader, the pipeline); part
+// of the wire format all the same.
+pub use crate::{events::pipeline::TrajectoryStatus, reload::PolicyStatus};
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
@@ -89,16 +93,6 @@ pub struct ProtectionStatus {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PolicyStatus {
-    pub name: String,
-    pub mode: String,
-    pub file: String,
-    /// Rules per class: file, exec, network.
-    pub rules: [usize; 3],
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct HookStatus {
     pub hook: String,
     pub class: String,
@@ -106,18 +100,6 @@ pub struct HookStatus {
     /// another hook enforces) or `unavailable`.
     pub mechanism: String,
     pub detail: String,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrajectoryStatus {
-    pub trajectory: String,
-    pub cgroup: String,
-    /// Records published so far.
-    pub records: u64,
-    /// Records the kernel could not deliver.
-    pub lost: u64,
-    pub policy: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

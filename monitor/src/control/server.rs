@@ -26,13 +26,14 @@ use crate::{
     cgroup::{self, Hierarchy},
     enforce::Binding,
     events::{
-        pipeline::{Command, EndReason, OpenSpec, Origin},
+        pipeline::{Command, OpenSpec},
         process,
-        record::{Bytes, Process},
     },
+    record::{Bytes, Process},
     reload::PolicyTable,
     sinks::{subscribe::Item, Filter, Hub},
     trajectory,
+    vocab::{EndReason, Origin},
 };
 
 /// Longest request line accepted.
@@ -254,7 +255,7 @@ async fn subscribe(
     Ok(())
 }
 
-fn encode(buf: &mut Vec<u8>, filter: &Filter, batch: &[crate::events::record::Record]) -> io::Result<()> {
+fn encode(buf: &mut Vec<u8>, filter: &Filter, batch: &[crate::record::Record]) -> io::Result<()> {
     buf.clear();
     for r in batch.iter().filter(|r| filter.matches(r)) {
         serde_json::to_writer(&mut *buf, r)?;

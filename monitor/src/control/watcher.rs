@@ -14,10 +14,7 @@ use futures_util::StreamExt;
 use inotify::{Inotify, WatchDescriptor, WatchMask, Watches};
 use tokio::sync::{mpsc, watch};
 
-use crate::{
-    cgroup,
-    events::pipeline::{Command, EndReason},
-};
+use crate::{cgroup, events::pipeline::Command, vocab::EndReason};
 
 #[derive(Clone)]
 pub struct Watcher {

@@ -13,10 +13,8 @@ use monitor_common::{
     tamper::{TamperEvent, TamperOp},
 };
 
-use super::{
-    process::ExecId,
-    record::{Body, Bytes, Process},
-};
+use super::process::ExecId;
+use crate::record::{Body, Bytes, Process};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {

@@ -1,12 +1,11 @@
 //! The event path: kernel records are decoded ([`decode`]) into the
-//! user-facing [`record`] model, sequenced per trajectory by the
+//! user-facing [`record`](crate::record) model, sequenced per trajectory by the
 //! [`pipeline`], and handed to the sinks.
 
 pub mod decode;
 pub mod leftover;
 pub mod pipeline;
 pub mod process;
-pub mod record;
 pub mod ringpos;
 pub mod state;
 pub mod summary;

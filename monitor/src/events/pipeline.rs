@@ -20,6 +20,7 @@ use std::{
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf};
 use monitor_common::maps::{LossReason, RuntimeConfig, TrajectoryValue};
+use serde::{Deserialize, Serialize};
 use tokio::{
     io::unix::AsyncFd,
     sync::{mpsc, oneshot, watch},
@@ -29,19 +30,20 @@ use super::{
     decode::{decode, Decoded},
     leftover::Leftover,
     process,
-    record::{Body, Bytes, Process, Record, Step, Timestamp, Verdict, SCHEMA_VERSION},
     ringpos::RingPositions,
     state::{self, Found, Progress, Saved, StateDir},
     summary::Tally,
 };
+use crate::record::{Body, Bytes, Process, Record, Step, Timestamp, Verdict, SCHEMA_VERSION};
 use crate::{
     cgroup,
-    control::protocol::TrajectoryStatus,
+    clock::{self, BootToWall},
     enforce::{Binding, EnforceError, Enforcer},
     loader::PipelineMaps,
     metrics::Metrics,
     policy::PolicySet,
     sinks::Bus,
+    vocab::{EndReason, GapReason, Lost, Origin},
 };
 
 /// Longest a record waits in the ring buffer when traffic is light.
@@ -87,6 +89,19 @@ pub const MAX_STEPS: usize = 100_000;
 /// Longest step name, in bytes.
 pub const MAX_STEP_NAME: usize = 256;
 
+/// An open trajectory as `status` shows it (`control::protocol`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrajectoryStatus {
+    pub trajectory: String,
+    pub cgroup: String,
+    /// Records published so far.
+    pub records: u64,
+    /// Records the kernel could not deliver.
+    pub lost: u64,
+    pub policy: String,
+}
+
 /// A trajectory to open.
 #[derive(Debug)]
 pub struct OpenSpec {
@@ -102,29 +117,6 @@ pub struct OpenSpec {
     /// `run` (created for a client) or `adopt` (an existing cgroup that
     /// matched a configured pattern; not removed at the end).
     pub origin: Origin,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Origin {
-    Run,
-    Adopt,
-}
-
-impl Origin {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Origin::Run => "run",
-            Origin::Adopt => "adopt",
-        }
-    }
-
-    fn parse(s: &str) -> Origin {
-        if s == "adopt" {
-            Origin::Adopt
-        } else {
-            Origin::Run
-        }
-    }
 }
 
 /// A trajectory a restarted daemon took over, still alive.
@@ -147,34 +139,6 @@ struct RestartGap {
     /// The saved report of the drop counter, when it is the previous
     /// layout's (this daemon's maps are new).
     previous_reported: Option<u64>,
-}
-
-/// `agent_monitor_events_lost_total` reason: records a previous map layout
-/// queued or dropped while no daemon read it.
-pub const LAYOUT_CHANGE: &str = "layout_change";
-
-/// `agent_monitor_events_lost_total` reason: records a daemon that died
-/// had numbered and not written (the restart gap's `unwritten`).
-pub const DAEMON_KILLED: &str = "daemon_killed";
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EndReason {
-    /// The cgroup has no process left.
-    Exited,
-    /// The process that opened it could not join it.
-    StartFailed,
-    /// An adopted cgroup was removed.
-    CgroupRemoved,
-}
-
-impl EndReason {
-    fn as_str(self) -> &'static str {
-        match self {
-            EndReason::Exited => "exited",
-            EndReason::StartFailed => "start_failed",
-            EndReason::CgroupRemoved => "cgroup_removed",
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -242,30 +206,6 @@ impl Trajectory {
     }
 }
 
-/// Converts the kernel's CLOCK_BOOTTIME stamps to wall-clock time.
-struct Clock {
-    boot_to_wall_ns: i128,
-}
-
-impl Clock {
-    fn sample() -> Self {
-        Clock {
-            boot_to_wall_ns: i128::from(clock_ns(libc::CLOCK_REALTIME)) - i128::from(clock_ns(libc::CLOCK_BOOTTIME)),
-        }
-    }
-
-    fn wall(&self, boot_ns: u64) -> Timestamp {
-        Timestamp((i128::from(boot_ns) + self.boot_to_wall_ns).max(0) as u64)
-    }
-}
-
-pub fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid clock id and out pointer.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 pub struct Pipeline {
     ring: AsyncFd<RingBuf<MapData>>,
     /// The ring's positions, for placing a `step` record ([`Pipeline::step`]).
@@ -278,7 +218,7 @@ pub struct Pipeline {
     losses: PerCpuArray<MapData, u64>,
     losses_reported: [u64; LossReason::COUNT as usize],
     trajectories: StdHashMap<u64, Trajectory>,
-    clock: Clock,
+    clock: BootToWall,
     bus: Bus,
     metrics: Arc<Metrics>,
     pending: Vec<Record>,
@@ -319,7 +259,7 @@ impl Pipeline {
             losses: maps.losses,
             losses_reported: [0; LossReason::COUNT as usize],
             trajectories: StdHashMap::new(),
-            clock: Clock::sample(),
+            clock: BootToWall::sample(),
             bus,
             metrics,
             pending: Vec::with_capacity(BATCH),
@@ -372,7 +312,7 @@ impl Pipeline {
                 }
                 Wake::Command(Command::Close { cgroup_id, reason }) => {
                     self.drain().await;
-                    self.close(cgroup_id, reason.as_str(), true).await;
+                    self.close(cgroup_id, reason, true).await;
                 }
                 Wake::Command(Command::Step { trajectory, name, id, reply }) => {
                     self.drain().await;
@@ -404,7 +344,7 @@ impl Pipeline {
                 Wake::Data => self.drain().await,
                 Wake::Tick => {
                     self.enforcer.tick(Instant::now());
-                    self.clock = Clock::sample();
+                    self.clock = BootToWall::sample();
                     self.drain().await;
                     self.report_losses().await;
                 }
@@ -428,7 +368,7 @@ impl Pipeline {
         let open: Vec<u64> = self.trajectories.keys().copied().collect();
         for cgroup_id in open {
             // The processes live on; their cgroups stay, the stream ends.
-            self.close(cgroup_id, "daemon_shutdown", false).await;
+            self.close(cgroup_id, EndReason::DaemonShutdown, false).await;
         }
         Ok(())
     }
@@ -442,7 +382,7 @@ impl Pipeline {
             self.enforcer.retire(instance, Instant::now());
             return Err(e);
         }
-        let now = clock_ns(libc::CLOCK_BOOTTIME);
+        let now = clock::boottime_ns();
         let files = self.state.as_ref().and_then(|dir| {
             let saved = Saved {
                 format: state::STATE_FORMAT,
@@ -450,7 +390,7 @@ impl Pipeline {
                 cgroup: spec.cgroup.clone(),
                 cgroup_id: spec.cgroup_id,
                 level: spec.level,
-                origin: spec.origin.as_str().into(),
+                origin: spec.origin,
                 policy: spec.binding.policy.clone(),
                 vars: spec.binding.vars.clone(),
                 started_boot_ns: now,
@@ -486,7 +426,7 @@ impl Pipeline {
             cgroup: spec.cgroup.display().to_string(),
             command: spec.command,
             policy: self.trajectories[&spec.cgroup_id].binding.policy.clone(),
-            origin: spec.origin.as_str(),
+            origin: spec.origin,
         };
         self.push(spec.cgroup_id, now, body, spec.client);
         if spec.origin == Origin::Adopt {
@@ -538,7 +478,7 @@ impl Pipeline {
         let value = t.value();
         // Stamped before the update: every record that read the new step
         // was stamped after it.
-        let stamped = clock_ns(libc::CLOCK_BOOTTIME);
+        let stamped = clock::boottime_ns();
         if let Err(e) = self.trajectory_map.insert(cgroup_id, value, 0) {
             let t = self.trajectories.get_mut(&cgroup_id).expect("found above");
             t.step = previous;
@@ -634,12 +574,12 @@ impl Pipeline {
         Ok(())
     }
 
-    async fn close(&mut self, cgroup_id: u64, reason: &'static str, remove_cgroup: bool) {
+    async fn close(&mut self, cgroup_id: u64, reason: EndReason, remove_cgroup: bool) {
         self.report_trajectory_loss(cgroup_id);
         let Some(t) = self.trajectories.get(&cgroup_id) else {
             return;
         };
-        let now = clock_ns(libc::CLOCK_BOOTTIME);
+        let now = clock::boottime_ns();
         let body = Body::TrajectoryEnd {
             reason,
             duration_ns: now.saturating_sub(t.started_boot_ns),
@@ -666,7 +606,7 @@ impl Pipeline {
                 tracing::warn!("trajectory {} ended but its cgroup was not removed: {e}", t.id);
             }
         }
-        tracing::info!(trajectory = %t.id, reason, "trajectory ended");
+        tracing::info!(trajectory = %t.id, reason = reason.as_str(), "trajectory ended");
     }
 
     fn write_levels(&mut self) -> Result<(), PipelineError> {
@@ -695,7 +635,7 @@ impl Pipeline {
                     }
                     Err(e) => {
                         tracing::warn!("dropping undecodable kernel record: {e}");
-                        self.metrics.events_lost.with_label_values(&["decode_error"]).inc();
+                        self.metrics.lost(Lost::DecodeError).inc();
                     }
                 }
             }
@@ -716,7 +656,7 @@ impl Pipeline {
                 t.tally.add(&record);
                 self.pending.push(record);
             }
-            None => self.metrics.events_lost.with_label_values(&["unknown_trajectory"]).inc(),
+            None => self.metrics.lost(Lost::UnknownTrajectory).inc(),
         }
     }
 
@@ -727,7 +667,7 @@ impl Pipeline {
             t.dirty = true;
             let record = Record {
                 v: SCHEMA_VERSION,
-                ts: self.clock.wall(boot_ns),
+                ts: Timestamp(self.clock.wall_ns(boot_ns)),
                 trajectory: t.id.clone(),
                 seq,
                 body,
@@ -764,7 +704,7 @@ impl Pipeline {
         if self.pending_kernel_ts.is_empty() {
             return;
         }
-        let now = clock_ns(libc::CLOCK_BOOTTIME);
+        let now = clock::boottime_ns();
         let local = self.metrics.pipeline_latency.local();
         for ts in self.pending_kernel_ts.drain(..) {
             local.observe(now.saturating_sub(ts) as f64 / 1e9);
@@ -775,7 +715,7 @@ impl Pipeline {
     /// Writes the progress of every trajectory with new records (`all`:
     /// of every trajectory).
     fn save_progress(&mut self, all: bool) {
-        let now = clock_ns(libc::CLOCK_BOOTTIME);
+        let now = clock::boottime_ns();
         for t in self.trajectories.values_mut() {
             if !(t.dirty || all) {
                 continue;
@@ -809,7 +749,7 @@ impl Pipeline {
         unreadable_state: bool,
         written: Option<&StdHashMap<String, u64>>,
     ) -> Vec<Resumed> {
-        let now = clock_ns(libc::CLOCK_BOOTTIME);
+        let now = clock::boottime_ns();
         // Bindings in reused maps that no state file explains (its write
         // failed, or it was deleted) go: nothing would ever retire them,
         // and their instance ids would be handed out again. Unless a state
@@ -859,7 +799,7 @@ impl Pipeline {
         let mut bound_at = StdHashMap::new();
         for (f, bound) in found.into_iter().zip(bound) {
             let Found { saved, progress, steps } = f;
-            let origin = Origin::parse(&saved.origin);
+            let origin = saved.origin;
             let same_cgroup = cgroup::cgroup_id(&saved.cgroup).ok() == Some(saved.cgroup_id);
             let mut binding = Binding { policy: saved.policy.clone(), vars: saved.vars.clone() };
             // Rebind to the current set; keep what the kernel has if that
@@ -907,7 +847,7 @@ impl Pipeline {
                         let _ = self.trajectory_losses.insert(saved.cgroup_id, zero, 0);
                     }
                 }
-                bound_at.insert(saved.cgroup_id, clock_ns(libc::CLOCK_BOOTTIME));
+                bound_at.insert(saved.cgroup_id, clock::boottime_ns());
                 if let Err(e) =
                     self.trajectory_map.insert(saved.cgroup_id, TrajectoryValue { policy: instance, step }, 0)
                 {
@@ -952,7 +892,7 @@ impl Pipeline {
             });
             self.metrics.trajectories_started.inc();
             if !same_cgroup {
-                ended.push((saved.cgroup_id, "cgroup_removed", false));
+                ended.push((saved.cgroup_id, EndReason::CgroupRemoved, false));
                 continue;
             }
             if origin == Origin::Run {
@@ -961,7 +901,7 @@ impl Pipeline {
                 }
             }
             if origin == Origin::Run && cgroup::is_populated(&saved.cgroup).ok() == Some(false) {
-                ended.push((saved.cgroup_id, "exited", true));
+                ended.push((saved.cgroup_id, EndReason::Exited, true));
                 continue;
             }
             tracing::info!(trajectory = %saved.id, cgroup = %saved.cgroup.display(), "trajectory resumed");
@@ -972,15 +912,15 @@ impl Pipeline {
             let mut lost = g.lost + leftover.queued.get(&g.cgroup_id).copied().unwrap_or(0);
             if let Some(reported) = g.previous_reported {
                 let dropped = leftover.dropped.get(&g.cgroup_id).map_or(0, |d| d.saturating_sub(reported));
-                self.metrics.events_lost.with_label_values(&[LAYOUT_CHANGE]).inc_by(dropped);
+                self.metrics.lost(Lost::LayoutChange).inc_by(dropped);
                 lost += dropped;
             }
             if let Some(n) = g.unwritten {
-                self.metrics.events_lost.with_label_values(&[DAEMON_KILLED]).inc_by(n);
+                self.metrics.lost(Lost::DaemonKilled).inc_by(n);
             }
             let gap = Body::Gap {
                 lost,
-                reason: "daemon_restart",
+                reason: GapReason::DaemonRestart,
                 down_ns: Some(now.saturating_sub(g.alive_boot_ns)),
                 unwritten: g.unwritten,
             };
@@ -1007,7 +947,7 @@ impl Pipeline {
         }
         let leftover = Leftover::read(previous_layouts, bound_at);
         let queued = leftover.queued_total();
-        self.metrics.events_lost.with_label_values(&[LAYOUT_CHANGE]).inc_by(queued);
+        self.metrics.lost(Lost::LayoutChange).inc_by(queued);
         if queued > 0 {
             tracing::warn!(
                 records = queued,
@@ -1022,7 +962,7 @@ impl Pipeline {
             let total: u64 = self.losses.get(&(reason as u32), 0).map(|v| v.iter().sum()).unwrap_or(0);
             let slot = &mut self.losses_reported[reason as usize];
             if total > *slot {
-                self.metrics.events_lost.with_label_values(&[reason.as_str()]).inc_by(total - *slot);
+                self.metrics.lost(reason.into()).inc_by(total - *slot);
                 *slot = total;
             }
         }
@@ -1042,8 +982,8 @@ impl Pipeline {
         if total > t.lost_reported {
             let lost = total - t.lost_reported;
             t.lost_reported = total;
-            let now = clock_ns(libc::CLOCK_BOOTTIME);
-            let gap = Body::Gap { lost, reason: LossReason::RingbufFull.as_str(), down_ns: None, unwritten: None };
+            let now = clock::boottime_ns();
+            let gap = Body::Gap { lost, reason: GapReason::RingbufFull, down_ns: None, unwritten: None };
             self.push(cgroup_id, now, gap, Process::default());
         }
     }
@@ -1060,13 +1000,13 @@ fn describe(enforcer: &mut Enforcer, d: &Decoded) -> Verdict {
     Verdict { decision: v.decision, action: v.action, policy, rule, mechanism: v.mechanism }
 }
 
-fn make_record(clock: &Clock, t: &mut Trajectory, d: Decoded, verdict: Verdict) -> Record {
+fn make_record(clock: &BootToWall, t: &mut Trajectory, d: Decoded, verdict: Verdict) -> Record {
     let seq = t.next_seq;
     t.next_seq += 1;
     t.dirty = true;
     Record {
         v: SCHEMA_VERSION,
-        ts: clock.wall(d.ts_boot_ns),
+        ts: Timestamp(clock.wall_ns(d.ts_boot_ns)),
         trajectory: t.id.clone(),
         seq,
         step: if d.step == 0 { None } else { t.step(d.step) },

@@ -37,6 +37,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use crate::vocab::Origin;
+
 /// The format of the state files this build writes and reads.
 pub const STATE_FORMAT: u32 = 1;
 
@@ -54,8 +56,8 @@ pub struct Saved {
     pub cgroup: PathBuf,
     pub cgroup_id: u64,
     pub level: u32,
-    /// `run` or `adopt`.
-    pub origin: String,
+    /// `run` or `adopt`; anything else makes the file unreadable.
+    pub origin: Origin,
     pub policy: String,
     pub vars: BTreeMap<String, String>,
     /// CLOCK_BOOTTIME at the trajectory's start.
@@ -245,7 +247,7 @@ mod tests {
             cgroup: "/sys/fs/cgroup/x/t1".into(),
             cgroup_id: 42,
             level: 2,
-            origin: "run".into(),
+            origin: Origin::Run,
             policy: "default".into(),
             vars: [("WORKSPACE".to_owned(), "/w".to_owned())].into(),
             started_boot_ns: 7,

@@ -5,11 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use super::{
-    decode::access_mode,
-    process::ExecId,
-    record::{Body, Bytes, Record, Summary},
-};
+use super::{decode::access_mode, process::ExecId};
+use crate::record::{Body, Bytes, Record, Summary};
 
 /// Entries kept per distinct-value list; beyond it the summary says
 /// `truncated`. Bounds the daemon's memory per trajectory.
@@ -98,7 +95,7 @@ fn insert(set: &mut BTreeSet<Vec<u8>>, value: &[u8], truncated: &mut bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::record::{Process, Timestamp, Verdict, SCHEMA_VERSION};
+    use crate::record::{Process, Timestamp, Verdict, SCHEMA_VERSION};
 
     fn record(body: Body, decision: Option<&'static str>, pid: u32) -> Record {
         Record {

@@ -1,4 +1,4 @@
-//! JSON Lines sink: one [`Record`](crate::events::record::Record) per line,
+//! JSON Lines sink: one [`Record`](crate::record::Record) per line,
 //! to stdout or appended to a file. Runs on its own thread so a slow disk
 //! never blocks the async runtime; flushes after every batch.
 //!
@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::Batch;
-use crate::events::record::Body;
+use crate::record::Body;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
@@ -288,7 +288,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::events::record::{Body, Process, Record, Timestamp, SCHEMA_VERSION};
+    use crate::record::{Body, Process, Record, Timestamp, SCHEMA_VERSION};
 
     fn record(seq: u64) -> Record {
         Record {
@@ -296,7 +296,7 @@ mod tests {
             ts: Timestamp(0),
             trajectory: "t".into(),
             seq,
-            body: Body::Gap { lost: 1, reason: "ringbuf_full", down_ns: None, unwritten: None },
+            body: Body::Gap { lost: 1, reason: crate::vocab::GapReason::RingbufFull, down_ns: None, unwritten: None },
             process: Process::default(),
             verdict: None,
             step: None,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 pub use self::subscribe::{Filter, Hub, Subscription};
-use super::events::record::Record;
+use crate::record::Record;
 
 /// A batch of records, shared by every sink.
 pub type Batch = Arc<Vec<Record>>;

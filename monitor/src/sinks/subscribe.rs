@@ -28,7 +28,7 @@ use prometheus::{IntCounter, IntGauge};
 use tokio::sync::mpsc;
 
 use super::Batch;
-use crate::events::record::Record;
+use crate::record::Record;
 
 /// Records a subscriber may have queued before new batches are dropped for
 /// it.
@@ -194,7 +194,7 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::record::{Body, Process, Timestamp, SCHEMA_VERSION};
+    use crate::record::{Body, Process, Timestamp, SCHEMA_VERSION};
 
     fn batch(trajectory: &str, n: usize) -> Batch {
         Arc::new(
@@ -204,7 +204,12 @@ mod tests {
                     ts: Timestamp(0),
                     trajectory: trajectory.into(),
                     seq: i as u64 + 1,
-                    body: Body::Gap { lost: 1, reason: "ringbuf_full", down_ns: None, unwritten: None },
+                    body: Body::Gap {
+                        lost: 1,
+                        reason: crate::vocab::GapReason::RingbufFull,
+                        down_ns: None,
+                        unwritten: None,
+                    },
                     process: Process::default(),
                     verdict: None,
                     step: None,

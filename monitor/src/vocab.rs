@@ -1,0 +1,125 @@
+//! The daemon's closed vocabularies: each word the stream, the metrics or a
+//! state file uses for a reason or a kind, as an enum with its one spelling
+//! (`as_str`, and serde for those that are written or read). An unknown
+//! spelling read back is an error, never a guess.
+
+use serde::{Deserialize, Serialize};
+
+/// Why a trajectory ended: `trajectory_end`'s `reason`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The cgroup has no process left.
+    Exited,
+    /// The process that opened it could not join it.
+    StartFailed,
+    /// An adopted cgroup was removed.
+    CgroupRemoved,
+    /// The daemon stopped and ended enforcement with it.
+    DaemonShutdown,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Exited => "exited",
+            EndReason::StartFailed => "start_failed",
+            EndReason::CgroupRemoved => "cgroup_removed",
+            EndReason::DaemonShutdown => "daemon_shutdown",
+        }
+    }
+}
+
+/// How a trajectory came to be: `trajectory_start`'s `origin`, and the
+/// state file's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// Created for a client of the control socket (`agent-monitor run`);
+    /// its cgroup is removed at the end.
+    Run,
+    /// An existing cgroup that matched a configured pattern; not removed.
+    Adopt,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Run => "run",
+            Origin::Adopt => "adopt",
+        }
+    }
+}
+
+/// Why part of a stream is missing: a `gap` record's `reason`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GapReason {
+    /// The kernel found the ring buffer full.
+    RingbufFull,
+    /// A restarted daemon's part of the stream begins.
+    DaemonRestart,
+}
+
+/// Why records were lost: the `reason` label of
+/// `agent_monitor_events_lost_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lost {
+    /// The kernel found the ring buffer full.
+    RingbufFull,
+    /// A record the daemon could not decode.
+    DecodeError,
+    /// A record of a cgroup no open trajectory has.
+    UnknownTrajectory,
+    /// Records a previous map layout held that no daemon can read.
+    LayoutChange,
+    /// Records a daemon that died had numbered but not written.
+    DaemonKilled,
+}
+
+impl Lost {
+    pub const ALL: [Lost; 5] =
+        [Lost::RingbufFull, Lost::DecodeError, Lost::UnknownTrajectory, Lost::LayoutChange, Lost::DaemonKilled];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lost::RingbufFull => "ringbuf_full",
+            Lost::DecodeError => "decode_error",
+            Lost::UnknownTrajectory => "unknown_trajectory",
+            Lost::LayoutChange => "layout_change",
+            Lost::DaemonKilled => "daemon_killed",
+        }
+    }
+}
+
+impl From<monitor_common::maps::LossReason> for Lost {
+    fn from(r: monitor_common::maps::LossReason) -> Self {
+        match r {
+            monitor_common::maps::LossReason::RingbufFull => Lost::RingbufFull,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spellings_round_trip_and_unknown_words_are_errors() {
+        for o in [Origin::Run, Origin::Adopt] {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
+            assert_eq!(serde_json::from_value::<Origin>(o.as_str().into()).unwrap(), o);
+        }
+        assert!(serde_json::from_str::<Origin>("\"runn\"").is_err());
+        for r in [EndReason::Exited, EndReason::StartFailed, EndReason::CgroupRemoved, EndReason::DaemonShutdown] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
+        assert_eq!(serde_json::to_value(GapReason::DaemonRestart).unwrap(), "daemon_restart");
+        assert_eq!(serde_json::to_value(GapReason::RingbufFull).unwrap(), "ringbuf_full");
+        let kernel = monitor_common::maps::LossReason::RingbufFull;
+        assert_eq!(Lost::from(kernel).as_str(), kernel.as_str(), "one spelling for the kernel's reasons");
+        let mut seen: Vec<&str> = Lost::ALL.iter().map(|l| l.as_str()).collect();
+        seen.dedup();
+        assert_eq!(seen.len(), Lost::ALL.len());
+    }
+}
