@@ -20,15 +20,12 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::watch;
 
 use crate::{
     cgroup::{self, Hierarchy},
     enforce::Binding,
-    events::{
-        pipeline::{Command, OpenSpec},
-        process,
-    },
+    events::{handle::PipelineHandle, pipeline::OpenSpec, process},
     policy::Vars,
     record::Process,
     trajectory,
@@ -70,7 +67,7 @@ pub struct Adopter {
     /// The daemon's own trajectory parent: never adopted from.
     pub own_parent: PathBuf,
     pub default_policy: String,
-    pub pipeline: mpsc::Sender<Command>,
+    pub pipeline: PipelineHandle,
     /// Adopted cgroups a previous daemon left, resumed at start: (path,
     /// cgroup id).
     pub resumed: Vec<(PathBuf, u64)>,
@@ -104,8 +101,7 @@ impl Adopter {
                 .collect();
             for path in gone {
                 let a = adopted.remove(&path).expect("listed");
-                let close = Command::Close { cgroup_id: a.cgroup_id, reason: EndReason::CgroupRemoved };
-                if self.pipeline.send(close).await.is_err() {
+                if self.pipeline.close(a.cgroup_id, EndReason::CgroupRemoved).await.is_err() {
                     return;
                 }
             }
@@ -150,7 +146,6 @@ impl Adopter {
         let level = self.hierarchy.level_of(path).ok_or("outside the cgroup2 mount")?;
         let vars = vars_of(path);
         let id = trajectory::generate_id();
-        let (reply, answer) = oneshot::channel();
         let spec = OpenSpec {
             id: id.clone(),
             cgroup: path.to_owned(),
@@ -161,8 +156,7 @@ impl Adopter {
             binding: Binding { policy: policy.clone(), vars: vars.clone() },
             origin: Origin::Adopt,
         };
-        self.pipeline.send(Command::Open { spec, reply }).await.map_err(|_| "the daemon is shutting down")?;
-        answer.await.map_err(|_| "the daemon is shutting down")?.map_err(|e| e.to_string())?;
+        self.pipeline.open(spec).await.map_err(|e| e.to_string())?;
         tracing::info!(trajectory = %id, cgroup = %path.display(), %policy, ?vars, "cgroup adopted");
         Ok(Adopted { cgroup_id })
     }

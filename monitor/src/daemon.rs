@@ -1,5 +1,6 @@
 //! The daemon as a library function: [`run`] takes its configuration and a
-//! shutdown future, so tests and `main` start it the same way.
+//! shutdown future (`main` passes SIGINT/SIGTERM; the integration tests
+//! start the binary, so a test of `run` in-process would pass its own).
 //!
 //! Start order: preflight checks → cgroup parent (locked: one daemon per
 //! parent) → pin directory → load and attach every hook, pinning the links
@@ -17,7 +18,7 @@ use std::{
     time::Instant,
 };
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::{
     adopt::Adopter,
@@ -31,6 +32,7 @@ use crate::{
     },
     enforce::Enforcer,
     events::{
+        handle::PipelineHandle,
         pipeline::{Pipeline, PipelineError},
         state::StateDir,
     },
@@ -287,7 +289,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     };
     let sink = jsonl::spawn(config.events.clone(), config.events_rotation, reopen.clone(), sink_rx, marking)?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (cmd_tx, cmd_rx) = mpsc::channel(64);
+    let (handle, cmd_rx) = PipelineHandle::channel();
     let mut pipeline =
         Pipeline::new(maps, enforcer, loaded.runtime_flags, bus, metrics.clone(), Some(state.clone()), keep_on_exit)?;
     let (watcher, watch_events) = control::watcher::new()?;
@@ -322,7 +324,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     sweep_stale(&parent, &resumed, !unreadable.is_empty());
     let pipeline = tokio::spawn(pipeline.run(cmd_rx, stop_rx.clone()));
 
-    let watch_task = tokio::spawn(watch_events.run(cmd_tx.clone(), stop_rx.clone()));
+    let watch_task = tokio::spawn(watch_events.run(handle.clone(), stop_rx.clone()));
     let hooks = loaded
         .hooks
         .iter()
@@ -336,7 +338,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     let reloader = Reloader {
         dir: config.policy_dir.clone(),
         default_policy: config.default_policy.clone(),
-        pipeline: cmd_tx.clone(),
+        pipeline: handle.clone(),
         metrics: metrics.clone(),
         table: policy_table.clone(),
     };
@@ -347,7 +349,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         hierarchy: hierarchy.clone(),
         own_parent: parent.clone(),
         default_policy: config.default_policy.clone(),
-        pipeline: cmd_tx.clone(),
+        pipeline: handle.clone(),
         resumed: resumed
             .iter()
             .filter(|r| r.origin == Origin::Adopt)
@@ -358,7 +360,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     let ctx = Arc::new(Context {
         hierarchy,
         parent: parent.clone(),
-        pipeline: cmd_tx,
+        pipeline: handle,
         watcher,
         hooks,
         enforcement: ClassEnforcement {

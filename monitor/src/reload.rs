@@ -13,13 +13,10 @@ use std::{
 use futures_util::StreamExt;
 use inotify::{Inotify, WatchMask};
 use serde::{Deserialize, Serialize};
-use tokio::{
-    signal::unix::Signal,
-    sync::{mpsc, oneshot, watch},
-};
+use tokio::{signal::unix::Signal, sync::watch};
 
 use crate::{
-    events::pipeline::Command,
+    events::{handle::PipelineHandle, pipeline::PipelineError},
     metrics::Metrics,
     policy::{load_daemon_set, PolicySet},
 };
@@ -57,7 +54,7 @@ pub fn table(set: &PolicySet) -> Vec<PolicyStatus> {
 pub struct Reloader {
     pub dir: Option<PathBuf>,
     pub default_policy: String,
-    pub pipeline: mpsc::Sender<Command>,
+    pub pipeline: PipelineHandle,
     pub metrics: Arc<Metrics>,
     pub table: PolicyTable,
 }
@@ -111,18 +108,15 @@ impl Reloader {
             return self.failed(trigger, &format!("the default policy {:?} is no longer defined", self.default_policy));
         }
         let table = table(&set);
-        let (reply, answer) = oneshot::channel();
-        if self.pipeline.send(Command::Reload { set, reply }).await.is_err() {
-            return;
-        }
-        match answer.await {
-            Ok(Ok(())) => {
+        match self.pipeline.reload(set).await {
+            Ok(()) => {
                 *self.table.write().expect("not poisoned") = table;
                 self.metrics.policy_reloads.with_label_values(&["success"]).inc();
                 tracing::info!(trigger, "policies reloaded");
             }
-            Ok(Err(e)) => self.failed(trigger, &format!("{e}; the running policies stay in force")),
-            Err(_) => {}
+            // The daemon is stopping: nothing to report.
+            Err(PipelineError::Stopped) => {}
+            Err(e) => self.failed(trigger, &format!("{e}; the running policies stay in force")),
         }
     }
 

@@ -15,7 +15,7 @@ use std::{
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
-    sync::{mpsc, oneshot, watch},
+    sync::watch,
 };
 
 use super::{
@@ -25,10 +25,7 @@ use super::{
 use crate::{
     cgroup::{self, Hierarchy},
     enforce::Binding,
-    events::{
-        pipeline::{Command, OpenSpec},
-        process,
-    },
+    events::{handle::PipelineHandle, pipeline::OpenSpec, process},
     record::{Bytes, Process},
     reload::PolicyTable,
     sinks::{subscribe::Item, Filter, Hub},
@@ -85,7 +82,7 @@ pub struct Context {
     pub hierarchy: Hierarchy,
     /// Directory holding the trajectory cgroups.
     pub parent: PathBuf,
-    pub pipeline: mpsc::Sender<Command>,
+    pub pipeline: PipelineHandle,
     pub watcher: Watcher,
     /// Per-hook state from startup.
     pub hooks: Vec<HookStatus>,
@@ -163,11 +160,7 @@ async fn caller_trajectory(ctx: &Context, pid: u32) -> Result<Option<String>, Re
     let Some(path) = cgroup::of_process(&ctx.hierarchy, pid) else {
         return Err(Response::error("cannot read the requesting process's cgroup"));
     };
-    let (reply, answer) = oneshot::channel();
-    if ctx.pipeline.send(Command::Owner { cgroup: path, reply }).await.is_err() {
-        return Err(Response::error("the daemon is shutting down"));
-    }
-    answer.await.map_err(|_| Response::error("the daemon is shutting down"))
+    ctx.pipeline.owner(path).await.map_err(|e| Response::error(e.to_string()))
 }
 
 /// A process inside a trajectory may only annotate its own trajectory's
@@ -206,15 +199,9 @@ async fn operator_request(ctx: &Context, request: Request, pid: u32, uid: u32, g
 }
 
 async fn step(ctx: &Context, trajectory: String, name: String, id: Option<u32>) -> Response {
-    let (reply, answer) = oneshot::channel();
-    let cmd = Command::Step { trajectory: trajectory.clone(), name, id, reply };
-    if ctx.pipeline.send(cmd).await.is_err() {
-        return Response::error("the daemon is shutting down");
-    }
-    match answer.await {
-        Ok(Ok(step)) => Response::Stepped { ok: monostate::True, trajectory, step },
-        Ok(Err(e)) => Response::error(e.to_string()),
-        Err(_) => Response::error("the daemon is shutting down"),
+    match ctx.pipeline.step(trajectory.clone(), name, id).await {
+        Ok(step) => Response::Stepped { ok: monostate::True, trajectory, step },
+        Err(e) => Response::error(e.to_string()),
     }
 }
 
@@ -301,7 +288,6 @@ async fn open_trajectory(
     if let Err(e) = ctx.watcher.watch(&path, cgroup_id) {
         return fail(format!("cannot watch {}: {e}", path.display()));
     }
-    let (reply, answer) = oneshot::channel();
     let spec = OpenSpec {
         id: id.clone(),
         cgroup: path.clone(),
@@ -312,18 +298,13 @@ async fn open_trajectory(
         binding: binding.clone(),
         origin: Origin::Run,
     };
-    if ctx.pipeline.send(Command::Open { spec, reply }).await.is_err() {
-        return fail("the daemon is shutting down".into());
-    }
-    match answer.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return fail(e.to_string()),
-        Err(_) => return fail("the daemon is shutting down".into()),
+    if let Err(e) = ctx.pipeline.open(spec).await {
+        return fail(e.to_string());
     }
     // Registered in the kernel: from here on everything the client does is
     // recorded. Now move it in.
     if let Err(e) = cgroup::move_process(&path, pid) {
-        let _ = ctx.pipeline.send(Command::Close { cgroup_id, reason: EndReason::StartFailed }).await;
+        let _ = ctx.pipeline.close(cgroup_id, EndReason::StartFailed).await;
         return Response::error(format!("cannot move process {pid} into the trajectory: {e}"));
     }
     tracing::info!(trajectory = %id, pid, policy = %binding.policy, "trajectory opened");
@@ -331,12 +312,9 @@ async fn open_trajectory(
 }
 
 async fn status(ctx: &Context) -> Response {
-    let (reply, answer) = oneshot::channel();
-    if ctx.pipeline.send(Command::List { reply }).await.is_err() {
-        return Response::error("the daemon is shutting down");
-    }
-    let Ok(trajectories) = answer.await else {
-        return Response::error("the daemon is shutting down");
+    let trajectories = match ctx.pipeline.list().await {
+        Ok(list) => list,
+        Err(e) => return Response::error(e.to_string()),
     };
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
     Response::Status {

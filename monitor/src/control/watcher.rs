@@ -12,9 +12,9 @@ use std::{
 
 use futures_util::StreamExt;
 use inotify::{Inotify, WatchDescriptor, WatchMask, Watches};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-use crate::{cgroup, events::pipeline::Command, vocab::EndReason};
+use crate::{cgroup, events::handle::PipelineHandle, vocab::EndReason};
 
 #[derive(Clone)]
 pub struct Watcher {
@@ -46,7 +46,7 @@ impl Watcher {
 
 impl Events {
     /// Sends `Close` for every watched cgroup that becomes empty.
-    pub async fn run(mut self, pipeline: mpsc::Sender<Command>, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(mut self, pipeline: PipelineHandle, mut shutdown: watch::Receiver<bool>) {
         loop {
             let event = tokio::select! {
                 _ = shutdown.wait_for(|s| *s) => return,
@@ -67,7 +67,7 @@ impl Events {
                 Err(e) => tracing::debug!("reading {}: {e}", path.display()),
             }
             self.targets.lock().expect("not poisoned").remove(&event.wd);
-            if pipeline.send(Command::Close { cgroup_id, reason: EndReason::Exited }).await.is_err() {
+            if pipeline.close(cgroup_id, EndReason::Exited).await.is_err() {
                 return;
             }
         }

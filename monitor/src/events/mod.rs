@@ -3,6 +3,7 @@
 //! [`pipeline`], and handed to the sinks.
 
 pub mod decode;
+pub mod handle;
 pub mod leftover;
 pub mod pipeline;
 pub mod process;

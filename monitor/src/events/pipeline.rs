@@ -76,7 +76,7 @@ pub enum PipelineError {
     Poll(#[source] std::io::Error),
     #[error(transparent)]
     Policy(#[from] EnforceError),
-    #[error("the event pipeline has stopped")]
+    #[error("the daemon is shutting down")]
     Stopped,
     #[error("no open trajectory {0}")]
     UnknownTrajectory(String),
@@ -271,8 +271,10 @@ impl Pipeline {
         })
     }
 
-    /// Runs until `shutdown` turns true, then drains and closes every open
-    /// trajectory with reason `daemon_shutdown`.
+    /// Runs until `shutdown` turns true, then drains. With the pins kept
+    /// (the default) open trajectories stay open for the next daemon, their
+    /// progress saved; with `--stop-enforcement-on-exit` each is closed
+    /// with reason `daemon_shutdown`.
     pub async fn run(
         mut self,
         mut commands: mpsc::Receiver<Command>,
