@@ -34,7 +34,18 @@ pub fn main() -> ExitCode {
                 Ok(r) => r,
                 Err(e) => return fail(&e),
             };
-            match runtime.block_on(crate::daemon::run(config, shutdown_signal())) {
+            // The handlers are in place before the daemon loads anything: a
+            // SIGTERM during start-up (a probe, an impatient unit) is taken
+            // once it serves and ends it cleanly, pins removed where asked,
+            // instead of killing it half-way by the default action.
+            let shutdown = {
+                let _runtime = runtime.enter();
+                match shutdown_signal() {
+                    Ok(s) => s,
+                    Err(e) => return fail(&e),
+                }
+            };
+            match runtime.block_on(crate::daemon::run(config, shutdown)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&e),
             }
@@ -87,14 +98,18 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// SIGINT or SIGTERM, with both handlers installed when this returns (in
+/// a runtime context), not when the future is first polled.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }
 
 fn fail(e: &dyn std::error::Error) -> ExitCode {

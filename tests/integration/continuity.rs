@@ -482,3 +482,54 @@ fn an_upgrade_from_a_build_of_another_layout_hands_over_without_a_gap() {
     assert!(d.stop().success());
     assert!(!d.pin_dir().exists(), "--stop-enforcement-on-exit removes the pins");
 }
+
+/// A SIGTERM that arrives while the daemon is still starting (its pins are
+/// written, it does not serve yet: a probe or a unit stopped at once) ends
+/// it cleanly once it is up: exit status 0, and with
+/// `--stop-enforcement-on-exit` no pinned program is left in the kernel.
+/// Before the handlers were installed first, the default action killed it
+/// half-way and its pins stayed.
+#[test]
+fn a_sigterm_during_start_up_ends_the_daemon_cleanly() {
+    crate::harness::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let parent = crate::harness::unique("agent-monitor-test");
+    let stderr = dir.path().join("stderr");
+    let mut child = std::process::Command::new(crate::harness::monitor_bin())
+        .arg("daemon")
+        .arg("--control-socket")
+        .arg(dir.path().join("control.sock"))
+        .arg("--events")
+        .arg(dir.path().join("events.jsonl"))
+        .args(["--metrics-addr", "127.0.0.1:0", "--cgroup-parent", &parent, "--stop-enforcement-on-exit"])
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env("AGENT_MONITOR_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let pins = Path::new("/sys/fs/bpf/agent-monitor").join(&parent);
+    let deadline = Instant::now() + Duration::from_secs(HANG_GUARD_SECS);
+    // The line the daemon logs once its links and maps are pinned, before
+    // it binds its sockets.
+    while !std::fs::read_to_string(&stderr).unwrap_or_default().contains("pinned under") {
+        assert!(Instant::now() < deadline, "the daemon did not pin:\n{}", std::fs::read_to_string(&stderr).unwrap());
+        assert!(child.try_wait().unwrap().is_none(), "{}", std::fs::read_to_string(&stderr).unwrap());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // SAFETY: a signal to our own child, not yet reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let log = std::fs::read_to_string(&stderr).unwrap();
+    let left = pins.exists();
+    if left {
+        // Leave nothing attached whatever the outcome.
+        crate::harness::remove_pins(&pins);
+    }
+    if let Some(root) = crate::harness::cgroup2_mount() {
+        crate::harness::remove_cgroup_tree(&root.join(&parent));
+    }
+    assert!(status.success(), "{status:?}:\n{log}");
+    assert!(!left, "pins left under {}:\n{log}", pins.display());
+}

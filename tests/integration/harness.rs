@@ -377,7 +377,7 @@ pub fn remove_cgroup_tree(dir: &Path) {
 }
 
 /// `rm -r` on bpffs (links first, so programs detach before their maps go).
-fn remove_pins(dir: &Path) {
+pub fn remove_pins(dir: &Path) {
     let Ok(rd) = std::fs::read_dir(dir) else { return };
     let mut entries: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
     entries.sort_by_key(|p| !p.ends_with("links"));

@@ -366,6 +366,13 @@ fn probe_mechanisms(bin: &Path, dir: &Path) -> Result<Vec<(String, String)>> {
     if let Some(mount) = cgroup2_mount() {
         let _ = std::fs::remove_dir(mount.join(&parent));
     }
+    // With --stop-enforcement-on-exit a clean exit removes its pins; say so
+    // if it did not, and leave no program attached.
+    let pins = Path::new("/sys/fs/bpf/agent-monitor").join(&parent);
+    if pins.exists() {
+        eprintln!("xtask: warning: the probe daemon left its pins under {}; removing them", pins.display());
+        let _ = Command::new("rm").arg("-r").arg(&pins).status();
+    }
     let text = std::fs::read_to_string(&stderr).unwrap_or_default();
     Ok(text.lines().filter_map(report::mechanism).collect())
 }
