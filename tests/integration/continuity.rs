@@ -509,7 +509,7 @@ fn a_sigterm_during_start_up_ends_the_daemon_cleanly() {
         .stderr(std::fs::File::create(&stderr).unwrap())
         .spawn()
         .unwrap();
-    let pins = Path::new("/sys/fs/bpf/agent-monitor").join(&parent);
+    let pins = crate::harness::pin_dir_of(&parent);
     let deadline = Instant::now() + Duration::from_secs(HANG_GUARD_SECS);
     // The line the daemon logs once its links and maps are pinned, before
     // it binds its sockets.

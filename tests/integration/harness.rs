@@ -188,7 +188,7 @@ impl Daemon {
 
     /// The bpffs directory of this daemon's pins.
     pub fn pin_dir(&self) -> PathBuf {
-        Path::new("/sys/fs/bpf/agent-monitor").join(&self.cgroup_parent)
+        pin_dir_of(&self.cgroup_parent)
     }
 
     fn wait_ready(&mut self) {
@@ -374,6 +374,12 @@ pub fn remove_cgroup_tree(dir: &Path) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The bpffs directory of the pins of a daemon with `--cgroup-parent
+/// parent` and the default `--pin-dir`.
+pub fn pin_dir_of(parent: &str) -> PathBuf {
+    Path::new(monitor::defaults::DEFAULT_PIN_DIR).join(parent)
 }
 
 /// `rm -r` on bpffs (links first, so programs detach before their maps go).
