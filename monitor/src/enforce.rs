@@ -21,7 +21,10 @@ use std::{
 };
 
 use aya::maps::lpm_trie::Key;
-use monitor_common::policy::{PathKey, MAX_POLICIES, RULE_BUILTIN_TAMPER, RULE_DEFAULT};
+use monitor_common::{
+    names,
+    policy::{PathKey, PolicyConfig, MAX_POLICIES, RULE_BUILTIN_TAMPER, RULE_DEFAULT},
+};
 
 use crate::{
     loader::PolicyMapHandles,
@@ -73,8 +76,22 @@ pub struct Described {
     pub rule: Arc<str>,
 }
 
+/// Where instances are written: the kernel's policy maps
+/// ([`PolicyMapHandles`]), or an in-memory fake in tests.
+pub trait PolicyWriter: Send {
+    /// Writes an instance's entries: the tries first, the config entry
+    /// last, since that entry is what makes lookups of its id judge at all.
+    fn write(&mut self, entries: &MapEntries) -> Result<(), EnforceError>;
+    /// Deletes an instance's entries: config first (lookups of its id stop
+    /// judging), then the tries. Best effort: a missing key is no error.
+    fn delete(&mut self, entries: &MapEntries);
+    /// Deletes every entry whose instance id `doomed` picks, whoever wrote
+    /// it (a previous daemon's instances are known only by their id).
+    fn purge(&mut self, doomed: &dyn Fn(u32) -> bool);
+}
+
 pub struct Enforcer {
-    maps: PolicyMapHandles,
+    maps: Box<dyn PolicyWriter>,
     set: Arc<PolicySet>,
     instances: HashMap<u32, Instance>,
     /// Ids never used or retired longest ago first.
@@ -87,9 +104,9 @@ pub struct Enforcer {
 }
 
 impl Enforcer {
-    pub fn new(maps: PolicyMapHandles, set: PolicySet) -> Self {
+    pub fn new(maps: impl PolicyWriter + 'static, set: PolicySet) -> Self {
         Enforcer {
-            maps,
+            maps: Box::new(maps),
             set: Arc::new(set),
             instances: HashMap::new(),
             free: (0..MAX_POLICIES).collect(),
@@ -116,8 +133,8 @@ impl Enforcer {
         compiled.protect(&self.protected);
         let id = self.take_id()?;
         let entries = compiled.map_entries(id);
-        if let Err(e) = self.write(&entries) {
-            self.delete(&entries);
+        if let Err(e) = self.maps.write(&entries) {
+            self.maps.delete(&entries);
             self.free.push_back(id);
             return Err(e);
         }
@@ -216,9 +233,9 @@ impl Enforcer {
     fn discard_entries(&mut self, id: u32) {
         let Some(inst) = self.instances.get_mut(&id) else { return };
         if std::mem::take(&mut inst.scan) {
-            self.purge(|i| i == id);
+            self.maps.purge(&|i| i == id);
         } else if let Some(entries) = inst.entries.take() {
-            self.delete(&entries);
+            self.maps.delete(&entries);
         }
     }
 
@@ -243,7 +260,7 @@ impl Enforcer {
     /// and deleted (by scanning for their id) once retired.
     pub fn adopt_instances(&mut self, bound: &[(u32, String, u64)]) {
         let keep: std::collections::HashSet<u32> = bound.iter().map(|b| b.0).collect();
-        self.purge(|id| !keep.contains(&id));
+        self.maps.purge(&|id| !keep.contains(&id));
         let digest = self.rules_digest();
         for (id, policy, d) in bound {
             if self.instances.contains_key(id) {
@@ -254,61 +271,58 @@ impl Enforcer {
             self.instances.insert(*id, Instance { set, policy: policy.as_str().into(), entries: None, scan: true });
         }
     }
+}
 
-    /// Deletes every policy map entry whose instance id `doomed` picks.
-    fn purge(&mut self, doomed: impl Fn(u32) -> bool) {
-        purge_trie(&mut self.maps.file, &doomed);
-        purge_trie(&mut self.maps.exec, &doomed);
-        purge_trie(&mut self.maps.net4, &doomed);
-        purge_trie(&mut self.maps.net6, &doomed);
-        for id in (0..MAX_POLICIES).filter(|&i| doomed(i)) {
-            if let Ok(c) = self.maps.config.get(&id, 0) {
-                if c.mode != 0 {
-                    let _ = self.maps.config.set(id, monitor_common::policy::PolicyConfig { mode: 0, ..c }, 0);
-                }
-            }
-        }
-    }
-
-    /// Tries first, config last: the config entry is what makes lookups of
-    /// this id judge at all.
+impl PolicyWriter for PolicyMapHandles {
     fn write(&mut self, e: &MapEntries) -> Result<(), EnforceError> {
         let err = |map| move |source| EnforceError::Map { map, source };
         for (k, v) in &e.file {
-            self.maps.file.insert(&path_key(k), v, 0).map_err(err("POLICY_FILE"))?;
+            self.file.insert(&path_key(k), v, 0).map_err(err(names::MAP_POLICY_FILE))?;
         }
         for (k, v) in &e.exec {
-            self.maps.exec.insert(&path_key(k), v, 0).map_err(err("POLICY_EXEC"))?;
+            self.exec.insert(&path_key(k), v, 0).map_err(err(names::MAP_POLICY_EXEC))?;
         }
         for (k, v) in &e.net4 {
-            self.maps.net4.insert(&net4_key(k), v, 0).map_err(err("POLICY_NET4"))?;
+            self.net4.insert(&net4_key(k), v, 0).map_err(err(names::MAP_POLICY_NET4))?;
         }
         for (k, v) in &e.net6 {
-            self.maps.net6.insert(&net6_key(k), v, 0).map_err(err("POLICY_NET6"))?;
+            self.net6.insert(&net6_key(k), v, 0).map_err(err(names::MAP_POLICY_NET6))?;
         }
         for (id, c) in &e.config {
-            self.maps.config.set(*id, c, 0).map_err(err("POLICY_CONFIG"))?;
+            self.config.set(*id, c, 0).map_err(err(names::MAP_POLICY_CONFIG))?;
         }
         Ok(())
     }
 
-    /// Config first (lookups of this id stop judging), then the tries.
     fn delete(&mut self, e: &MapEntries) {
         for (id, c) in &e.config {
-            let cleared = monitor_common::policy::PolicyConfig { mode: 0, ..*c };
-            let _ = self.maps.config.set(*id, cleared, 0);
+            let _ = self.config.set(*id, PolicyConfig { mode: 0, ..*c }, 0);
         }
         for (k, _) in &e.file {
-            let _ = self.maps.file.remove(&path_key(k));
+            let _ = self.file.remove(&path_key(k));
         }
         for (k, _) in &e.exec {
-            let _ = self.maps.exec.remove(&path_key(k));
+            let _ = self.exec.remove(&path_key(k));
         }
         for (k, _) in &e.net4 {
-            let _ = self.maps.net4.remove(&net4_key(k));
+            let _ = self.net4.remove(&net4_key(k));
         }
         for (k, _) in &e.net6 {
-            let _ = self.maps.net6.remove(&net6_key(k));
+            let _ = self.net6.remove(&net6_key(k));
+        }
+    }
+
+    fn purge(&mut self, doomed: &dyn Fn(u32) -> bool) {
+        purge_trie(&mut self.file, doomed);
+        purge_trie(&mut self.exec, doomed);
+        purge_trie(&mut self.net4, doomed);
+        purge_trie(&mut self.net6, doomed);
+        for id in (0..MAX_POLICIES).filter(|&i| doomed(i)) {
+            if let Ok(c) = self.config.get(&id, 0) {
+                if c.mode != 0 {
+                    let _ = self.config.set(id, PolicyConfig { mode: 0, ..c }, 0);
+                }
+            }
         }
     }
 }
@@ -317,7 +331,7 @@ impl Enforcer {
 /// endian, as every policy key does) that `doomed` picks.
 fn purge_trie<const N: usize, V: aya::Pod>(
     trie: &mut aya::maps::LpmTrie<aya::maps::MapData, [u8; N], V>,
-    doomed: impl Fn(u32) -> bool,
+    doomed: &dyn Fn(u32) -> bool,
 ) {
     let id_of = |data: &[u8; N]| u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
     let keys: Vec<Key<[u8; N]>> = trie.keys().flatten().filter(|k| doomed(id_of(&k.data()))).collect();
@@ -345,4 +359,129 @@ fn net6_key(k: &monitor_common::policy::Net6Key) -> Key<[u8; 20]> {
     data[..4].copy_from_slice(&k.policy);
     data[4..].copy_from_slice(&k.addr);
     Key::new(k.prefixlen, data)
+}
+
+/// The policy maps in memory (the reference judges' model of them), shared
+/// with the test that reads them.
+#[cfg(test)]
+#[derive(Clone, Default)]
+pub(crate) struct MemoryPolicyMaps(pub std::sync::Arc<std::sync::Mutex<crate::policy::PolicyMaps>>);
+
+#[cfg(test)]
+impl MemoryPolicyMaps {
+    pub(crate) fn maps(&self) -> std::sync::MutexGuard<'_, crate::policy::PolicyMaps> {
+        self.0.lock().expect("no test panics while holding it")
+    }
+}
+
+#[cfg(test)]
+impl PolicyWriter for MemoryPolicyMaps {
+    fn write(&mut self, entries: &MapEntries) -> Result<(), EnforceError> {
+        self.maps().insert(entries.clone());
+        Ok(())
+    }
+
+    fn delete(&mut self, entries: &MapEntries) {
+        self.maps().remove(entries);
+    }
+
+    fn purge(&mut self, doomed: &dyn Fn(u32) -> bool) {
+        self.maps().purge(doomed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::policy::{judge_file, Access, Action};
+
+    fn set(workspace_action: &str) -> PolicySet {
+        let yaml = format!(
+            "name: p\nmode: enforce\ndefaults: {{file: deny, exec: allow, network: deny}}\n\
+             rules:\n  file:\n    - path: ${{WORKSPACE}}/\n      access: read-write\n      action: {workspace_action}\n"
+        );
+        PolicySet::from_sources(&[("p.yaml".into(), yaml)]).unwrap_or_else(|d| panic!("{d:#?}"))
+    }
+
+    fn binding() -> Binding {
+        Binding { policy: "p".into(), vars: [("WORKSPACE".to_owned(), "/w".to_owned())].into() }
+    }
+
+    fn workspace(maps: &MemoryPolicyMaps, id: u32) -> Option<Action> {
+        judge_file(&maps.maps(), id, b"/w/f", Access::Write).map(|d| d.action)
+    }
+
+    #[test]
+    fn an_instance_judges_and_names_its_rules() {
+        let maps = MemoryPolicyMaps::default();
+        let mut e = Enforcer::new(maps.clone(), set("allow"));
+        let id = e.open(&binding()).unwrap();
+        assert_eq!(workspace(&maps, id), Some(Action::Allow));
+        let rule = judge_file(&maps.maps(), id, b"/w/f", Access::Write).unwrap().rule_id;
+        assert_eq!(e.describe(id, rule).unwrap().rule.as_ref(), "p.yaml:6");
+        assert_eq!(e.describe(id, RULE_DEFAULT).unwrap().rule.as_ref(), "default");
+        assert_eq!(e.describe(id + 1, RULE_DEFAULT), None, "an id never written names nothing");
+    }
+
+    /// A reload writes complete new instances; the old ones keep judging
+    /// (a program may have read the old id) until retired long enough.
+    #[test]
+    fn reload_writes_new_instances_and_removes_the_old_ones_later() {
+        let maps = MemoryPolicyMaps::default();
+        let mut e = Enforcer::new(maps.clone(), set("allow"));
+        let old = e.open(&binding()).unwrap();
+        let new = e.open_all(set("deny"), &[binding()]).unwrap();
+        assert_ne!(new, vec![old]);
+        assert_eq!(workspace(&maps, new[0]), Some(Action::Deny));
+        let now = Instant::now();
+        e.retire(old, now);
+        e.tick(now + RETIRE_AFTER / 2);
+        assert_eq!(workspace(&maps, old), Some(Action::Allow), "retired, not yet removed");
+        e.tick(now + RETIRE_AFTER);
+        assert_eq!(workspace(&maps, old), None);
+        assert_eq!(maps.maps().instances(), BTreeSet::from([new[0]]));
+        // Records still queued are described by the rules that judged them.
+        assert_eq!(e.describe(old, RULE_DEFAULT).unwrap().policy.as_ref(), "p");
+    }
+
+    #[test]
+    fn a_reload_that_fails_leaves_nothing_behind() {
+        let maps = MemoryPolicyMaps::default();
+        let mut e = Enforcer::new(maps.clone(), set("allow"));
+        let id = e.open(&binding()).unwrap();
+        let missing = Binding { policy: "gone".into(), vars: Vars::new() };
+        assert!(matches!(
+            e.open_all(set("deny"), &[binding(), missing]),
+            Err(EnforceError::Open(OpenError::UnknownPolicy(_)))
+        ));
+        assert_eq!(maps.maps().instances(), BTreeSet::from([id]));
+        // The current set is unchanged: a new instance still allows.
+        let again = e.open(&binding()).unwrap();
+        assert_eq!(workspace(&maps, again), Some(Action::Allow));
+    }
+
+    /// After a restart on reused maps only the instances still bound stay.
+    #[test]
+    fn adopting_keeps_only_bound_instances() {
+        let maps = MemoryPolicyMaps::default();
+        let mut previous = Enforcer::new(maps.clone(), set("allow"));
+        let (a, b) = (previous.open(&binding()).unwrap(), previous.open(&binding()).unwrap());
+        let digest = previous.rules_digest();
+        let mut e = Enforcer::new(maps.clone(), set("allow"));
+        e.adopt_instances(&[(b, "p".into(), digest)]);
+        assert_eq!(maps.maps().instances(), BTreeSet::from([b]));
+        assert_eq!(workspace(&maps, a), None);
+        // Named by the current set (same rule table), and never handed out
+        // again while bound.
+        assert_eq!(e.describe(b, RULE_DEFAULT).unwrap().policy.as_ref(), "p");
+        let fresh: Vec<u32> = (0..3).map(|_| e.open(&binding()).unwrap()).collect();
+        assert!(!fresh.contains(&b));
+        // Retired, its entries are found by their id and removed.
+        let now = Instant::now();
+        e.retire(b, now);
+        e.tick(now + RETIRE_AFTER);
+        assert_eq!(workspace(&maps, b), None);
+    }
 }

@@ -4,9 +4,16 @@
 
 pub mod decode;
 pub mod handle;
+pub mod kernel;
 pub mod leftover;
 pub mod pipeline;
 pub mod process;
+pub mod resume;
 pub mod ringpos;
 pub mod state;
 pub mod summary;
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;

@@ -18,20 +18,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf};
 use monitor_common::maps::{LossReason, RuntimeConfig, TrajectoryValue};
 use serde::{Deserialize, Serialize};
-use tokio::{
-    io::unix::AsyncFd,
-    sync::{mpsc, oneshot, watch},
-};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    decode::{decode, Decoded},
-    leftover::Leftover,
+    decode::Decoded,
+    kernel::Kernel,
     process,
-    ringpos::RingPositions,
-    state::{self, Found, Progress, Saved, StateDir},
+    state::{self, Progress, Saved, StateDir},
     summary::Tally,
 };
 use crate::record::{Body, Bytes, Process, Record, Step, Timestamp, Verdict, SCHEMA_VERSION};
@@ -128,19 +123,6 @@ pub struct Resumed {
     pub origin: Origin,
 }
 
-/// A restart gap waiting for the previous layout's count.
-struct RestartGap {
-    cgroup_id: u64,
-    alive_boot_ns: u64,
-    /// Drops of this daemon's (reused) loss counter since the saved report.
-    lost: u64,
-    /// Records the previous daemon numbered and did not write.
-    unwritten: Option<u64>,
-    /// The saved report of the drop counter, when it is the previous
-    /// layout's (this daemon's maps are new).
-    previous_reported: Option<u64>,
-}
-
 #[derive(Debug)]
 pub enum Command {
     Open {
@@ -174,26 +156,26 @@ pub enum Command {
     },
 }
 
-struct Trajectory {
-    id: Arc<str>,
-    binding: Binding,
+pub(super) struct Trajectory {
+    pub(super) id: Arc<str>,
+    pub(super) binding: Binding,
     /// The policy instance bound in the kernel.
-    instance: u32,
-    cgroup: PathBuf,
-    level: u32,
-    next_seq: u64,
-    started_boot_ns: u64,
-    lost_reported: u64,
-    origin: Origin,
+    pub(super) instance: u32,
+    pub(super) cgroup: PathBuf,
+    pub(super) level: u32,
+    pub(super) next_seq: u64,
+    pub(super) started_boot_ns: u64,
+    pub(super) lost_reported: u64,
+    pub(super) origin: Origin,
     /// The current step (0: none yet) and the name of every step so far:
     /// records carry the step id the kernel saw, named here.
-    step: u32,
-    steps: StdHashMap<u32, Arc<str>>,
-    tally: Tally,
+    pub(super) step: u32,
+    pub(super) steps: StdHashMap<u32, Arc<str>>,
+    pub(super) tally: Tally,
     /// Its state files (see [`state`]); `None` if they could not be written.
-    files: Option<state::Files>,
+    pub(super) files: Option<state::Files>,
     /// Records were sequenced since the last progress write.
-    dirty: bool,
+    pub(super) dirty: bool,
 }
 
 impl Trajectory {
@@ -204,31 +186,36 @@ impl Trajectory {
     fn step(&self, id: u32) -> Option<Step> {
         self.steps.get(&id).map(|name| Step { id, name: name.clone() })
     }
+
+    fn status(&self) -> TrajectoryStatus {
+        TrajectoryStatus {
+            trajectory: self.id.to_string(),
+            cgroup: self.cgroup.display().to_string(),
+            records: self.next_seq - 1,
+            lost: self.lost_reported,
+            policy: self.binding.policy.clone(),
+        }
+    }
 }
 
 pub struct Pipeline {
-    ring: AsyncFd<RingBuf<MapData>>,
-    /// The ring's positions, for placing a `step` record ([`Pipeline::step`]).
-    positions: RingPositions,
+    /// The ring buffer, the trajectory bindings and the loss counters.
+    pub(super) kernel: Kernel,
     /// A `step` record not yet placed in its trajectory's order.
     step_marker: Option<StepMarker>,
-    trajectory_map: HashMap<MapData, u64, TrajectoryValue>,
-    trajectory_losses: PerCpuHashMap<MapData, u64, u64>,
-    config: Array<MapData, RuntimeConfig>,
-    losses: PerCpuArray<MapData, u64>,
     losses_reported: [u64; LossReason::COUNT as usize],
-    trajectories: StdHashMap<u64, Trajectory>,
+    pub(super) trajectories: StdHashMap<u64, Trajectory>,
     clock: BootToWall,
     bus: Bus,
-    metrics: Arc<Metrics>,
+    pub(super) metrics: Arc<Metrics>,
     pending: Vec<Record>,
     /// Kernel timestamps (CLOCK_BOOTTIME) of the kernel records in
     /// `pending`, for the pipeline latency histogram.
     pending_kernel_ts: Vec<u64>,
-    enforcer: Enforcer,
+    pub(super) enforcer: Enforcer,
     /// [`RuntimeConfig::flags`] chosen at load.
     runtime_flags: u64,
-    state: Option<StateDir>,
+    pub(super) state: Option<StateDir>,
     /// The kernel keeps enforcing after this daemon exits (pinned), so its
     /// trajectories stay open for the next daemon instead of ending.
     keep_on_exit: bool,
@@ -244,19 +231,22 @@ impl Pipeline {
         state: Option<StateDir>,
         keep_on_exit: bool,
     ) -> std::io::Result<Self> {
-        use std::os::fd::AsFd;
-        let positions = RingPositions::map(maps.events.as_fd())?;
-        Ok(Pipeline {
-            positions,
+        Ok(Pipeline::with_kernel(Kernel::maps(maps)?, enforcer, runtime_flags, bus, metrics, state, keep_on_exit))
+    }
+
+    /// A pipeline on any [`Kernel`] (the loaded maps, or fakes in tests).
+    pub fn with_kernel(
+        kernel: Kernel,
+        enforcer: Enforcer,
+        runtime_flags: u64,
+        bus: Bus,
+        metrics: Arc<Metrics>,
+        state: Option<StateDir>,
+        keep_on_exit: bool,
+    ) -> Self {
+        Pipeline {
+            kernel,
             step_marker: None,
-            // SAFETY: the ring buffer's fd is owned by the value moved into the
-            // AsyncFd and lives exactly as long as the registration.
-            ring: unsafe { AsyncFd::register_with_interest(maps.events, tokio::io::Interest::READABLE) }
-                .map_err(|e| e.into_parts().1)?,
-            trajectory_map: maps.trajectories,
-            trajectory_losses: maps.trajectory_losses,
-            config: maps.config,
-            losses: maps.losses,
             losses_reported: [0; LossReason::COUNT as usize],
             trajectories: StdHashMap::new(),
             clock: BootToWall::sample(),
@@ -268,7 +258,7 @@ impl Pipeline {
             runtime_flags,
             state,
             keep_on_exit,
-        })
+        }
     }
 
     /// Runs until `shutdown` turns true, then drains. With the pins kept
@@ -299,50 +289,14 @@ impl Pipeline {
                     Some(c) => Wake::Command(c),
                     None => Wake::Stop,
                 },
-                ready = self.ring.readable_mut() => {
-                    ready.map_err(PipelineError::Poll)?.clear_ready();
+                ready = self.kernel.ring.readable() => {
+                    ready.map_err(PipelineError::Poll)?;
                     Wake::Data
                 }
                 _ = tick.tick() => Wake::Tick,
             };
             match wake {
-                Wake::Command(Command::Open { spec, reply }) => {
-                    // Publish what is pending first: their trajectories'
-                    // records stay ahead of this one's start.
-                    self.drain().await;
-                    let _ = reply.send(self.open(spec).await);
-                }
-                Wake::Command(Command::Close { cgroup_id, reason }) => {
-                    self.drain().await;
-                    self.close(cgroup_id, reason, true).await;
-                }
-                Wake::Command(Command::Step { trajectory, name, id, reply }) => {
-                    self.drain().await;
-                    let _ = reply.send(self.step(&trajectory, name, id).await);
-                }
-                Wake::Command(Command::Owner { cgroup, reply }) => {
-                    let owner = self.trajectories.values().find(|t| cgroup.starts_with(&t.cgroup));
-                    let _ = reply.send(owner.map(|t| t.id.to_string()));
-                }
-                Wake::Command(Command::List { reply }) => {
-                    let mut list: Vec<TrajectoryStatus> = self
-                        .trajectories
-                        .values()
-                        .map(|t| TrajectoryStatus {
-                            trajectory: t.id.to_string(),
-                            cgroup: t.cgroup.display().to_string(),
-                            records: t.next_seq - 1,
-                            lost: t.lost_reported,
-                            policy: t.binding.policy.clone(),
-                        })
-                        .collect();
-                    list.sort_by(|a, b| a.trajectory.cmp(&b.trajectory));
-                    let _ = reply.send(list);
-                }
-                Wake::Command(Command::Reload { set, reply }) => {
-                    self.drain().await;
-                    let _ = reply.send(self.reload(set));
-                }
+                Wake::Command(command) => self.command(command).await,
                 Wake::Data => self.drain().await,
                 Wake::Tick => {
                     self.enforcer.tick(Instant::now());
@@ -373,6 +327,39 @@ impl Pipeline {
             self.close(cgroup_id, EndReason::DaemonShutdown, false).await;
         }
         Ok(())
+    }
+
+    /// Answers one command. Those that change what the kernel records
+    /// publish what is pending first: the records of other trajectories
+    /// stay ahead of the change.
+    async fn command(&mut self, command: Command) {
+        match command {
+            Command::Open { spec, reply } => {
+                self.drain().await;
+                let _ = reply.send(self.open(spec).await);
+            }
+            Command::Close { cgroup_id, reason } => {
+                self.drain().await;
+                self.close(cgroup_id, reason, true).await;
+            }
+            Command::Step { trajectory, name, id, reply } => {
+                self.drain().await;
+                let _ = reply.send(self.step(&trajectory, name, id).await);
+            }
+            Command::Owner { cgroup, reply } => {
+                let owner = self.trajectories.values().find(|t| cgroup.starts_with(&t.cgroup));
+                let _ = reply.send(owner.map(|t| t.id.to_string()));
+            }
+            Command::List { reply } => {
+                let mut list: Vec<TrajectoryStatus> = self.trajectories.values().map(Trajectory::status).collect();
+                list.sort_by(|a, b| a.trajectory.cmp(&b.trajectory));
+                let _ = reply.send(list);
+            }
+            Command::Reload { set, reply } => {
+                self.drain().await;
+                let _ = reply.send(self.reload(set));
+            }
+        }
     }
 
     async fn open(&mut self, spec: OpenSpec) -> Result<(), PipelineError> {
@@ -481,7 +468,7 @@ impl Pipeline {
         // Stamped before the update: every record that read the new step
         // was stamped after it.
         let stamped = clock::boottime_ns();
-        if let Err(e) = self.trajectory_map.insert(cgroup_id, value, 0) {
+        if let Err(e) = self.kernel.bindings.set(cgroup_id, value) {
             let t = self.trajectories.get_mut(&cgroup_id).expect("found above");
             t.step = previous;
             return Err(PipelineError::Map(e));
@@ -500,7 +487,7 @@ impl Pipeline {
     /// operation whose hook read the old value and reserved its record after
     /// the update: in progress at that instant, so at most one per thread.
     async fn place_step(&mut self, cgroup_id: u64, id: u32, previous: u32, stamped: u64) {
-        let reserved = self.positions.producer();
+        let reserved = self.kernel.ring.producer();
         if previous != id {
             // (The same id again: records carrying it are not new.)
             self.step_marker = Some(StepMarker { cgroup_id, id, boot_ns: stamped });
@@ -511,7 +498,7 @@ impl Pipeline {
             // A reserved record the kernel has not submitted yet stops the
             // consumer; a BPF program submits or discards what it reserves
             // before it returns, so this wait is short.
-            if self.step_marker.is_none() || self.positions.consumer() >= reserved {
+            if self.step_marker.is_none() || self.kernel.ring.consumer() >= reserved {
                 break;
             }
             if Instant::now() > deadline {
@@ -543,12 +530,10 @@ impl Pipeline {
     /// Kernel side of opening: loss counters first, so the kernel can count
     /// from the first record, then the trajectory with its policy instance.
     fn register(&mut self, spec: &OpenSpec, instance: u32) -> Result<(), PipelineError> {
-        let zero = PerCpuValues::try_from(vec![0u64; aya::util::nr_cpus().map_err(|(_, e)| PipelineError::Poll(e))?])
-            .map_err(PipelineError::Poll)?;
-        self.trajectory_losses.insert(spec.cgroup_id, zero, 0).map_err(PipelineError::MapFull)?;
+        self.kernel.losses.start(spec.cgroup_id).map_err(PipelineError::MapFull)?;
         let value = TrajectoryValue { policy: instance, step: 0 };
-        if let Err(e) = self.trajectory_map.insert(spec.cgroup_id, value, 0) {
-            let _ = self.trajectory_losses.remove(&spec.cgroup_id);
+        if let Err(e) = self.kernel.bindings.set(spec.cgroup_id, value) {
+            self.kernel.losses.stop(spec.cgroup_id);
             return Err(PipelineError::MapFull(e));
         }
         Ok(())
@@ -566,7 +551,7 @@ impl Pipeline {
             let t = self.trajectories.get_mut(&cgroup_id).expect("listed above");
             let old = std::mem::replace(&mut t.instance, instance);
             // Replacing an existing key cannot fail for lack of room.
-            if let Err(e) = self.trajectory_map.insert(cgroup_id, t.value(), 0) {
+            if let Err(e) = self.kernel.bindings.set(cgroup_id, t.value()) {
                 t.instance = old;
                 return Err(PipelineError::Map(e));
             }
@@ -576,7 +561,7 @@ impl Pipeline {
         Ok(())
     }
 
-    async fn close(&mut self, cgroup_id: u64, reason: EndReason, remove_cgroup: bool) {
+    pub(super) async fn close(&mut self, cgroup_id: u64, reason: EndReason, remove_cgroup: bool) {
         self.report_trajectory_loss(cgroup_id);
         let Some(t) = self.trajectories.get(&cgroup_id) else {
             return;
@@ -595,9 +580,9 @@ impl Pipeline {
         if let Some(dir) = &self.state {
             dir.remove(&t.id);
         }
-        let _ = self.trajectory_map.remove(&cgroup_id);
+        self.kernel.bindings.remove(cgroup_id);
         self.enforcer.retire(t.instance, Instant::now());
-        let _ = self.trajectory_losses.remove(&cgroup_id);
+        self.kernel.losses.stop(cgroup_id);
         if let Err(e) = self.write_levels() {
             tracing::error!("updating trajectory levels after closing {}: {e}", t.id);
         }
@@ -611,24 +596,19 @@ impl Pipeline {
         tracing::info!(trajectory = %t.id, reason = reason.as_str(), "trajectory ended");
     }
 
-    fn write_levels(&mut self) -> Result<(), PipelineError> {
+    pub(super) fn write_levels(&mut self) -> Result<(), PipelineError> {
         let levels = self.trajectories.values().fold(0u64, |m, t| m | 1u64.checked_shl(t.level).unwrap_or(0));
-        self.config
-            .set(0, RuntimeConfig { trajectory_levels: levels, flags: self.runtime_flags }, 0)
+        (self.kernel.bindings)
+            .configure(RuntimeConfig { trajectory_levels: levels, flags: self.runtime_flags })
             .map_err(PipelineError::Map)
     }
 
     /// Reads everything the kernel has submitted and publishes it.
-    async fn drain(&mut self) {
+    pub(super) async fn drain(&mut self) {
         loop {
             let mut n = 0;
             while n < BATCH {
-                // The item is dropped (and the consumer position advanced)
-                // before the record is taken.
-                let decoded = match self.ring.get_mut().next() {
-                    Some(item) => decode(&item),
-                    None => break,
-                };
+                let Some(decoded) = self.kernel.ring.next() else { break };
                 n += 1;
                 match decoded {
                     Ok(d) => {
@@ -662,7 +642,7 @@ impl Pipeline {
         }
     }
 
-    fn push(&mut self, cgroup_id: u64, boot_ns: u64, body: Body, process: Process) {
+    pub(super) fn push(&mut self, cgroup_id: u64, boot_ns: u64, body: Body, process: Process) {
         if let Some(t) = self.trajectories.get_mut(&cgroup_id) {
             let seq = t.next_seq;
             t.next_seq += 1;
@@ -684,7 +664,7 @@ impl Pipeline {
         }
     }
 
-    async fn flush(&mut self) {
+    pub(super) async fn flush(&mut self) {
         if self.pending.is_empty() {
             return;
         }
@@ -732,236 +712,9 @@ impl Pipeline {
         }
     }
 
-    /// Takes over the trajectories a previous daemon left (its state files),
-    /// before anything else runs. Each still-alive one is rebound to its
-    /// policy compiled from the current set (the kernel kept judging it by
-    /// the previous daemon's instance until this very update, or, on fresh
-    /// maps after a layout change, had no binding for the instant since
-    /// the new programs were attached), gets a `gap` record with reason
-    /// `daemon_restart`, then the records the kernel queued meanwhile.
-    /// One whose cgroup is gone or empty is closed. `watch` registers a
-    /// `run` trajectory's cgroup for the close-on-empty watcher before its
-    /// emptiness is checked.
-    pub async fn resume(
-        &mut self,
-        found: Vec<Found>,
-        default_policy: &str,
-        watch: impl Fn(&std::path::Path, u64) -> std::io::Result<()>,
-        previous_layouts: &[PathBuf],
-        unreadable_state: bool,
-        written: Option<&StdHashMap<String, u64>>,
-    ) -> Vec<Resumed> {
-        let now = clock::boottime_ns();
-        // Bindings in reused maps that no state file explains (its write
-        // failed, or it was deleted) go: nothing would ever retire them,
-        // and their instance ids would be handed out again. Unless a state
-        // file could not be read: any of them may be its trajectory's, and
-        // removing it would end that trajectory's enforcement. They are
-        // kept, with their instances, judging as before, unrecorded.
-        let known: std::collections::HashSet<u64> = found.iter().map(|f| f.saved.cgroup_id).collect();
-        let unexplained: Vec<u64> = self.trajectory_map.keys().flatten().filter(|k| !known.contains(k)).collect();
-        let mut kept = Vec::new();
-        for cgroup_id in unexplained {
-            if unreadable_state {
-                if let Ok(v) = self.trajectory_map.get(&cgroup_id, 0) {
-                    kept.push((v.policy, "(unreadable state)".to_owned(), 0));
-                }
-            } else {
-                let _ = self.trajectory_map.remove(&cgroup_id);
-                let _ = self.trajectory_losses.remove(&cgroup_id);
-            }
-        }
-        // What the kernel still binds, from the reused maps.
-        let bound: Vec<Option<TrajectoryValue>> =
-            found.iter().map(|f| self.trajectory_map.get(&f.saved.cgroup_id, 0).ok()).collect();
-        let mut adopted: Vec<(u32, String, u64)> = found
-            .iter()
-            .zip(&bound)
-            .filter_map(|(f, b)| b.map(|v| (v.policy, f.saved.policy.clone(), f.saved.rules_digest)))
-            .collect();
-        if !kept.is_empty() {
-            tracing::warn!(
-                trajectories = kept.len(),
-                "bindings without a readable state file are kept: they stay judged, their records are counted as \
-                 unknown_trajectory losses"
-            );
-        }
-        adopted.extend(kept);
-        // Every instance no resumed trajectory is bound to is deleted.
-        self.enforcer.adopt_instances(&adopted);
-        if found.is_empty() {
-            self.count_leftover(previous_layouts, &StdHashMap::new());
-            return Vec::new();
-        }
-        let mut ended = Vec::new();
-        let mut alive = Vec::new();
-        // Each trajectory's restart gap waits until every binding is in
-        // place and the previous layout's leftovers are counted.
-        let mut gaps = Vec::new();
-        let mut bound_at = StdHashMap::new();
-        for (f, bound) in found.into_iter().zip(bound) {
-            let Found { saved, progress, steps } = f;
-            let origin = saved.origin;
-            let same_cgroup = cgroup::cgroup_id(&saved.cgroup).ok() == Some(saved.cgroup_id);
-            let mut binding = Binding { policy: saved.policy.clone(), vars: saved.vars.clone() };
-            // Rebind to the current set; keep what the kernel has if that
-            // fails, and only bind the default policy where it has nothing.
-            let instance = if !same_cgroup {
-                // Only closed: no instance of its own (a sentinel id no
-                // instance has) unless the kernel still binds one.
-                Some(bound.map_or(u32::MAX, |b| b.policy))
-            } else {
-                match self.enforcer.open(&binding) {
-                    Ok(id) => {
-                        if let Some(old) = bound {
-                            self.enforcer.retire(old.policy, Instant::now());
-                        }
-                        Some(id)
-                    }
-                    Err(e) => match bound {
-                        Some(old) => {
-                            tracing::error!(trajectory = %saved.id, "cannot recompile its policy, the previous daemon's instance keeps judging it: {e}");
-                            Some(old.policy)
-                        }
-                        None => {
-                            tracing::error!(trajectory = %saved.id, policy = %saved.policy, "cannot compile its policy; binding the default policy {default_policy:?}: {e}");
-                            binding.policy = default_policy.to_owned();
-                            self.enforcer.open(&binding).map_err(|e| tracing::error!(trajectory = %saved.id, "the default policy fails too, the trajectory is not judged: {e}")).ok()
-                        }
-                    },
-                }
-            };
-            let step = bound.map_or_else(|| steps.last().map_or(0, |s| s.0), |b| b.step);
-            let Some(instance) = instance else {
-                if let Some(dir) = &self.state {
-                    dir.remove(&saved.id);
-                }
-                continue;
-            };
-            // The loss counter survives with the maps; on fresh maps it
-            // starts at zero and so does what was reported of it.
-            let counted = self.trajectory_losses.get(&saved.cgroup_id, 0).map(|v| v.iter().sum::<u64>()).ok();
-            let lost_reported = if counted.is_some() { progress.lost_reported } else { 0 };
-            if same_cgroup {
-                if counted.is_none() {
-                    let zero = PerCpuValues::try_from(vec![0u64; aya::util::nr_cpus().unwrap_or(1)]);
-                    if let Ok(zero) = zero {
-                        let _ = self.trajectory_losses.insert(saved.cgroup_id, zero, 0);
-                    }
-                }
-                bound_at.insert(saved.cgroup_id, clock::boottime_ns());
-                if let Err(e) =
-                    self.trajectory_map.insert(saved.cgroup_id, TrajectoryValue { policy: instance, step }, 0)
-                {
-                    tracing::error!(trajectory = %saved.id, "cannot bind it in the kernel: {e}");
-                }
-            }
-            let files = self.state.as_ref().and_then(|dir| dir.reopen(&saved.id, progress).ok());
-            self.trajectories.insert(
-                saved.cgroup_id,
-                Trajectory {
-                    id: saved.id.as_str().into(),
-                    binding,
-                    instance,
-                    cgroup: saved.cgroup.clone(),
-                    level: saved.level,
-                    next_seq: progress.next_seq.max(1),
-                    started_boot_ns: saved.started_boot_ns,
-                    lost_reported,
-                    origin,
-                    step,
-                    steps: steps.into_iter().map(|(id, name)| (id, name.into())).collect(),
-                    tally: Tally::default(),
-                    files,
-                    dirty: true,
-                },
-            );
-            // The gap opens this daemon's part; what the kernel queued while
-            // no daemon read follows it.
-            let lost = counted.unwrap_or(0).saturating_sub(lost_reported);
-            let t = self.trajectories.get_mut(&saved.cgroup_id).expect("inserted");
-            t.lost_reported += lost;
-            gaps.push(RestartGap {
-                cgroup_id: saved.cgroup_id,
-                alive_boot_ns: progress.alive_boot_ns,
-                lost,
-                // Numbered before the saved progress, not in the file.
-                unwritten: written.map(|w| {
-                    progress.next_seq.max(1).saturating_sub(1).saturating_sub(w.get(&saved.id).copied().unwrap_or(0))
-                }),
-                // On new maps the saved report is the previous layout's.
-                previous_reported: counted.is_none().then_some(progress.lost_reported),
-            });
-            self.metrics.trajectories_started.inc();
-            if !same_cgroup {
-                ended.push((saved.cgroup_id, EndReason::CgroupRemoved, false));
-                continue;
-            }
-            if origin == Origin::Run {
-                if let Err(e) = watch(&saved.cgroup, saved.cgroup_id) {
-                    tracing::error!(trajectory = %saved.id, "cannot watch its cgroup, it will not be closed when it empties: {e}");
-                }
-            }
-            if origin == Origin::Run && cgroup::is_populated(&saved.cgroup).ok() == Some(false) {
-                ended.push((saved.cgroup_id, EndReason::Exited, true));
-                continue;
-            }
-            tracing::info!(trajectory = %saved.id, cgroup = %saved.cgroup.display(), "trajectory resumed");
-            alive.push(Resumed { id: saved.id, cgroup: saved.cgroup, cgroup_id: saved.cgroup_id, origin });
-        }
-        let leftover = self.count_leftover(previous_layouts, &bound_at);
-        for g in gaps {
-            let mut lost = g.lost + leftover.queued.get(&g.cgroup_id).copied().unwrap_or(0);
-            if let Some(reported) = g.previous_reported {
-                let dropped = leftover.dropped.get(&g.cgroup_id).map_or(0, |d| d.saturating_sub(reported));
-                self.metrics.lost(Lost::LayoutChange).inc_by(dropped);
-                lost += dropped;
-            }
-            if let Some(n) = g.unwritten {
-                self.metrics.lost(Lost::DaemonKilled).inc_by(n);
-            }
-            let gap = Body::Gap {
-                lost,
-                reason: GapReason::DaemonRestart,
-                down_ns: Some(now.saturating_sub(g.alive_boot_ns)),
-                unwritten: g.unwritten,
-            };
-            self.push(g.cgroup_id, g.alive_boot_ns, gap, Process::default());
-        }
-        if let Err(e) = self.write_levels() {
-            tracing::error!("writing trajectory levels after the restart: {e}");
-        }
-        self.metrics.trajectories_active.set(self.trajectories.len() as i64);
-        self.flush().await;
-        self.drain().await;
-        for (cgroup_id, reason, remove) in ended {
-            self.close(cgroup_id, reason, remove).await;
-        }
-        alive
-    }
-
-    /// Counts what the previous layouts' maps hold that this daemon cannot
-    /// deliver ([`Leftover`]); the records into the loss metric here, the
-    /// drop counters by the caller, against each trajectory's saved report.
-    fn count_leftover(&self, previous_layouts: &[PathBuf], bound_at: &StdHashMap<u64, u64>) -> Leftover {
-        if previous_layouts.is_empty() {
-            return Leftover::default();
-        }
-        let leftover = Leftover::read(previous_layouts, bound_at);
-        let queued = leftover.queued_total();
-        self.metrics.lost(Lost::LayoutChange).inc_by(queued);
-        if queued > 0 {
-            tracing::warn!(
-                records = queued,
-                "records the kernel queued under the previous map layout cannot be delivered; counted as lost"
-            );
-        }
-        leftover
-    }
-
     async fn report_losses(&mut self) {
         for reason in LossReason::ALL {
-            let total: u64 = self.losses.get(&(reason as u32), 0).map(|v| v.iter().sum()).unwrap_or(0);
+            let total = self.kernel.losses.total(reason);
             let slot = &mut self.losses_reported[reason as usize];
             if total > *slot {
                 self.metrics.lost(reason.into()).inc_by(total - *slot);
@@ -978,8 +731,7 @@ impl Pipeline {
     /// Emits a `gap` record if the kernel lost records of this trajectory
     /// since the last report.
     fn report_trajectory_loss(&mut self, cgroup_id: u64) {
-        let Ok(per_cpu) = self.trajectory_losses.get(&cgroup_id, 0) else { return };
-        let total: u64 = per_cpu.iter().sum();
+        let Some(total) = self.kernel.losses.trajectory(cgroup_id) else { return };
         let Some(t) = self.trajectories.get_mut(&cgroup_id) else { return };
         if total > t.lost_reported {
             let lost = total - t.lost_reported;

@@ -69,6 +69,53 @@ impl PolicyMaps {
         self.net4.extend(entries.net4);
         self.net6.extend(entries.net6);
     }
+
+    /// The config of `policy_id`, as the kernel reads it: a slot never
+    /// written, or cleared (mode 0), is no policy.
+    fn config(&self, policy_id: u32) -> Option<&PolicyConfig> {
+        self.config.get(&policy_id).filter(|c| c.mode != 0)
+    }
+
+    /// Deletes `entries` as the daemon does: the config entry is cleared
+    /// (mode 0: lookups of the id stop judging), the trie keys go.
+    pub fn remove(&mut self, entries: &MapEntries) {
+        for (id, c) in &entries.config {
+            self.config.insert(*id, PolicyConfig { mode: 0, ..*c });
+        }
+        self.file.retain(|(k, _)| !entries.file.iter().any(|(e, _)| e == k));
+        self.exec.retain(|(k, _)| !entries.exec.iter().any(|(e, _)| e == k));
+        self.net4.retain(|(k, _)| !entries.net4.iter().any(|(e, _)| e == k));
+        self.net6.retain(|(k, _)| !entries.net6.iter().any(|(e, _)| e == k));
+    }
+
+    /// Deletes every entry of the instance ids `doomed` picks.
+    pub fn purge(&mut self, doomed: &dyn Fn(u32) -> bool) {
+        let keep = |policy: &[u8; 4]| !doomed(u32::from_be_bytes(*policy));
+        for (id, c) in self.config.iter_mut() {
+            if doomed(*id) {
+                c.mode = 0;
+            }
+        }
+        self.file.retain(|(k, _)| keep(&k.policy));
+        self.exec.retain(|(k, _)| keep(&k.policy));
+        self.net4.retain(|(k, _)| keep(&k.policy));
+        self.net6.retain(|(k, _)| keep(&k.policy));
+    }
+
+    /// The instance ids with entries that judge (a config entry with a
+    /// mode, or any trie key).
+    pub fn instances(&self) -> std::collections::BTreeSet<u32> {
+        let id = |p: &[u8; 4]| u32::from_be_bytes(*p);
+        self.config
+            .iter()
+            .filter(|(_, c)| c.mode != 0)
+            .map(|(i, _)| *i)
+            .chain(self.file.iter().map(|(k, _)| id(&k.policy)))
+            .chain(self.exec.iter().map(|(k, _)| id(&k.policy)))
+            .chain(self.net4.iter().map(|(k, _)| id(&k.policy)))
+            .chain(self.net6.iter().map(|(k, _)| id(&k.policy)))
+            .collect()
+    }
 }
 
 /// Whether the first `bits` bits of `a` and `b` are equal.
@@ -111,7 +158,7 @@ fn path_data(k: &PathKey) -> (u32, Vec<u8>) {
 /// `None` when no policy has that id. An open for read and write is judged
 /// once per access.
 pub fn judge_file(maps: &PolicyMaps, policy_id: u32, path: &[u8], access: Access) -> Option<Decision> {
-    let config = maps.config.get(&policy_id)?;
+    let config = maps.config(policy_id)?;
     match lpm(&maps.file, &path_lookup_key(policy_id, path), path_data) {
         Some(v) => Decision::from_verdict(match access {
             Access::Read => v.read,
@@ -123,7 +170,7 @@ pub fn judge_file(maps: &PolicyMaps, policy_id: u32, path: &[u8], access: Access
 
 /// Decision for executing the binary at `path`.
 pub fn judge_exec(maps: &PolicyMaps, policy_id: u32, path: &[u8]) -> Option<Decision> {
-    let config = maps.config.get(&policy_id)?;
+    let config = maps.config(policy_id)?;
     match lpm(&maps.exec, &path_lookup_key(policy_id, path), path_data) {
         Some(v) => Decision::from_verdict(*v),
         None => Decision::default(config.exec_default),
@@ -134,7 +181,7 @@ pub fn judge_exec(maps: &PolicyMaps, policy_id: u32, path: &[u8]) -> Option<Deci
 /// `protocol` (6 TCP, 17 UDP). An IPv4-mapped IPv6 address is judged as the
 /// IPv4 address, by the IPv4 rules, as the kernel converts it.
 pub fn judge_connect(maps: &PolicyMaps, policy_id: u32, ip: IpAddr, port: u16, protocol: u8) -> Option<Decision> {
-    let config = maps.config.get(&policy_id)?;
+    let config = maps.config(policy_id)?;
     let policy = policy_id.to_be_bytes();
     let hit = match unmap(ip) {
         IpAddr::V4(a) => lpm(&maps.net4, &Net4Key { prefixlen: 64, policy, addr: a.octets() }, |k| {
