@@ -11,6 +11,10 @@
 //! named `tests.rs` are skipped. A `pub use` between a module file and its
 //! own parent or child only re-exports, so it is no dependency.
 //!
+//! The same scan measures functions: one longer than [`MAX_FN_LINES`]
+//! lines fails the check unless a comment right above it (its doc comment
+//! or attributes included) says `Long:` and why it must be.
+//!
 //! The scan is lexical, not a parser: comments and literals are dropped,
 //! then paths are read off the tokens. Paths relative to a name in scope
 //! (`use events::x` in the crate root, `child::f()` in a parent) are not
@@ -26,17 +30,21 @@ use anyhow::{bail, Context, Result};
 
 /// The crates checked, by their directory under the workspace root.
 const CRATES: &[&str] = &["monitor", "monitor-ebpf"];
+/// Longest function, in lines from `fn` to its closing brace, that needs
+/// no comment saying why.
+const MAX_FN_LINES: u32 = 80;
 
 pub fn run() -> Result<()> {
     let root = crate::root();
-    let mut cycles = 0;
+    let (mut cycles, mut long) = (0, 0);
     for name in CRATES {
         let report = check(&root, name)?;
         print!("{}", report.text);
         cycles += report.cycles;
+        long += report.long;
     }
-    if cycles > 0 {
-        bail!("{cycles} module cycle(s)");
+    if cycles > 0 || long > 0 {
+        bail!("{cycles} module cycle(s), {long} function(s) over {MAX_FN_LINES} lines without a `Long:` comment");
     }
     Ok(())
 }
@@ -44,6 +52,8 @@ pub fn run() -> Result<()> {
 struct Report {
     text: String,
     cycles: usize,
+    /// Functions over [`MAX_FN_LINES`] without a `Long:` comment.
+    long: usize,
 }
 
 /// Checks the crate in `root/name`; `text` is what to print.
@@ -72,7 +82,16 @@ fn check(root: &Path, name: &str) -> Result<Report> {
     };
     writeln!(text, "{name}: {} top-level modules, {} files, {outcome}", top.nodes.len(), files_graph.nodes.len())
         .unwrap();
-    Ok(Report { text, cycles })
+    let mut long = 0;
+    for f in &files {
+        for func in &f.long_fns {
+            let verdict = if func.justified { "justified by its `Long:` comment" } else { "too long" };
+            writeln!(text, "{name}: {}:{} fn {}: {} lines, {verdict}", f.display, func.line, func.name, func.lines)
+                .unwrap();
+            long += usize::from(!func.justified);
+        }
+    }
+    Ok(Report { text, cycles, long })
 }
 
 /// One source file of a crate, scanned.
@@ -82,6 +101,16 @@ struct SourceFile {
     /// Module path; empty for the crate root.
     module: Vec<String>,
     refs: Vec<Reference>,
+    /// Functions over [`MAX_FN_LINES`].
+    long_fns: Vec<LongFn>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct LongFn {
+    name: String,
+    line: u32,
+    lines: u32,
+    justified: bool,
 }
 
 /// A path naming something of the same crate.
@@ -107,9 +136,11 @@ fn load(root: &Path, name: &str) -> Result<Vec<SourceFile>> {
         }
         let module = module_path(rel);
         let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let refs = references(&tokenize(&text), &module);
+        let tokens = tokenize(&text);
+        let refs = references(&tokens, &module);
+        let long_fns = long_functions(&tokens, &text);
         let display = path.strip_prefix(root).unwrap_or(&path).display().to_string();
-        files.push(SourceFile { display, module, refs });
+        files.push(SourceFile { display, module, refs, long_fns });
     }
     Ok(files)
 }
@@ -137,6 +168,72 @@ fn module_path(rel: &Path) -> Vec<String> {
         parts.pop();
     }
     parts
+}
+
+// ---------------------------------------------------------------- lengths
+
+/// Functions (with a body) longer than [`MAX_FN_LINES`], and whether the
+/// comment block right above each says `Long:`.
+fn long_functions(t: &[Token], text: &str) -> Vec<LongFn> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for i in 0..t.len() {
+        let (Tok::Ident(kw), Some(Tok::Ident(name))) = (&t[i].tok, tok(t, i + 1)) else { continue };
+        if kw != "fn" {
+            continue;
+        }
+        let Some(end) = body_end(t, i + 2) else { continue };
+        let n = t[end].line - t[i].line + 1;
+        if n > MAX_FN_LINES {
+            let justified = comment_above(&lines, t[i].line).to_lowercase().contains("long:");
+            out.push(LongFn { name: name.clone(), line: t[i].line, lines: n, justified });
+        }
+    }
+    out
+}
+
+/// From just after a function's name: the index of its body's closing
+/// brace, or `None` for a declaration without a body.
+fn body_end(t: &[Token], mut i: usize) -> Option<usize> {
+    // Parentheses and brackets hold the signature's `;` (array types).
+    let mut nesting = 0i32;
+    while i < t.len() {
+        match t[i].tok {
+            Tok::Punct('(' | '[') => nesting += 1,
+            Tok::Punct(')' | ']') => nesting -= 1,
+            Tok::Punct(';') if nesting == 0 => return None,
+            Tok::Punct('{') if nesting == 0 => break,
+            _ => {}
+        }
+        i += 1;
+    }
+    let mut depth = 0;
+    for (j, token) in t.iter().enumerate().skip(i) {
+        match token.tok {
+            Tok::Punct('{') => depth += 1,
+            Tok::Punct('}') => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(j);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The comment and attribute lines right above line `line` (1-based).
+fn comment_above(lines: &[&str], line: u32) -> String {
+    let mut above = Vec::new();
+    for l in lines[..(line as usize).saturating_sub(1)].iter().rev() {
+        let l = l.trim_start();
+        if !(l.starts_with("//") || l.starts_with("#[")) {
+            break;
+        }
+        above.push(l);
+    }
+    above.join("\n")
 }
 
 // ---------------------------------------------------------------- tokens
@@ -800,6 +897,21 @@ mod tests {
         let t = tokenize("pub use self::a::X;\npub(crate) use super::b;\nuse crate::c;");
         let marks: Vec<bool> = references(&t, &module("m")).iter().map(|r| r.reexport).collect();
         assert_eq!(marks, [true, true, false]);
+    }
+
+    #[test]
+    fn long_functions_need_a_long_comment() {
+        let body = |n: usize| "    let x = 1;\n".repeat(n);
+        let src = format!(
+            "fn short() {{\n{}}}\n/// Long: one match over every case.\n#[inline]\nfn explained() {{\n{}}}\n\
+             fn declared(a: [u8; 4]);\nimpl X {{\n    pub async fn long_one(&self) -> [u8; 2] {{\n{}    }}\n}}\n",
+            body(78),
+            body(90),
+            body(79)
+        );
+        let found = long_functions(&tokenize(&src), &src);
+        let summary: Vec<(&str, u32, bool)> = found.iter().map(|f| (f.name.as_str(), f.lines, f.justified)).collect();
+        assert_eq!(summary, [("explained", 92, true), ("long_one", 81, false)]);
     }
 
     #[test]
