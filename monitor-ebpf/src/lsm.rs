@@ -18,11 +18,13 @@ use monitor_common::{
 
 use crate::{
     exec::write_path,
+    file,
     kernel::{lsm_ret, read_u64, EPERM},
     maps::{offsets, runtime_flags, LSM_PROBE},
     pathres, policy,
     policy::Access,
-    record, tamper, trajectory,
+    record,
+    trajectory::{self, Membership},
 };
 
 /// `__FMODE_EXEC` in `f_flags`: the open of a binary by exec itself, judged
@@ -36,54 +38,46 @@ fn probe(which: LsmProbe) {
     }
 }
 
-#[lsm(hook = "file_open")]
-pub fn lsm_file_open(ctx: LsmContext) -> i32 {
-    lsm_ret(file_open(&ctx))
-}
-
+/// How both hooks open: until the daemon turns enforcement on (`flag` in
+/// the runtime flags) the hook only counts its call for the self-test
+/// (once enforcing, the counter is not needed and costs nothing); then an
+/// earlier LSM program's refusal stands, and only a trajectory member is
+/// judged. `Err` holds what the hook returns.
 #[inline(always)]
-fn file_open(ctx: &LsmContext) -> i32 {
-    // An earlier LSM program's refusal stands.
+fn opening(ctx: &LsmContext, flag: u64, which: LsmProbe) -> Result<Membership, i32> {
     let prev: i32 = ctx.arg(1);
-    if runtime_flags() & runtime::LSM_FILE == 0 {
-        // Not enforcing (yet): count the call for the daemon's self-test.
-        // Once enforcing, the counter is not needed and costs nothing.
-        probe(LsmProbe::FileOpen);
-        return prev;
+    if runtime_flags() & flag == 0 {
+        probe(which);
+        return Err(prev);
     }
     if prev != 0 {
-        return prev;
+        return Err(prev);
     }
-    let file: u64 = ctx.arg(0);
-    on_file_open(file)
+    trajectory::current().ok_or(0)
+}
+
+#[lsm(hook = "file_open")]
+pub fn lsm_file_open(ctx: LsmContext) -> i32 {
+    lsm_ret(match opening(&ctx, runtime::LSM_FILE, LsmProbe::FileOpen) {
+        Ok(member) => on_file_open(&member, ctx.arg(0)),
+        Err(ret) => ret,
+    })
 }
 
 #[inline(always)]
-fn on_file_open(file: u64) -> i32 {
-    let Some(member) = trajectory::current() else {
-        return 0;
-    };
+fn on_file_open(member: &Membership, file: u64) -> i32 {
     let off = offsets();
     let f_flags: u32 =
         unsafe { aya_ebpf::helpers::bpf_probe_read_kernel((file + off.file_f_flags) as *const u32) }.unwrap_or(0);
     if f_flags & FMODE_EXEC_FLAG != 0 {
         return 0;
     }
-    let access = Access::of_flags(f_flags);
-    // Cgroup and BPF filesystems are read-only to trajectories by whatever
-    // path they are reached (built-in tamper protection).
-    let tampered = access.write && tamper::protected_fs(file);
-    let resolved = pathres::file_path(file);
-    let verdict = match &resolved {
-        _ if tampered => tamper::verdict(&member),
-        Some(r) => policy::file(member.policy, pathres::key_from_resolved(r, member.policy), access),
-        None => policy::file_default(member.policy),
-    };
+    let (verdict, resolved) = file::judge(member, file, Access::of_flags(f_flags));
     let result = if verdict.blocks() { -EPERM } else { 0 };
-    if let Some(mut rec) = record::reserve::<OpenEvent>(&member) {
+    if let Some(mut rec) = record::reserve::<OpenEvent>(member) {
         let ev = rec.as_mut_ptr();
         unsafe {
-            record::fill_header(&raw mut (*ev).header, EventKind::Open, &member, &verdict, mechanism::LSM);
+            record::fill_header(&raw mut (*ev).header, EventKind::Open, member, &verdict, mechanism::LSM);
             (*ev).syscall = OpenSyscall::Lsm as u32;
             (*ev).dfd = AT_FDCWD;
             (*ev).flags = f_flags;
@@ -101,28 +95,14 @@ fn on_file_open(file: u64) -> i32 {
 
 #[lsm(hook = "bprm_check_security")]
 pub fn lsm_bprm_check(ctx: LsmContext) -> i32 {
-    lsm_ret(bprm_check(&ctx))
+    lsm_ret(match opening(&ctx, runtime::LSM_EXEC, LsmProbe::BprmCheck) {
+        Ok(member) => on_bprm_check(&member, ctx.arg(0)),
+        Err(ret) => ret,
+    })
 }
 
 #[inline(always)]
-fn bprm_check(ctx: &LsmContext) -> i32 {
-    let prev: i32 = ctx.arg(1);
-    if runtime_flags() & runtime::LSM_EXEC == 0 {
-        probe(LsmProbe::BprmCheck);
-        return prev;
-    }
-    if prev != 0 {
-        return prev;
-    }
-    let bprm: u64 = ctx.arg(0);
-    on_bprm_check(bprm)
-}
-
-#[inline(always)]
-fn on_bprm_check(bprm: u64) -> i32 {
-    let Some(member) = trajectory::current() else {
-        return 0;
-    };
+fn on_bprm_check(member: &Membership, bprm: u64) -> i32 {
     let file = read_u64(bprm + offsets().bprm_file);
     let resolved = pathres::file_path(file);
     let verdict = match &resolved {
@@ -133,10 +113,10 @@ fn on_bprm_check(bprm: u64) -> i32 {
         // Allowed: `sched_process_exec` records it, with its argv.
         return 0;
     }
-    if let Some(mut rec) = record::reserve::<ExecEvent>(&member) {
+    if let Some(mut rec) = record::reserve::<ExecEvent>(member) {
         let ev = rec.as_mut_ptr();
         unsafe {
-            record::fill_header(&raw mut (*ev).header, EventKind::Exec, &member, &verdict, mechanism::LSM);
+            record::fill_header(&raw mut (*ev).header, EventKind::Exec, member, &verdict, mechanism::LSM);
             write_path(&raw mut (*ev).header.flags, &raw mut (*ev).path_len, &raw mut (*ev).path, &resolved);
             // The refused exec never gets an argv or a new image; its
             // filename is the resolved path.

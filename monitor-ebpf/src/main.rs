@@ -10,6 +10,7 @@
 
 mod connect;
 mod exec;
+mod file;
 mod kernel;
 mod lsm;
 mod maps;

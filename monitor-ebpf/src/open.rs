@@ -22,11 +22,13 @@ use monitor_common::event::{flags, mechanism, EventKind, OpenEvent, OpenSyscall,
 
 use crate::{
     exec::write_path,
+    file,
     kernel::SIGKILL,
     maps::{offsets, OpenEntry, OPEN_INFLIGHT},
-    pathres, policy,
-    policy::{Access, Verdict},
-    record, tamper, trajectory,
+    pathres::{self, Resolved},
+    policy::{self, Access, Verdict},
+    record,
+    trajectory::{self, Membership},
 };
 
 /// Syscall tracepoint records: 8-byte common header, `int __syscall_nr`, then
@@ -179,6 +181,8 @@ fn fd_file(fd: i64) -> u64 {
     }
 }
 
+/// Judges and records the open that returned `ret`, and kills the caller
+/// when the policy denies the file it got.
 #[inline(always)]
 fn on_exit(by_nr: OpenSyscall, ret: i64) {
     let Some(member) = trajectory::current() else {
@@ -190,21 +194,41 @@ fn on_exit(by_nr: OpenSyscall, ret: i64) {
         Some(e) => unsafe { (*e).syscall },
         None => by_nr as u32,
     };
+    let file = if ret >= 0 { fd_file(ret) } else { 0 };
+    let (o_path, access) = access_of(entry, file);
+    let (verdict, resolved) = if o_path {
+        (Verdict::NONE, None)
+    } else if ret >= 0 {
+        file::judge(&member, file, access)
+    } else {
+        (requested_verdict(&member, entry, access), None)
+    };
+    let kill = ret >= 0 && verdict.blocks();
+    if kill {
+        unsafe { bpf_send_signal(SIGKILL) };
+    }
+    emit(&member, &verdict, kill, syscall, ret, &resolved, entry);
+    if entry.is_some() {
+        let _ = OPEN_INFLIGHT.remove(&tid);
+    }
+}
+
+/// Whether the open is an `O_PATH` one, and the access it asked for or
+/// got. The opened file's own flags count as well: the in-flight entry is
+/// in an LRU map, so another task's flood of opens can evict it, and a
+/// write open must never be judged as a read for lack of it. (`f_flags` has
+/// lost O_CREAT and O_TRUNC; the entry, when present, still has them.)
+#[inline(always)]
+fn access_of(entry: Option<*const OpenEntry>, file: u64) -> (bool, Access) {
     let requested_flags = match entry {
         Some(e) => unsafe { (*e).flags },
         None => 0,
     };
-    // The opened file's own flags as well: the in-flight entry is in an LRU
-    // map, so another task's flood of opens can evict it, and a write open
-    // must never be judged as a read for lack of it. (`f_flags` has lost
-    // O_CREAT and O_TRUNC; the entry, when present, still has them.)
-    let file = if ret >= 0 { fd_file(ret) } else { 0 };
     let file_flags: u32 = if file != 0 {
         unsafe { bpf_probe_read_kernel((file + offsets().file_f_flags) as *const u32) }.unwrap_or(0)
     } else {
         0
     };
-    let open_flags = requested_flags | (file_flags & O_PATH);
     let access = match (entry.is_some(), file != 0) {
         (true, true) => {
             let (asked, opened) = (Access::of_flags(requested_flags), Access::of_flags(file_flags));
@@ -213,82 +237,73 @@ fn on_exit(by_nr: OpenSyscall, ret: i64) {
         (false, true) => Access::of_flags(file_flags),
         _ => Access::of_flags(requested_flags),
     };
+    ((requested_flags | file_flags) & O_PATH != 0, access)
+}
 
-    let mut resolved = None;
-    let verdict = if open_flags & O_PATH != 0 {
-        Verdict::NONE
-    } else if ret >= 0 {
-        // Before the walk: nothing the walk returns stays live across it.
-        let tampered = access.write && tamper::protected_fs(file);
-        resolved = pathres::file_path(file);
-        if tampered {
-            // Built-in tamper protection: see `tamper::protected_fs`.
-            tamper::verdict(&member)
-        } else {
-            match &resolved {
-                Some(r) => policy::file(member.policy, pathres::key_from_resolved(r, member.policy), access),
-                None => policy::file_default(member.policy),
+/// A failed open opened nothing; what was asked for is judged when it is
+/// absolute, so the record says what the policy thinks of it.
+#[inline(always)]
+fn requested_verdict(member: &Membership, entry: Option<*const OpenEntry>, access: Access) -> Verdict {
+    match entry {
+        Some(e) if unsafe { (*e).requested[0] } == b'/' => {
+            let len = unsafe { (*e).requested_len } as usize;
+            match pathres::key_from_str(unsafe { &(*e).requested }, len, member.policy) {
+                Some(key) => policy::file(member.policy, key, access),
+                None => Verdict::NONE,
             }
         }
-    } else {
-        // Nothing was opened; judge what was asked for when it is absolute,
-        // so the record says what the policy thinks of it.
-        match entry {
-            Some(e) if unsafe { (*e).requested[0] } == b'/' => {
-                let len = unsafe { (*e).requested_len } as usize;
-                match pathres::key_from_str(unsafe { &(*e).requested }, len, member.policy) {
-                    Some(key) => policy::file(member.policy, key, access),
-                    None => Verdict::NONE,
-                }
-            }
-            _ => Verdict::NONE,
-        }
+        _ => Verdict::NONE,
+    }
+}
+
+/// The open record: the opened file's path, and what the entry kept of
+/// the request (`READ_FAILED` when the entry is gone).
+#[inline(always)]
+fn emit(
+    member: &Membership,
+    verdict: &Verdict,
+    kill: bool,
+    syscall: u32,
+    ret: i64,
+    resolved: &Option<Resolved>,
+    entry: Option<*const OpenEntry>,
+) {
+    let Some(mut rec) = record::reserve::<OpenEvent>(member) else {
+        return;
     };
-    let kill = ret >= 0 && verdict.blocks();
-    if kill {
-        unsafe { bpf_send_signal(SIGKILL) };
-    }
-
-    if let Some(mut rec) = record::reserve::<OpenEvent>(&member) {
-        let ev = rec.as_mut_ptr();
-        unsafe {
-            record::fill_header(&raw mut (*ev).header, EventKind::Open, &member, &verdict, mechanism::KILL);
-            if !kill {
-                (*ev).header.mechanism = mechanism::NONE;
-            }
-            (*ev).syscall = syscall;
-            (*ev).ret = ret as i32;
-            (*ev)._pad = 0;
-            if ret >= 0 {
-                write_path(&raw mut (*ev).header.flags, &raw mut (*ev).path_len, &raw mut (*ev).path, &resolved);
-            } else {
-                (*ev).path_len = 0;
-                (*ev).path[0] = 0;
-            }
-            match entry {
-                Some(e) => {
-                    (*ev).dfd = (*e).dfd;
-                    (*ev).flags = (*e).flags;
-                    (*ev).mode = (*e).mode;
-                    (*ev).requested_len = (*e).requested_len;
-                    (*ev).header.flags |= (*e).requested_flags;
-                    if bpf_probe_read_kernel_buf((*e).requested.as_ptr(), &mut *(&raw mut (*ev).requested)).is_err() {
-                        (*ev).requested_len = 0;
-                    }
-                }
-                None => {
-                    (*ev).dfd = AT_FDCWD;
-                    (*ev).flags = 0;
-                    (*ev).mode = 0;
+    let ev = rec.as_mut_ptr();
+    unsafe {
+        let how = if kill { mechanism::KILL } else { mechanism::NONE };
+        record::fill_header(&raw mut (*ev).header, EventKind::Open, member, verdict, how);
+        (*ev).syscall = syscall;
+        (*ev).ret = ret as i32;
+        (*ev)._pad = 0;
+        if ret >= 0 {
+            write_path(&raw mut (*ev).header.flags, &raw mut (*ev).path_len, &raw mut (*ev).path, resolved);
+        } else {
+            (*ev).path_len = 0;
+            (*ev).path[0] = 0;
+        }
+        match entry {
+            Some(e) => {
+                (*ev).dfd = (*e).dfd;
+                (*ev).flags = (*e).flags;
+                (*ev).mode = (*e).mode;
+                (*ev).requested_len = (*e).requested_len;
+                (*ev).header.flags |= (*e).requested_flags;
+                if bpf_probe_read_kernel_buf((*e).requested.as_ptr(), &mut *(&raw mut (*ev).requested)).is_err() {
                     (*ev).requested_len = 0;
-                    (*ev).requested[0] = 0;
-                    (*ev).header.flags |= flags::READ_FAILED;
                 }
+            }
+            None => {
+                (*ev).dfd = AT_FDCWD;
+                (*ev).flags = 0;
+                (*ev).mode = 0;
+                (*ev).requested_len = 0;
+                (*ev).requested[0] = 0;
+                (*ev).header.flags |= flags::READ_FAILED;
             }
         }
-        record::submit(rec);
     }
-    if entry.is_some() {
-        let _ = OPEN_INFLIGHT.remove(&tid);
-    }
+    record::submit(rec);
 }

@@ -23,9 +23,10 @@
 //! open tracepoints never see; `mount`, `move_mount`, `open_tree`, `fsmount`
 //! (the first `mount(2)` has taken effect when the caller dies). `docs/security.md` says what remains.
 //!
-//! [`protected_fs`] is called by both file-open paths: a write open of a
-//! file on a cgroup or BPF filesystem is refused whatever path it was
-//! reached by (bind mounts, other mount namespaces).
+//! [`protected_fs`] is checked by `file::judge`, the verdict both file-open
+//! paths use: a write open of a file on a cgroup or BPF filesystem is
+//! refused whatever path it was reached by (bind mounts, other mount
+//! namespaces).
 
 use aya_ebpf::{
     helpers::{bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_send_signal},
@@ -149,16 +150,28 @@ fn tgid_of(task: u64) -> u32 {
 
 // ---------------------------------------------------------------- BPF LSM
 
-/// How the tamper hooks that receive the previous LSM program's verdict
-/// open: a refusal already made stands, and only a trajectory member is
-/// judged. `Err` holds what the hook returns.
+/// Runs `judge` in a tamper hook that receives the previous LSM program's
+/// verdict in argument `prev_arg`: a refusal already made stands, and only
+/// a trajectory member is judged. Each hook passes a closure of its own:
+/// called from one place, it is inlined and the program stays one function
+/// (a closure two hooks share is compiled as a BPF subprogram instead).
 #[inline(always)]
-fn opening(ctx: &LsmContext, prev_arg: usize) -> Result<Membership, i32> {
+fn judged(ctx: &LsmContext, prev_arg: usize, judge: impl FnOnce(&Membership) -> i32) -> i32 {
     let prev: i32 = ctx.arg(prev_arg);
     if prev != 0 {
-        return Err(lsm_ret(prev));
+        return lsm_ret(prev);
     }
-    trajectory::current().ok_or(0)
+    match trajectory::current() {
+        Some(member) => judge(&member),
+        None => 0,
+    }
+}
+
+/// Records the refusal of `op` and refuses it.
+#[inline(always)]
+fn refuse(member: &Membership, op: TamperOp, target_pid: u32, arg: u64) -> i32 {
+    record(member, op, target_pid, arg, mechanism::LSM);
+    lsm_ret(-EPERM)
 }
 
 /// `security_bpf(cmd, attr, size[, kernel])`: the argument count changed
@@ -170,27 +183,24 @@ pub fn lsm_bpf(ctx: LsmContext) -> i32 {
         return 0;
     };
     let cmd: u64 = ctx.arg(0);
-    record(&member, TamperOp::Bpf, 0, cmd & 0xffff_ffff, mechanism::LSM);
-    lsm_ret(-EPERM)
+    refuse(&member, TamperOp::Bpf, 0, cmd & 0xffff_ffff)
 }
 
 #[lsm(hook = "ptrace_access_check")]
 pub fn lsm_ptrace_access_check(ctx: LsmContext) -> i32 {
-    let member = match opening(&ctx, 2) {
-        Ok(member) => member,
-        Err(ret) => return ret,
-    };
-    let child: u64 = ctx.arg(0);
-    let mode: u64 = ctx.arg(1);
-    if task_in(child, member.cgroup) {
-        return 0;
-    }
-    // `NOAUDIT` accesses (`ps` reading /proc/<pid>/stat) are refused
-    // quietly: the caller gets less detail, and there is nothing to report.
-    if mode as u32 & PTRACE_MODE_NOAUDIT == 0 {
-        record(&member, TamperOp::Ptrace, tgid_of(child), mode & 0xffff_ffff, mechanism::LSM);
-    }
-    lsm_ret(-EPERM)
+    judged(&ctx, 2, |member| {
+        let child: u64 = ctx.arg(0);
+        let mode: u64 = ctx.arg(1);
+        if task_in(child, member.cgroup) {
+            return 0;
+        }
+        // `NOAUDIT` accesses (`ps` reading /proc/<pid>/stat) are refused
+        // quietly: the caller gets less detail, and there is nothing to report.
+        if mode as u32 & PTRACE_MODE_NOAUDIT != 0 {
+            return lsm_ret(-EPERM);
+        }
+        refuse(member, TamperOp::Ptrace, tgid_of(child), mode & 0xffff_ffff)
+    })
 }
 
 /// `security_task_kill(p, info, sig, cred)`: no signal from a trajectory
@@ -199,23 +209,20 @@ pub fn lsm_ptrace_access_check(ctx: LsmContext) -> i32 {
 /// allowed: it delivers nothing.
 #[lsm(hook = "task_kill")]
 pub fn lsm_task_kill(ctx: LsmContext) -> i32 {
-    let member = match opening(&ctx, 4) {
-        Ok(member) => member,
-        Err(ret) => return ret,
-    };
-    let target: u64 = ctx.arg(0);
-    let sig: u64 = ctx.arg(2);
-    let tgid = tgid_of(target);
-    if sig & 0xffff_ffff == 0 || u64::from(tgid) != config().daemon_tgid {
-        return 0;
-    }
-    record(&member, TamperOp::Signal, tgid, sig & 0xffff_ffff, mechanism::LSM);
-    lsm_ret(-EPERM)
+    judged(&ctx, 4, |member| {
+        let target: u64 = ctx.arg(0);
+        let sig: u64 = ctx.arg(2);
+        let tgid = tgid_of(target);
+        if sig & 0xffff_ffff == 0 || u64::from(tgid) != config().daemon_tgid {
+            return 0;
+        }
+        refuse(member, TamperOp::Signal, tgid, sig & 0xffff_ffff)
+    })
 }
 
 #[lsm(hook = "task_alloc")]
 pub fn lsm_task_alloc(ctx: LsmContext) -> i32 {
-    // Not [`opening`]: every fork runs this, and the flags test is cheaper
+    // Not [`judged`]: every fork runs this, and the flags test is cheaper
     // than the membership lookup, so it comes first.
     let prev: i32 = ctx.arg(2);
     if prev != 0 {
@@ -228,55 +235,38 @@ pub fn lsm_task_alloc(ctx: LsmContext) -> i32 {
     let Some(member) = trajectory::current() else {
         return 0;
     };
-    record(&member, TamperOp::CloneIntoCgroup, 0, flags, mechanism::LSM);
-    lsm_ret(-EPERM)
+    refuse(&member, TamperOp::CloneIntoCgroup, 0, flags)
 }
 
 #[lsm(hook = "inode_mkdir")]
 pub fn lsm_inode_mkdir(ctx: LsmContext) -> i32 {
-    dir_change(&ctx, 3, TamperOp::CgroupMkdir)
+    judged(&ctx, 3, |member| dir_change(&ctx, member, TamperOp::CgroupMkdir))
 }
 
 #[lsm(hook = "inode_rmdir")]
 pub fn lsm_inode_rmdir(ctx: LsmContext) -> i32 {
-    dir_change(&ctx, 2, TamperOp::CgroupRmdir)
+    judged(&ctx, 2, |member| dir_change(&ctx, member, TamperOp::CgroupRmdir))
 }
 
 #[inline(always)]
-fn dir_change(ctx: &LsmContext, prev_arg: usize, op: TamperOp) -> i32 {
-    let member = match opening(ctx, prev_arg) {
-        Ok(member) => member,
-        Err(ret) => return ret,
-    };
+fn dir_change(ctx: &LsmContext, member: &Membership, op: TamperOp) -> i32 {
     let dir: u64 = ctx.arg(0);
     if !sb_protected(read_u64(dir + config().inode_i_sb)) {
         return 0;
     }
-    record(&member, op, 0, 0, mechanism::LSM);
-    lsm_ret(-EPERM)
+    refuse(member, op, 0, 0)
 }
 
 /// `security_sb_mount(dev_name, path, type, flags, data)`.
 #[lsm(hook = "sb_mount")]
 pub fn lsm_sb_mount(ctx: LsmContext) -> i32 {
-    let member = match opening(&ctx, 5) {
-        Ok(member) => member,
-        Err(ret) => return ret,
-    };
-    let flags: u64 = ctx.arg(3);
-    record(&member, TamperOp::Mount, 0, flags, mechanism::LSM);
-    lsm_ret(-EPERM)
+    judged(&ctx, 5, |member| refuse(member, TamperOp::Mount, 0, ctx.arg(3)))
 }
 
 /// `security_move_mount(from_path, to_path)`: the new mount API's attach.
 #[lsm(hook = "move_mount")]
 pub fn lsm_move_mount(ctx: LsmContext) -> i32 {
-    let member = match opening(&ctx, 2) {
-        Ok(member) => member,
-        Err(ret) => return ret,
-    };
-    record(&member, TamperOp::Mount, 0, 1, mechanism::LSM);
-    lsm_ret(-EPERM)
+    judged(&ctx, 2, |member| refuse(member, TamperOp::Mount, 0, 1))
 }
 
 // ---------------------------------------------------------------- fallback
