@@ -20,8 +20,8 @@ use std::{
 use serde_json::Value;
 
 use crate::{
-    harness::of_kind,
-    tamper::{assert_stopped, assert_tamper_record, stdout, Lab},
+    harness::{assert_stopped, of_kind, stdout},
+    tamper::{assert_tamper_record, Lab},
 };
 
 fn opens_of<'a>(recs: &'a [Value], path: &Path) -> Vec<&'a Value> {
@@ -136,7 +136,7 @@ fn io_uring_and_open_by_handle_cannot_open_a_denied_file() {
 #[test]
 fn execveat_of_a_descriptor_is_judged_on_the_binary() {
     let lab = Lab::new();
-    let exec = lab.d.status()["enforcement"]["exec"].as_str().unwrap().to_owned();
+    let exec = lab.d.enforcement("exec");
     let bin = lab.ws.join("bin/forbidden");
     // Attacker: opens the denied binary with O_PATH and runs it with
     // execveat(fd, "", AT_EMPTY_PATH) (what fexecve does).

@@ -13,7 +13,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::harness::{cgroup2_mount, free_port, metric_value, monitor_bin, remove_cgroup_tree, require_root};
+use crate::harness::{
+    cgroup2_mount, free_port, metric_value, monitor_bin, remove_cgroup_tree, require_root, Workspace,
+};
 
 pub const UNIT: &str = include_str!("../../deploy/agent-monitor.service");
 
@@ -169,13 +171,7 @@ impl Confined {
     }
 
     pub fn status(&self) -> serde_json::Value {
-        let out = Command::new(monitor_bin())
-            .args(["status", "--json", "--control-socket"])
-            .arg(&self.socket)
-            .output()
-            .expect("spawn agent-monitor status");
-        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).expect("status JSON")
+        crate::harness::status(&self.socket)
     }
 
     pub fn metrics(&self) -> String {
@@ -228,24 +224,12 @@ impl Drop for Confined {
 /// but 127.0.0.1) and a workspace holding the secret. Tests connect to
 /// 127.0.0.2 to see a denial: were it ever allowed, the connect would fail
 /// with `ECONNREFUSED` on this machine instead of leaving it.
-pub struct Fixture {
-    _dir: tempfile::TempDir,
-    pub policies: PathBuf,
-    pub ws: PathBuf,
-}
-
-pub fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let root = dir.path().canonicalize().unwrap();
-    let (policies, ws) = (root.join("policies"), root.join("ws"));
-    std::fs::create_dir_all(&policies).unwrap();
-    std::fs::create_dir_all(ws.join("secret")).unwrap();
-    std::fs::write(ws.join("secret/key"), "SECRET\n").unwrap();
-    std::fs::write(
-        policies.join("ops-test.yaml"),
+pub fn fixture() -> Workspace {
+    let f = Workspace::new();
+    f.write_policy(
+        "ops-test",
         "name: ops-test\nmode: enforce\ndefaults: {file: allow, exec: allow, network: deny}\nrules:\n  file:\n    \
          - path: ${WORKSPACE}/secret/\n      action: deny\n  network:\n    - cidr: 127.0.0.1/32\n      action: allow\n",
-    )
-    .unwrap();
-    Fixture { _dir: dir, policies, ws }
+    );
+    f
 }

@@ -11,44 +11,23 @@
 use std::{
     io::Read,
     net::{TcpListener, UdpSocket},
-    os::unix::{fs::PermissionsExt, process::ExitStatusExt},
-    path::{Path, PathBuf},
+    os::unix::process::ExitStatusExt,
     process::Output,
     time::Duration,
 };
 
 use serde_json::Value;
 
-use crate::harness::{agent_bin, metric_value, of_kind, Daemon};
+use crate::harness::{agent_bin, assert_stopped, metric_value, of_kind, open_of, stdout, Daemon, Workspace};
 
-/// A policy directory with one policy `test` and a workspace.
-struct Setup {
-    _dir: tempfile::TempDir,
-    policies: PathBuf,
-    ws: PathBuf,
-}
-
-fn setup(policy: &str) -> Setup {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let root = dir.path().canonicalize().unwrap();
-    let policies = root.join("policies");
-    let ws = root.join("ws");
-    std::fs::create_dir_all(&policies).unwrap();
-    std::fs::create_dir_all(ws.join("secret")).unwrap();
-    std::fs::create_dir_all(ws.join("bin")).unwrap();
-    std::fs::write(ws.join("secret/key"), "SECRET-CONTENT\n").unwrap();
-    std::fs::write(ws.join("public"), "public\n").unwrap();
-    // A real ELF binary (in the VM guests /bin/true is busybox, which
-    // would not run under another name): the test agent, run as
-    // `forbidden sleep 0`.
-    std::fs::copy(agent_bin(), ws.join("bin/forbidden")).unwrap();
-    std::fs::set_permissions(ws.join("bin/forbidden"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::write(policies.join("test.yaml"), policy).unwrap();
-    Setup { _dir: dir, policies, ws }
-}
-
-fn daemon(s: &Setup) -> Daemon {
-    Daemon::start_with(&["--policy-dir", s.policies.to_str().unwrap()])
+/// A workspace with the secret, `bin/forbidden` and a `public` file, and a
+/// daemon with one policy `test`.
+fn setup(policy: &str) -> (Workspace, Daemon) {
+    let s = Workspace::new().with_forbidden_binary();
+    std::fs::write(s.ws.join("public"), "public\n").unwrap();
+    s.write_policy("test", policy);
+    let d = s.daemon();
+    (s, d)
 }
 
 fn file_exec_policy(mode: &str) -> String {
@@ -59,40 +38,11 @@ fn file_exec_policy(mode: &str) -> String {
     )
 }
 
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// The record of the open of `path` (resolved), by the test agent.
-fn open_of<'a>(recs: &'a [Value], path: &Path) -> &'a Value {
-    of_kind(recs, "open")
-        .into_iter()
-        .find(|r| r["path"] == path.to_str().unwrap())
-        .unwrap_or_else(|| panic!("no open record of {}: {recs:#?}", path.display()))
-}
-
-/// Asserts a denied operation was stopped by `mechanism`, as the process
-/// saw it.
-fn assert_stopped(out: &Output, mechanism: &str) {
-    match mechanism {
-        "lsm-deny" => {
-            assert_eq!(out.status.code(), Some(3), "expected a failed syscall: {out:?}");
-            assert!(stdout(out).contains("errno=1 "), "expected EPERM: {out:?}");
-        }
-        "kill" => {
-            assert_eq!(out.status.signal(), Some(libc::SIGKILL), "expected SIGKILL: {out:?}");
-            assert!(!stdout(out).contains("ok"), "the killed process must not report success: {out:?}");
-        }
-        other => panic!("file/exec rules not enforced on this kernel: mechanism {other}"),
-    }
-}
-
 #[test]
 fn denied_file_open_is_stopped_before_the_process_reads_it() {
-    let s = setup(&file_exec_policy("enforce"));
-    let d = daemon(&s);
-    let mechanism = d.status()["enforcement"]["file"].as_str().unwrap().to_owned();
-    let key = s.ws.join("secret/key");
+    let (s, d) = setup(&file_exec_policy("enforce"));
+    let mechanism = d.enforcement("file");
+    let key = s.secret();
     let agent = agent_bin();
     // `cat` would print the content if it ever got to read it.
     let out =
@@ -132,9 +82,8 @@ fn denied_file_open_is_stopped_before_the_process_reads_it() {
 
 #[test]
 fn symlinks_relative_paths_and_proc_fd_resolve_to_the_denied_file() {
-    let s = setup(&file_exec_policy("enforce"));
-    let d = daemon(&s);
-    let key = s.ws.join("secret/key");
+    let (s, d) = setup(&file_exec_policy("enforce"));
+    let key = s.secret();
     std::os::unix::fs::symlink(&key, s.ws.join("innocent")).unwrap();
     // A symlink from outside the denied directory, a relative path from
     // inside it, and `..` through it: each opens the secret.
@@ -155,10 +104,9 @@ fn symlinks_relative_paths_and_proc_fd_resolve_to_the_denied_file() {
 
 #[test]
 fn o_path_then_reopen_through_proc_is_judged_on_the_real_file() {
-    let s = setup(&file_exec_policy("enforce"));
-    let d = daemon(&s);
-    let mechanism = d.status()["enforcement"]["file"].as_str().unwrap().to_owned();
-    let key = s.ws.join("secret/key");
+    let (s, d) = setup(&file_exec_policy("enforce"));
+    let mechanism = d.enforcement("file");
+    let key = s.secret();
     // Attacker: an O_PATH descriptor (not judged, allows no I/O), then a
     // real open of /proc/self/fd/N, hoping the proc path is what is judged.
     let out =
@@ -173,13 +121,12 @@ fn o_path_then_reopen_through_proc_is_judged_on_the_real_file() {
 
 #[test]
 fn a_path_rewritten_during_the_open_cannot_smuggle_the_denied_file() {
-    let s = setup(&file_exec_policy("enforce"));
-    let d = daemon(&s);
+    let (s, d) = setup(&file_exec_policy("enforce"));
     // Same length: ws/aaaaaa/key vs ws/secret/key.
     let allowed = s.ws.join("aaaaaa/key");
     std::fs::create_dir_all(allowed.parent().unwrap()).unwrap();
     std::fs::write(&allowed, "ALLOWED\n").unwrap();
-    let denied = s.ws.join("secret/key");
+    let denied = s.secret();
     let out = d.run_policy(
         "race",
         "test",
@@ -200,9 +147,8 @@ fn a_path_rewritten_during_the_open_cannot_smuggle_the_denied_file() {
 
 #[test]
 fn denied_exec_never_runs_the_binary() {
-    let s = setup(&file_exec_policy("enforce"));
-    let d = daemon(&s);
-    let mechanism = d.status()["enforcement"]["exec"].as_str().unwrap().to_owned();
+    let (s, d) = setup(&file_exec_policy("enforce"));
+    let mechanism = d.enforcement("exec");
     let bin = s.ws.join("bin/forbidden");
     // Through a symlink elsewhere, too.
     std::os::unix::fs::symlink(&bin, s.ws.join("alias")).unwrap();
@@ -233,9 +179,8 @@ fn denied_exec_never_runs_the_binary() {
 
 #[test]
 fn audit_mode_records_the_same_decisions_and_blocks_nothing() {
-    let s = setup(&file_exec_policy("audit"));
-    let d = daemon(&s);
-    let key = s.ws.join("secret/key");
+    let (s, d) = setup(&file_exec_policy("audit"));
+    let key = s.secret();
     let out = d.run_policy(
         "audit",
         "test",
@@ -284,8 +229,7 @@ fn network_rules_deny_tcp_v4_v6_mapped_and_udp_with_eperm() {
          - cidr: ::1/128\n      ports: [\"{p_deny6}\"]\n      action: deny\n    \
          - cidr: 127.0.0.0/8\n      ports: [\"{p_udp}\"]\n      protocol: udp\n      action: deny\n"
     );
-    let s = setup(&policy);
-    let d = daemon(&s);
+    let (s, d) = setup(&policy);
     let agent = agent_bin();
     let agent = agent.to_str().unwrap();
     let run = |id: &str, args: &[&str]| {
@@ -348,8 +292,7 @@ fn reload_takes_effect_for_a_running_trajectory_and_a_broken_edit_is_refused() {
              - path: ${{WORKSPACE}}/{denied}\n      action: deny\n"
         )
     };
-    let s = setup(&policy("secret/"));
-    let d = daemon(&s);
+    let (s, d) = setup(&policy("secret/"));
     let public = s.ws.join("public");
     let step = |n: u32| s.ws.join(format!("go{n}"));
     // One trajectory that opens `public` each time the test says go.
@@ -398,8 +341,7 @@ fn reload_takes_effect_for_a_running_trajectory_and_a_broken_edit_is_refused() {
 
 #[test]
 fn status_reports_the_mechanism_per_class_and_the_loaded_policies() {
-    let s = setup(&file_exec_policy("enforce"));
-    let d = daemon(&s);
+    let (_s, d) = setup(&file_exec_policy("enforce"));
     let st = d.status();
     let e = &st["enforcement"];
     assert_eq!(e["network"], "cgroup-deny", "{st:#}");

@@ -2,7 +2,7 @@
 
 use std::{
     net::TcpListener,
-    os::unix::net::UnixStream,
+    os::unix::{fs::PermissionsExt, net::UnixStream, process::ExitStatusExt},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
@@ -36,6 +36,13 @@ pub fn agent_bin() -> PathBuf {
     // Test executables live in target/<profile>/deps, examples beside it.
     let exe = std::env::current_exe().expect("test executable path");
     let path = exe.parent().and_then(Path::parent).expect("target/<profile>").join("examples/test-agent");
+    assert!(path.exists(), "{} not built: run the tests with `cargo xtask test`", path.display());
+    path
+}
+
+/// The `attacker` example, beside `test-agent` (also in the VM guests).
+pub fn attacker_bin() -> PathBuf {
+    let path = agent_bin().with_file_name("attacker");
     assert!(path.exists(), "{} not built: run the tests with `cargo xtask test`", path.display());
     path
 }
@@ -76,6 +83,65 @@ pub fn unique(prefix: &str) -> String {
 /// Generous: only a hang should reach it, and under TCG in the VM matrix a
 /// debug-build daemon works through a flood of records slowly.
 pub const HANG_GUARD_SECS: u64 = 90;
+
+/// What the secret of a [`Workspace`] holds: the tests look for
+/// `SECRET-CONTENT` in an agent's output to tell whether it leaked.
+const SECRET_CONTENT: &str = "SECRET-CONTENT\n";
+
+/// A policy directory and a workspace in a temporary directory; the
+/// workspace holds the secret `secret/key` that the tests' policies deny.
+/// Paths are canonical, as the kernel reports the files it judged.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+    /// `dir`, canonical.
+    pub root: PathBuf,
+    pub policies: PathBuf,
+    pub ws: PathBuf,
+}
+
+impl Workspace {
+    pub fn new() -> Workspace {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().canonicalize().unwrap();
+        let policies = root.join("policies");
+        let ws = root.join("ws");
+        std::fs::create_dir_all(&policies).unwrap();
+        std::fs::create_dir_all(ws.join("secret")).unwrap();
+        std::fs::write(ws.join("secret/key"), SECRET_CONTENT).unwrap();
+        Workspace { dir, root, policies, ws }
+    }
+
+    /// Adds `bin/forbidden` to the workspace, for the exec rules to deny:
+    /// a real ELF binary (in the VM guests /bin/true is busybox, which would
+    /// not run under another name), the test agent, run as `forbidden sleep 0`.
+    pub fn with_forbidden_binary(self) -> Workspace {
+        let bin = self.ws.join("bin/forbidden");
+        std::fs::create_dir_all(self.ws.join("bin")).unwrap();
+        std::fs::copy(agent_bin(), &bin).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        self
+    }
+
+    /// The secret, `ws/secret/key`.
+    pub fn secret(&self) -> PathBuf {
+        self.ws.join("secret/key")
+    }
+
+    /// Writes the policy file `<name>.yaml`.
+    pub fn write_policy(&self, name: &str, yaml: &str) {
+        std::fs::write(self.policies.join(format!("{name}.yaml")), yaml).unwrap();
+    }
+
+    /// The policy directory, as a daemon argument.
+    pub fn policy_dir(&self) -> &str {
+        self.policies.to_str().unwrap()
+    }
+
+    /// A daemon of this policy directory ([`Daemon::start_with`]).
+    pub fn daemon(&self) -> Daemon {
+        Daemon::start_with(&["--policy-dir", self.policy_dir()])
+    }
+}
 
 pub struct Daemon {
     child: Option<Child>,
@@ -239,15 +305,19 @@ impl Daemon {
 
     /// `status --json` of this daemon.
     pub fn status(&self) -> Value {
-        let out = Command::new(monitor_bin())
-            .arg("status")
-            .arg("--json")
-            .arg("--control-socket")
-            .arg(&self.socket)
-            .output()
-            .expect("spawn agent-monitor status");
-        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).expect("status JSON")
+        status(&self.socket)
+    }
+
+    /// The mechanism `status` reports for the rules of `class` (`file`,
+    /// `exec`, `network`).
+    pub fn enforcement(&self, class: &str) -> String {
+        self.status()["enforcement"][class].as_str().unwrap().to_owned()
+    }
+
+    /// The mechanism `status` reports for the protection `name`.
+    pub fn protection(&self, name: &str) -> String {
+        let status = self.status();
+        protection(&status, name)["mechanism"].as_str().unwrap_or_else(|| panic!("{name}: no mechanism")).to_owned()
     }
 
     /// Waits until a metric line `name{labels} value` has a value >= `min`.
@@ -418,6 +488,53 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `status --json` of the daemon at control socket `socket`.
+pub fn status(socket: &Path) -> Value {
+    let out = Command::new(monitor_bin())
+        .args(["status", "--json", "--control-socket"])
+        .arg(socket)
+        .output()
+        .expect("spawn agent-monitor status");
+    assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("status JSON")
+}
+
+/// The row of protection `name` in a `status --json`.
+pub fn protection<'a>(status: &'a Value, name: &str) -> &'a Value {
+    let rows = status["protections"].as_array().unwrap();
+    rows.iter()
+        .find(|p| p["protection"] == name)
+        .unwrap_or_else(|| panic!("no protection {name} in status: {status:#}"))
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Asserts a denied operation was stopped by `mechanism`, as the process
+/// (the test agent or the attacker) saw it.
+pub fn assert_stopped(out: &Output, mechanism: &str) {
+    match mechanism {
+        "lsm-deny" => {
+            assert_eq!(out.status.code(), Some(3), "expected a failed syscall: {out:?}");
+            assert!(stdout(out).contains("errno=1 "), "expected EPERM: {out:?}");
+        }
+        "kill" => {
+            assert_eq!(out.status.signal(), Some(libc::SIGKILL), "expected SIGKILL: {out:?}");
+            assert!(!stdout(out).contains("ok"), "the killed process must not report success: {out:?}");
+        }
+        other => panic!("not enforced on this kernel: mechanism {other}"),
+    }
+}
+
+/// The record of the open of `path` (resolved).
+pub fn open_of<'a>(recs: &'a [Value], path: &Path) -> &'a Value {
+    of_kind(recs, "open")
+        .into_iter()
+        .find(|r| r["path"] == path.to_str().unwrap())
+        .unwrap_or_else(|| panic!("no open record of {}: {recs:#?}", path.display()))
 }
 
 /// Records of `kind`.

@@ -8,7 +8,7 @@
 
 use crate::{
     confined::{capability, fixture, unit_capabilities, Confined},
-    harness::{agent_bin, Daemon},
+    harness::agent_bin,
 };
 
 /// `CapEff` and `NoNewPrivs` of a process, from /proc.
@@ -22,7 +22,7 @@ fn privileges(pid: i32) -> (u64, bool) {
 fn the_daemon_enforces_with_only_the_units_capabilities() {
     let caps = unit_capabilities();
     let f = fixture();
-    let reference = Daemon::start_with(&["--policy-dir", f.policies.to_str().unwrap()]);
+    let reference = f.daemon();
     let d = Confined::start(&[], Some(&caps), &f.policies).unwrap_or_else(|log| panic!("did not start:\n{log}"));
 
     let (effective, no_new_privs) = privileges(d.daemon_pid());

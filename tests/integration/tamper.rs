@@ -12,21 +12,13 @@
 //! so that it fails the day that changes; `docs/security.md` lists those.
 
 use std::{
-    os::unix::{fs::PermissionsExt, process::ExitStatusExt},
     path::{Path, PathBuf},
     process::Output,
 };
 
 use serde_json::Value;
 
-use crate::harness::{agent_bin, cgroup2_mount, of_kind, Daemon};
-
-/// The `attacker` example, beside `test-agent` (also in the VM guests).
-pub fn attacker_bin() -> PathBuf {
-    let path = agent_bin().with_file_name("attacker");
-    assert!(path.exists(), "{} not built: run the tests with `cargo xtask test`", path.display());
-    path
-}
+use crate::harness::{assert_stopped, attacker_bin, cgroup2_mount, of_kind, open_of, stdout, Daemon, Workspace};
 
 /// A policy directory, a workspace with a secret, and a daemon.
 pub struct Lab {
@@ -57,22 +49,14 @@ impl Lab {
 
     /// With extra policy files `(name, yaml)` in the directory at start.
     pub fn with(extra: &[(&str, &str)]) -> Lab {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path().canonicalize().unwrap();
-        let policies = root.join("policies");
-        let ws = root.join("ws");
-        std::fs::create_dir_all(&policies).unwrap();
-        std::fs::create_dir_all(ws.join("secret")).unwrap();
-        std::fs::create_dir_all(ws.join("bin")).unwrap();
-        std::fs::write(ws.join("secret/key"), "SECRET-CONTENT\n").unwrap();
-        std::fs::copy(agent_bin(), ws.join("bin/forbidden")).unwrap();
-        std::fs::set_permissions(ws.join("bin/forbidden"), std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::write(policies.join("test.yaml"), permissive("test", "enforce", &policies)).unwrap();
-        std::fs::write(policies.join("watch.yaml"), permissive("watch", "audit", &policies)).unwrap();
+        let w = Workspace::new().with_forbidden_binary();
+        w.write_policy("test", &permissive("test", "enforce", &w.policies));
+        w.write_policy("watch", &permissive("watch", "audit", &w.policies));
         for (name, yaml) in extra {
-            std::fs::write(policies.join(format!("{name}.yaml")), yaml).unwrap();
+            w.write_policy(name, yaml);
         }
-        let d = Daemon::start_with(&["--policy-dir", policies.to_str().unwrap()]);
+        let d = w.daemon();
+        let Workspace { dir, policies, ws, .. } = w;
         Lab { dir, policies, ws, d }
     }
 
@@ -86,36 +70,11 @@ impl Lab {
 
     /// The mechanism `status` reports for protection `name`.
     pub fn protection(&self, name: &str) -> String {
-        let st = self.d.status();
-        st["protections"]
-            .as_array()
-            .and_then(|ps| ps.iter().find(|p| p["protection"] == name))
-            .and_then(|p| p["mechanism"].as_str())
-            .unwrap_or_else(|| panic!("no protection {name} in status: {st:#}"))
-            .to_owned()
+        self.d.protection(name)
     }
 
     pub fn file_mechanism(&self) -> String {
-        self.d.status()["enforcement"]["file"].as_str().unwrap().to_owned()
-    }
-}
-
-pub fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// Asserts the attempt was stopped by `mechanism`, as the process saw it.
-pub fn assert_stopped(out: &Output, mechanism: &str) {
-    match mechanism {
-        "lsm-deny" => {
-            assert_eq!(out.status.code(), Some(3), "expected a failed syscall: {out:?}");
-            assert!(stdout(out).contains("errno=1 "), "expected EPERM: {out:?}");
-        }
-        "kill" => {
-            assert_eq!(out.status.signal(), Some(libc::SIGKILL), "expected SIGKILL: {out:?}");
-            assert!(!stdout(out).contains("ok"), "the killed process must not report success: {out:?}");
-        }
-        other => panic!("not enforced on this kernel: mechanism {other}"),
+        self.d.enforcement("file")
     }
 }
 
@@ -138,10 +97,7 @@ pub fn assert_tamper_record(d: &Daemon, id: &str, op: &str, mechanism: &str) -> 
 /// Asserts an `open` record of `path` denied by the built-in rule.
 pub fn assert_builtin_open_deny(d: &Daemon, id: &str, path: &Path, mechanism: &str) {
     let recs = d.trajectory(id);
-    let r = of_kind(&recs, "open")
-        .into_iter()
-        .find(|r| r["path"] == path.to_str().unwrap())
-        .unwrap_or_else(|| panic!("{id}: no open record of {}: {recs:#?}", path.display()));
+    let r = open_of(&recs, path);
     assert_eq!((r["decision"].as_str(), r["rule"].as_str()), (Some("deny"), Some("builtin:tamper")), "{r}");
     assert_eq!(r["mechanism"], mechanism, "{r}");
 }
