@@ -15,6 +15,7 @@ use crate::{
         client::{self, ClientError},
         protocol::{Request, Response},
     },
+    errors::chain,
 };
 
 /// `agent-monitor`'s `main`.
@@ -115,20 +116,4 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
 fn fail(e: &dyn std::error::Error) -> ExitCode {
     eprintln!("agent-monitor: error: {}", chain(e));
     ExitCode::FAILURE
-}
-
-/// The error and its sources, `: `-joined, so the verifier log and OS errors
-/// reach the user.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        src = s.source();
-    }
-    out
 }

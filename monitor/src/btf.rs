@@ -26,11 +26,6 @@ pub enum BtfError {
     Field { ty: &'static str, field: &'static str },
 }
 
-/// Resolves the offsets the kernel programs need from `path`.
-pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
-    offsets_in(&parse(path)?)
-}
-
 /// The kernel programs' offsets and the tamper hooks' configuration, from
 /// one parse of `path`.
 pub fn all_offsets(path: &Path, daemon_tgid: u32) -> Result<(KernelOffsets, TamperConfig), BtfError> {
@@ -355,7 +350,7 @@ mod tests {
 
     #[test]
     fn missing_btf_is_a_clear_error() {
-        let err = kernel_offsets(Path::new("/nonexistent/vmlinux")).unwrap_err();
+        let err = all_offsets(Path::new("/nonexistent/vmlinux"), 1).unwrap_err();
         assert!(err.to_string().contains("CONFIG_DEBUG_INFO_BTF"));
     }
 }

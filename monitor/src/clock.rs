@@ -28,6 +28,7 @@ impl BootToWall {
     }
 
     /// With a fixed offset, for tests.
+    #[cfg(test)]
     pub fn with_offset(offset_ns: i128) -> Self {
         BootToWall { offset_ns }
     }

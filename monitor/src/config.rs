@@ -219,6 +219,105 @@ struct Setting<T> {
     check: fn(&T) -> Result<(), String>,
 }
 
+/// The settings, in the order of [`ConfigDoc`].
+const EVENTS: Setting<Output> =
+    Setting { flag: "--events", key: "events", parse: |s| file_path(s, true).map(output), check: |_| Ok(()) };
+
+const METRICS_ADDR: Setting<SocketAddr> = Setting {
+    flag: "--metrics-addr",
+    key: "metrics_addr",
+    parse: |s| s.parse().map_err(|_| format!("{s:?}: expected an address and port, e.g. 127.0.0.1:9617")),
+    check: |_| Ok(()),
+};
+
+const CONTROL_SOCKET: Setting<PathBuf> =
+    Setting { flag: "--control-socket", key: "control_socket", parse: |s| file_path(s, false), check: |p| absolute(p) };
+
+const CGROUP_PARENT: Setting<String> = Setting {
+    flag: "--cgroup-parent",
+    key: "cgroup_parent",
+    parse: |s| Ok(s.to_owned()),
+    check: |s| {
+        let plain = Path::new(s).components().all(|c| matches!(c, Component::Normal(_)));
+        match !s.is_empty() && plain {
+            true => Ok(()),
+            false => Err(format!(
+                "{s:?}: expected a relative path of plain names below the cgroup2 mount, e.g. agent-monitor"
+            )),
+        }
+    },
+};
+
+const RINGBUF_SIZE: Setting<u32> = Setting {
+    flag: "--ringbuf-size",
+    key: "ringbuf_size",
+    parse: |s| s.parse().map_err(|_| format!("{s:?}: expected a number of bytes")),
+    check: |n| match n.is_power_of_two() && *n >= 4096 {
+        true => Ok(()),
+        false => Err(format!("{n}: expected a power of two of at least 4096 bytes")),
+    },
+};
+
+const POLICY_DIR: Setting<PathBuf> = Setting {
+    flag: "--policy-dir",
+    key: "policy_dir",
+    parse: |s| file_path(s, false),
+    check: |p| match p.is_dir() {
+        true => Ok(()),
+        false => Err(format!("{:?}: not a directory", p.display().to_string())),
+    },
+};
+
+const DEFAULT_POLICY_NAME: Setting<String> = Setting {
+    flag: "--default-policy",
+    key: "default_policy",
+    parse: |s| Ok(s.to_owned()),
+    check: |s| match s.is_empty() {
+        false => Ok(()),
+        true => Err("\"\": expected a policy name".into()),
+    },
+};
+
+const EVENTS_MAX_SIZE: Setting<u64> = Setting {
+    flag: "--events-max-size",
+    key: "events_max_size",
+    parse: |s| s.parse().map_err(|_| format!("{s:?}: expected a number of bytes")),
+    check: |n| match *n >= 4096 {
+        true => Ok(()),
+        false => Err(format!("{n}: expected at least 4096 bytes")),
+    },
+};
+
+const EVENTS_KEEP: Setting<u32> = Setting {
+    flag: "--events-keep",
+    key: "events_keep",
+    parse: |s| s.parse().map_err(|_| format!("{s:?}: expected a number of files")),
+    check: |n| match (1..=1000).contains(n) {
+        true => Ok(()),
+        false => Err(format!("{n}: expected 1 to 1000 files")),
+    },
+};
+
+const PIN_DIR: Setting<PathBuf> = Setting {
+    flag: "--pin-dir",
+    key: "pin_dir",
+    parse: |s| if s == "none" { Ok(PathBuf::from("none")) } else { file_path(s, false) },
+    check: |p| match p.is_absolute() || p == Path::new("none") {
+        true => Ok(()),
+        false => Err(format!("{:?}: expected an absolute path or none", p.display().to_string())),
+    },
+};
+
+const STATE_DIR: Setting<PathBuf> =
+    Setting { flag: "--state-dir", key: "state_dir", parse: |s| file_path(s, false), check: |p| absolute(p) };
+
+fn absolute(p: &Path) -> Result<(), String> {
+    match p.is_absolute() {
+        true => Ok(()),
+        false => Err(format!("{:?}: expected an absolute path", p.display().to_string())),
+    }
+}
+
 struct Resolver<'a> {
     file: Option<&'a ConfigFile>,
     problems: Vec<Problem>,
@@ -253,143 +352,18 @@ impl Resolver<'_> {
     fn resolve(mut self, args: &DaemonArgs) -> Result<DaemonConfig, ConfigError> {
         let empty = ConfigDoc::default();
         let doc = self.file.map_or(&empty, |f| &f.doc);
-        let events = self.get(
-            Setting { flag: "--events", key: "events", parse: |s| file_path(s, true).map(output), check: |_| Ok(()) },
-            doc.events.as_ref(),
-            args.events.clone().map(output),
-        );
-        let metrics_addr = self.get(
-            Setting {
-                flag: "--metrics-addr",
-                key: "metrics_addr",
-                parse: |s| s.parse().map_err(|_| format!("{s:?}: expected an address and port, e.g. 127.0.0.1:9617")),
-                check: |_| Ok(()),
-            },
-            doc.metrics_addr.as_ref(),
-            args.metrics_addr,
-        );
-        let control_socket = self.get(
-            Setting {
-                flag: "--control-socket",
-                key: "control_socket",
-                parse: |s| file_path(s, false),
-                check: |p| match p.is_absolute() {
-                    true => Ok(()),
-                    false => Err(format!("{:?}: expected an absolute path", p.display().to_string())),
-                },
-            },
-            doc.control_socket.as_ref(),
-            args.control_socket.clone(),
-        );
-        let cgroup_parent = self.get(
-            Setting {
-                flag: "--cgroup-parent",
-                key: "cgroup_parent",
-                parse: |s| Ok(s.to_owned()),
-                check: |s| {
-                    let plain = Path::new(s).components().all(|c| matches!(c, Component::Normal(_)));
-                    match !s.is_empty() && plain {
-                        true => Ok(()),
-                        false => Err(format!(
-                            "{s:?}: expected a relative path of plain names below the cgroup2 mount, e.g. agent-monitor"
-                        )),
-                    }
-                },
-            },
-            doc.cgroup_parent.as_ref(),
-            args.cgroup_parent.clone(),
-        );
-        let ringbuf_bytes = self.get(
-            Setting {
-                flag: "--ringbuf-size",
-                key: "ringbuf_size",
-                parse: |s| s.parse().map_err(|_| format!("{s:?}: expected a number of bytes")),
-                check: |n: &u32| match n.is_power_of_two() && *n >= 4096 {
-                    true => Ok(()),
-                    false => Err(format!("{n}: expected a power of two of at least 4096 bytes")),
-                },
-            },
-            doc.ringbuf_size.as_ref(),
-            args.ringbuf_size,
-        );
-        let policy_dir = self.get(
-            Setting {
-                flag: "--policy-dir",
-                key: "policy_dir",
-                parse: |s| file_path(s, false),
-                check: |p| match p.is_dir() {
-                    true => Ok(()),
-                    false => Err(format!("{:?}: not a directory", p.display().to_string())),
-                },
-            },
-            doc.policy_dir.as_ref(),
-            args.policy_dir.clone(),
-        );
-        let default_policy = self.get(
-            Setting {
-                flag: "--default-policy",
-                key: "default_policy",
-                parse: |s| Ok(s.to_owned()),
-                check: |s| match s.is_empty() {
-                    false => Ok(()),
-                    true => Err("\"\": expected a policy name".into()),
-                },
-            },
-            doc.default_policy.as_ref(),
-            args.default_policy.clone(),
-        );
-        let events_max_size = self.get(
-            Setting {
-                flag: "--events-max-size",
-                key: "events_max_size",
-                parse: |s| s.parse().map_err(|_| format!("{s:?}: expected a number of bytes")),
-                check: |n: &u64| match *n >= 4096 {
-                    true => Ok(()),
-                    false => Err(format!("{n}: expected at least 4096 bytes")),
-                },
-            },
-            doc.events_max_size.as_ref(),
-            args.events_max_size,
-        );
-        let events_keep = self.get(
-            Setting {
-                flag: "--events-keep",
-                key: "events_keep",
-                parse: |s| s.parse().map_err(|_| format!("{s:?}: expected a number of files")),
-                check: |n: &u32| match (1..=1000).contains(n) {
-                    true => Ok(()),
-                    false => Err(format!("{n}: expected 1 to 1000 files")),
-                },
-            },
-            doc.events_keep.as_ref(),
-            args.events_keep,
-        );
-        let pin_dir = self.get(
-            Setting {
-                flag: "--pin-dir",
-                key: "pin_dir",
-                parse: |s| if s == "none" { Ok(PathBuf::from("none")) } else { file_path(s, false) },
-                check: |p| match p.is_absolute() || p == Path::new("none") {
-                    true => Ok(()),
-                    false => Err(format!("{:?}: expected an absolute path or none", p.display().to_string())),
-                },
-            },
-            doc.pin_dir.as_ref(),
-            args.pin_dir.clone(),
-        );
-        let state_dir = self.get(
-            Setting {
-                flag: "--state-dir",
-                key: "state_dir",
-                parse: |s| file_path(s, false),
-                check: |p| match p.is_absolute() {
-                    true => Ok(()),
-                    false => Err(format!("{:?}: expected an absolute path", p.display().to_string())),
-                },
-            },
-            doc.state_dir.as_ref(),
-            args.state_dir.clone(),
-        );
+        // In file order, so that the problems are reported in it.
+        let events = self.get(EVENTS, doc.events.as_ref(), args.events.clone().map(output));
+        let metrics_addr = self.get(METRICS_ADDR, doc.metrics_addr.as_ref(), args.metrics_addr);
+        let control_socket = self.get(CONTROL_SOCKET, doc.control_socket.as_ref(), args.control_socket.clone());
+        let cgroup_parent = self.get(CGROUP_PARENT, doc.cgroup_parent.as_ref(), args.cgroup_parent.clone());
+        let ringbuf_bytes = self.get(RINGBUF_SIZE, doc.ringbuf_size.as_ref(), args.ringbuf_size);
+        let policy_dir = self.get(POLICY_DIR, doc.policy_dir.as_ref(), args.policy_dir.clone());
+        let default_policy = self.get(DEFAULT_POLICY_NAME, doc.default_policy.as_ref(), args.default_policy.clone());
+        let events_max_size = self.get(EVENTS_MAX_SIZE, doc.events_max_size.as_ref(), args.events_max_size);
+        let events_keep = self.get(EVENTS_KEEP, doc.events_keep.as_ref(), args.events_keep);
+        let pin_dir = self.get(PIN_DIR, doc.pin_dir.as_ref(), args.pin_dir.clone());
+        let state_dir = self.get(STATE_DIR, doc.state_dir.as_ref(), args.state_dir.clone());
         let adopt = self.adopt(doc.adopt.as_deref(), &args.adopt);
         if events_max_size.is_some() && !matches!(events, Some(Output::File(_))) {
             self.problems.push(Problem::Flag {

@@ -1,9 +1,9 @@
 //! Preflight checks and the kernel filesystems the daemon needs, each with
 //! one clear error when something is missing.
 
-use std::{ffi::CString, io, path::Path};
+use std::{io, path::Path};
 
-use crate::btf::VMLINUX_BTF;
+use crate::{btf::VMLINUX_BTF, mounts};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
@@ -21,9 +21,6 @@ pub enum HostError {
         source: io::Error,
     },
 }
-
-/// Where tracefs is expected (aya reads tracepoint ids from it).
-const TRACEFS: &str = "/sys/kernel/tracing";
 
 pub fn require_root() -> Result<(), HostError> {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -45,22 +42,14 @@ pub fn require_btf() -> Result<(), HostError> {
 
 /// Mounts tracefs if neither tracefs nor debugfs' tracing directory is there.
 pub fn ensure_tracefs() -> Result<(), HostError> {
-    if Path::new(TRACEFS).join("events").exists() || Path::new("/sys/kernel/debug/tracing/events").exists() {
+    if mounts::tracing_mounted() {
         return Ok(());
     }
-    mount("tracefs", TRACEFS)
-}
-
-fn mount(fstype: &'static str, target: &'static str) -> Result<(), HostError> {
-    let src = CString::new(fstype).expect("no NUL");
-    let tgt = CString::new(target).expect("no NUL");
-    // SAFETY: NUL-terminated strings that outlive the call; no data.
-    let rc = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(HostError::Mount { fstype, target, source: io::Error::last_os_error() })
-    }
+    mounts::mount("tracefs", mounts::TRACEFS).map_err(|source| HostError::Mount {
+        fstype: "tracefs",
+        target: mounts::TRACEFS,
+        source,
+    })
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it so map

@@ -6,30 +6,35 @@
 //! and record everything; the daemon turns the records into a
 //! per-trajectory JSON Lines stream. See `docs/architecture.md`.
 
-pub mod adopt;
+// Public: what the binary (`app`), the integration tests and the older
+// layout's build (`tests/previous_layout`) name. Everything else is the
+// daemon's inside, free to change.
+mod adopt;
 pub mod app;
-pub mod btf;
+mod btf;
 pub mod cgroup;
-pub mod cli;
-pub mod clock;
+mod cli;
+mod clock;
 pub mod config;
-pub mod control;
-pub mod daemon;
+mod control;
+mod daemon;
 pub mod defaults;
-pub mod enforce;
-pub mod events;
-pub mod hash;
-pub mod hooks;
-pub mod host;
-pub mod identity;
-pub mod loader;
-pub mod metrics;
+mod enforce;
+mod errors;
+mod events;
+mod hash;
+mod hooks;
+mod host;
+mod identity;
+mod loader;
+mod metrics;
+mod mounts;
 pub mod pins;
-pub mod policy;
-pub mod record;
-pub mod reload;
-pub mod run;
-pub mod sinks;
-pub mod status;
-pub mod trajectory;
-pub mod vocab;
+mod policy;
+mod record;
+mod reload;
+mod run;
+mod sinks;
+mod status;
+mod trajectory;
+mod vocab;

@@ -9,7 +9,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
         cgroup_sock_addr::CgroupSockAddrLinkId,
         links::{FdLink, PinnedLink},
@@ -26,8 +26,11 @@ use monitor_common::{
 };
 
 use crate::{
+    errors::chain,
     hooks::{Attach, Hook, HookClass, Protection, HOOKS, LSM_HOOKS, OPEN_TRACEPOINTS, PROTECTIONS},
+    mounts,
     pins::{PinDir, PINNED_MAPS},
+    vocab::{Mechanism, RuleClass},
 };
 
 /// The kernel programs, built by `build.rs` from `monitor-ebpf`.
@@ -87,8 +90,7 @@ pub struct LoadOptions<'a> {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ProtectionState {
     pub protection: &'static str,
-    /// One of the `mechanism` constants.
-    pub mechanism: &'static str,
+    pub mechanism: Mechanism,
     pub detail: String,
 }
 
@@ -97,35 +99,29 @@ pub struct ProtectionState {
 pub struct HookState {
     pub hook: &'static str,
     pub class: HookClass,
-    /// One of the `mechanism` constants.
-    pub mechanism: &'static str,
+    pub mechanism: Mechanism,
     pub detail: String,
 }
 
-/// How a hook carries out a deny verdict (`status`, logs, metrics).
-pub mod mechanism {
-    /// BPF LSM: the operation fails with `EPERM` before it happens.
-    pub const LSM_DENY: &str = "lsm-deny";
-    /// Tracepoint + `SIGKILL`: the process dies before it returns to user space.
-    pub const KILL: &str = "kill";
-    /// cgroup socket hook: the call fails with `EPERM`.
-    pub const CGROUP_DENY: &str = "cgroup-deny";
-    /// Records decisions, cannot block.
-    pub const AUDIT_ONLY: &str = "audit-only";
-    /// Records only; another hook of the class enforces.
-    pub const OBSERVE: &str = "observe";
-    pub const UNAVAILABLE: &str = "unavailable";
-    /// Continuity: programs and maps pinned, the kernel enforces without
-    /// the daemon.
-    pub const PINNED: &str = "pinned";
+impl HookState {
+    fn new(hook: &Hook, mechanism: Mechanism, detail: String) -> HookState {
+        HookState { hook: hook.name, class: hook.class, mechanism, detail }
+    }
 }
 
 /// The mechanism enforcing each rule class.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Enforcement {
-    pub file: &'static str,
-    pub exec: &'static str,
-    pub network: &'static str,
+    pub file: Mechanism,
+    pub exec: Mechanism,
+    pub network: Mechanism,
+}
+
+impl Enforcement {
+    /// Each rule class with its mechanism, in the order policies list them.
+    pub fn per_class(self) -> [(RuleClass, Mechanism); 3] {
+        [(RuleClass::File, self.file), (RuleClass::Exec, self.exec), (RuleClass::Network, self.network)]
+    }
 }
 
 /// The policy maps, written by `crate::enforce`.
@@ -150,8 +146,9 @@ pub struct Loaded {
     // Owns the programs and the links that are not pinned; dropping
     // detaches those. Pinned links stay attached until their pin goes.
     _ebpf: Ebpf,
-    /// Links pinned under the pin directory.
-    pub pinned: Vec<PinnedLink>,
+    /// Links pinned under the pin directory; their fds held keep each
+    /// link attached until the daemon exits even once its pin is removed.
+    _pinned: Vec<PinnedLink>,
     /// Hooks whose link could not be pinned: they end with the daemon.
     pub unpinned: Vec<Unpinned>,
     pub hooks: Vec<HookState>,
@@ -164,6 +161,9 @@ pub struct Loaded {
     pub timings: Vec<(&'static str, Duration)>,
 }
 
+/// Loads the object, attaches every hook (BPF LSM where it runs, the kill
+/// fallbacks elsewhere), pins the links where asked, and hands out the
+/// maps.
 pub fn load(opts: &LoadOptions<'_>) -> Result<(Loaded, PipelineMaps, PolicyMapHandles), LoadError> {
     let mut timings = Vec::new();
     let mut phase = Instant::now();
@@ -174,18 +174,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<(Loaded, PipelineMaps, PolicyMapHa
     // Parses the kernel's BTF (aya's copy, for relocations).
     let mut loader = EbpfLoader::new();
     lap("loader_btf");
-    loader
-        .override_global(names::GLOBAL_OFFSETS, &opts.offsets, true)
-        .override_global(names::GLOBAL_WAKEUP_BYTES, &opts.wakeup_bytes, true)
-        .override_global(names::GLOBAL_TAMPER, &opts.tamper, true)
-        .map_max_entries(names::MAP_EVENTS, opts.ringbuf_bytes);
-    if let Some(pins) = opts.pins {
-        // A pinned map of this layout is reused as it is (with the state a
-        // previous daemon left); a missing one is created and pinned.
-        for map in PINNED_MAPS {
-            loader.map_pin_path(map, pins.map_path(map));
-        }
-    }
+    configure(&mut loader, opts);
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(LoadError::Object)?;
     lap("object_load");
     let mut links = Vec::new();
@@ -201,7 +190,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<(Loaded, PipelineMaps, PolicyMapHa
     // The strongest mechanism for file and exec rules: BPF LSM if its
     // programs load, attach and demonstrably run; else the tracepoints' kill.
     let (lsm, btf) = probe_lsm(&mut ebpf, &mut links);
-    let lsm_active = lsm.iter().all(|h| h.mechanism == mechanism::LSM_DENY);
+    let lsm_active = lsm.iter().all(|h| h.mechanism == Mechanism::LsmDeny);
     lap("lsm_probe");
     let runtime_flags = if lsm_active { runtime::LSM_FILE | runtime::LSM_EXEC } else { 0 };
     // The pipeline writes `runtime_flags` into CONFIG with the first
@@ -213,19 +202,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<(Loaded, PipelineMaps, PolicyMapHa
     }
     lap("open_tracepoints");
     hooks.extend(lsm);
-    for h in hooks.iter_mut() {
-        if h.mechanism == mechanism::UNAVAILABLE || h.class == HookClass::Connect || h.hook.starts_with("lsm:") {
-            continue;
-        }
-        if lsm_active {
-            h.detail.push_str("; records only, BPF LSM enforces");
-        } else if h.class == HookClass::Open && !h.hook.ends_with("/exit") {
-            // Entry keeps the request; its exit hook judges and kills.
-            h.detail.push_str("; keeps the request for the exit hook, which enforces");
-        } else {
-            h.mechanism = mechanism::KILL;
-        }
-    }
+    name_enforcers(&mut hooks, lsm_active);
     let btf = btf.filter(|_| lsm_active);
     let protections =
         PROTECTIONS.iter().map(|p| protect(&mut ebpf, p, btf.as_ref(), &cgroup, &mut hooks, &mut links)).collect();
@@ -238,36 +215,53 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<(Loaded, PipelineMaps, PolicyMapHa
     // Never claim a hook whose link was lost on the way to its pin.
     for u in unpinned.iter().filter(|u| u.detached) {
         for h in hooks.iter_mut().filter(|h| h.hook == u.hook) {
-            h.mechanism = mechanism::UNAVAILABLE;
+            h.mechanism = Mechanism::Unavailable;
             h.detail = u.reason.clone();
         }
     }
-    let file_exec = if lsm_active { mechanism::LSM_DENY } else { mechanism::KILL };
-    let enforcement = Enforcement { file: file_exec, exec: file_exec, network: mechanism::CGROUP_DENY };
-
-    let policy = PolicyMapHandles {
-        config: Array::try_from(take(&mut ebpf, names::MAP_POLICY_CONFIG)?)
-            .map_err(map_err(names::MAP_POLICY_CONFIG))?,
-        file: LpmTrie::try_from(take(&mut ebpf, names::MAP_POLICY_FILE)?).map_err(map_err(names::MAP_POLICY_FILE))?,
-        exec: LpmTrie::try_from(take(&mut ebpf, names::MAP_POLICY_EXEC)?).map_err(map_err(names::MAP_POLICY_EXEC))?,
-        net4: LpmTrie::try_from(take(&mut ebpf, names::MAP_POLICY_NET4)?).map_err(map_err(names::MAP_POLICY_NET4))?,
-        net6: LpmTrie::try_from(take(&mut ebpf, names::MAP_POLICY_NET6)?).map_err(map_err(names::MAP_POLICY_NET6))?,
-    };
-
-    let maps = PipelineMaps {
-        events: RingBuf::try_from(take(&mut ebpf, names::MAP_EVENTS)?).map_err(map_err(names::MAP_EVENTS))?,
-        trajectories: HashMap::try_from(take(&mut ebpf, names::MAP_TRAJECTORIES)?)
-            .map_err(map_err(names::MAP_TRAJECTORIES))?,
-        trajectory_losses: PerCpuHashMap::try_from(take(&mut ebpf, names::MAP_TRAJECTORY_LOSSES)?)
-            .map_err(map_err(names::MAP_TRAJECTORY_LOSSES))?,
-        config: Array::try_from(take(&mut ebpf, names::MAP_CONFIG)?).map_err(map_err(names::MAP_CONFIG))?,
-        losses: PerCpuArray::try_from(take(&mut ebpf, names::MAP_LOSSES)?).map_err(map_err(names::MAP_LOSSES))?,
-    };
+    let file_exec = if lsm_active { Mechanism::LsmDeny } else { Mechanism::Kill };
+    let enforcement = Enforcement { file: file_exec, exec: file_exec, network: Mechanism::CgroupDeny };
+    let (maps, policy) = take_maps(&mut ebpf)?;
     Ok((
-        Loaded { _ebpf: ebpf, pinned, unpinned, hooks, enforcement, protections, runtime_flags, timings },
+        Loaded { _ebpf: ebpf, _pinned: pinned, unpinned, hooks, enforcement, protections, runtime_flags, timings },
         maps,
         policy,
     ))
+}
+
+/// The object's globals (kernel offsets, wakeup threshold, tamper
+/// configuration), the ring buffer's size, and where its maps are pinned.
+fn configure<'a>(loader: &mut EbpfLoader<'a>, opts: &'a LoadOptions<'_>) {
+    loader
+        .override_global(names::GLOBAL_OFFSETS, &opts.offsets, true)
+        .override_global(names::GLOBAL_WAKEUP_BYTES, &opts.wakeup_bytes, true)
+        .override_global(names::GLOBAL_TAMPER, &opts.tamper, true)
+        .map_max_entries(names::MAP_EVENTS, opts.ringbuf_bytes);
+    if let Some(pins) = opts.pins {
+        // A pinned map of this layout is reused as it is (with the state a
+        // previous daemon left); a missing one is created and pinned.
+        for map in PINNED_MAPS {
+            loader.map_pin_path(map, pins.map_path(map));
+        }
+    }
+}
+
+/// Says which attached hook enforces: with BPF LSM active the tracepoints
+/// only record; without it an open's exit hook and the exec hook kill.
+fn name_enforcers(hooks: &mut [HookState], lsm_active: bool) {
+    for h in hooks.iter_mut() {
+        if h.mechanism == Mechanism::Unavailable || h.class == HookClass::Connect || h.hook.starts_with("lsm:") {
+            continue;
+        }
+        if lsm_active {
+            h.detail.push_str("; records only, BPF LSM enforces");
+        } else if h.class == HookClass::Open && !h.hook.ends_with("/exit") {
+            // Entry keeps the request; its exit hook judges and kills.
+            h.detail.push_str("; keeps the request for the exit hook, which enforces");
+        } else {
+            h.mechanism = Mechanism::Kill;
+        }
+    }
 }
 
 /// Loads and attaches the LSM programs and checks that the kernel calls
@@ -275,60 +269,26 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<(Loaded, PipelineMaps, PolicyMapHa
 /// program's invocation counter. Any failure leaves the programs unloaded
 /// and says why; the programs judge nothing until the runtime flags say so.
 fn probe_lsm(ebpf: &mut Ebpf, links: &mut Vec<LinkRef>) -> (Vec<HookState>, Option<Btf>) {
-    let unavailable = |hook: &Hook, detail: String| HookState {
-        hook: hook.name,
-        class: hook.class,
-        mechanism: mechanism::UNAVAILABLE,
-        detail,
+    let unavailable = |why: &str| -> Vec<HookState> {
+        LSM_HOOKS.iter().map(|h| HookState::new(h, Mechanism::Unavailable, why.to_owned())).collect()
     };
     let btf = match Btf::from_sys_fs() {
         Ok(btf) => btf,
-        Err(e) => {
-            return (LSM_HOOKS.iter().map(|h| unavailable(h, format!("cannot read kernel BTF: {e}"))).collect(), None)
-        }
+        Err(e) => return (unavailable(&format!("cannot read kernel BTF: {e}")), None),
     };
-    let mut failure = None;
-    for hook in LSM_HOOKS {
-        let Attach::Lsm { name } = hook.attach else { continue };
-        let result = (|| -> Result<(), String> {
-            let prog: &mut Lsm = ebpf
-                .program_mut(hook.program)
-                .ok_or("program missing from the object")?
-                .try_into()
-                .map_err(|e: ProgramError| e.to_string())?;
-            prog.load(name, &btf).map_err(|e| format!("load failed: {}", error_chain(&e)))?;
-            let id = prog.attach().map_err(|e| format!("attach failed: {}", error_chain(&e)))?;
-            links.push(LinkRef::Lsm(hook, id));
-            Ok(())
-        })();
-        if let Err(e) = result {
-            failure = Some(format!("{}: {e}", hook.name));
-            break;
+    let probed = match attach_lsm(ebpf, &btf, LSM_HOOKS, links) {
+        Ok(()) => lsm_self_test(ebpf).inspect_err(|_| unload_lsm(ebpf, LSM_HOOKS)),
+        Err(e) => Err(e),
+    };
+    match probed {
+        Ok(()) => {
+            let passed = |h: &Hook| {
+                let detail = format!("BPF LSM security_{}: refuses with EPERM; self-test passed", h.lsm_name());
+                HookState::new(h, Mechanism::LsmDeny, detail)
+            };
+            (LSM_HOOKS.iter().map(passed).collect(), Some(btf))
         }
-    }
-    let failure = failure.or_else(|| lsm_self_test(ebpf).err());
-    match failure {
-        None => (
-            LSM_HOOKS
-                .iter()
-                .map(|h| HookState {
-                    hook: h.name,
-                    class: h.class,
-                    mechanism: mechanism::LSM_DENY,
-                    detail: format!("BPF LSM security_{}: refuses with EPERM; self-test passed", h.lsm_name()),
-                })
-                .collect(),
-            Some(btf),
-        ),
-        Some(why) => {
-            for hook in LSM_HOOKS {
-                let lsm: Option<&mut Lsm> = ebpf.program_mut(hook.program).and_then(|p| p.try_into().ok());
-                if let Some(p) = lsm {
-                    let _ = p.unload();
-                }
-            }
-            (LSM_HOOKS.iter().map(|h| unavailable(h, why.clone())).collect(), None)
-        }
+        Err(why) => (unavailable(&why), None),
     }
 }
 
@@ -347,46 +307,37 @@ fn protect(
     let mut why_not_lsm = String::from("no BPF LSM on this kernel");
     if let Some(btf) = lsm {
         if p.lsm.is_empty() {
-            return state(mechanism::LSM_DENY, p.lsm_scope.into());
+            return state(Mechanism::LsmDeny, p.lsm_scope.into());
         }
         match attach_lsm(ebpf, btf, p.lsm, links) {
             Ok(()) => {
                 for h in p.lsm {
-                    hooks.push(HookState {
-                        hook: h.name,
-                        class: h.class,
-                        mechanism: mechanism::LSM_DENY,
-                        detail: format!("BPF LSM security_{}: tamper protection {}", h.lsm_name(), p.name),
-                    });
+                    let detail = format!("BPF LSM security_{}: tamper protection {}", h.lsm_name(), p.name);
+                    hooks.push(HookState::new(h, Mechanism::LsmDeny, detail));
                 }
-                return state(mechanism::LSM_DENY, p.lsm_scope.into());
+                return state(Mechanism::LsmDeny, p.lsm_scope.into());
             }
             Err(e) => why_not_lsm = e,
         }
     }
     if p.fallback.is_empty() {
-        return state(mechanism::UNAVAILABLE, format!("{why_not_lsm}: {}", p.fallback_scope));
+        return state(Mechanism::Unavailable, format!("{why_not_lsm}: {}", p.fallback_scope));
     }
     let mut missing = Vec::new();
     for h in p.fallback {
         match attach(ebpf, h, cgroup, links) {
             Ok(mut st) => {
-                if st.mechanism == mechanism::UNAVAILABLE {
+                if st.mechanism == Mechanism::Unavailable {
                     missing.push(h.name);
                 } else {
-                    st.mechanism = mechanism::KILL;
+                    st.mechanism = Mechanism::Kill;
                     st.detail.push_str(&format!("; tamper protection {}: kills the caller", p.name));
                 }
                 hooks.push(st);
             }
             Err(e) => {
                 missing.push(h.name);
-                hooks.push(HookState {
-                    hook: h.name,
-                    class: h.class,
-                    mechanism: mechanism::UNAVAILABLE,
-                    detail: error_chain(&e),
-                });
+                hooks.push(HookState::new(h, Mechanism::Unavailable, chain(&e)));
             }
         }
     }
@@ -394,39 +345,41 @@ fn protect(
     if !missing.is_empty() {
         detail.push_str(&format!(" (not attached: {})", missing.join(", ")));
     }
-    state(mechanism::KILL, detail)
+    state(Mechanism::Kill, detail)
 }
 
-/// Loads and attaches BPF LSM programs; on any failure, unloads them all.
+/// Loads and attaches BPF LSM programs; on any failure, unloads them all
+/// and says which failed and why.
 fn attach_lsm(ebpf: &mut Ebpf, btf: &Btf, hooks: &'static [Hook], links: &mut Vec<LinkRef>) -> Result<(), String> {
-    let mut result = Ok(());
     for hook in hooks {
         let Attach::Lsm { name } = hook.attach else { continue };
-        let r = (|| -> Result<(), String> {
+        let attached = (|| -> Result<(), String> {
             let prog: &mut Lsm = ebpf
                 .program_mut(hook.program)
                 .ok_or("program missing from the object")?
                 .try_into()
                 .map_err(|e: ProgramError| e.to_string())?;
-            prog.load(name, btf).map_err(|e| format!("load failed: {}", error_chain(&e)))?;
-            let id = prog.attach().map_err(|e| format!("attach failed: {}", error_chain(&e)))?;
+            prog.load(name, btf).map_err(|e| format!("load failed: {}", chain(&e)))?;
+            let id = prog.attach().map_err(|e| format!("attach failed: {}", chain(&e)))?;
             links.push(LinkRef::Lsm(hook, id));
             Ok(())
         })();
-        if let Err(e) = r {
-            result = Err(format!("{}: {e}", hook.name));
-            break;
+        if let Err(e) = attached {
+            unload_lsm(ebpf, hooks);
+            return Err(format!("{}: {e}", hook.name));
         }
     }
-    if result.is_err() {
-        for hook in hooks {
-            let lsm: Option<&mut Lsm> = ebpf.program_mut(hook.program).and_then(|p| p.try_into().ok());
-            if let Some(p) = lsm {
-                let _ = p.unload();
-            }
+    Ok(())
+}
+
+/// Unloads the programs of `hooks` that are loaded, detaching them.
+fn unload_lsm(ebpf: &mut Ebpf, hooks: &[Hook]) {
+    for hook in hooks {
+        let lsm: Option<&mut Lsm> = ebpf.program_mut(hook.program).and_then(|p| p.try_into().ok());
+        if let Some(p) = lsm {
+            let _ = p.unload();
         }
     }
-    result
 }
 
 /// Triggers `file_open` and `bprm_check_security` and reads the programs'
@@ -456,23 +409,29 @@ fn lsm_self_test(ebpf: &mut Ebpf) -> Result<(), String> {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
+/// Takes the maps the daemon keeps using out of the object.
+fn take_maps(ebpf: &mut Ebpf) -> Result<(PipelineMaps, PolicyMapHandles), LoadError> {
+    let policy = PolicyMapHandles {
+        config: take(ebpf, names::MAP_POLICY_CONFIG)?,
+        file: take(ebpf, names::MAP_POLICY_FILE)?,
+        exec: take(ebpf, names::MAP_POLICY_EXEC)?,
+        net4: take(ebpf, names::MAP_POLICY_NET4)?,
+        net6: take(ebpf, names::MAP_POLICY_NET6)?,
+    };
+    let maps = PipelineMaps {
+        events: take(ebpf, names::MAP_EVENTS)?,
+        trajectories: take(ebpf, names::MAP_TRAJECTORIES)?,
+        trajectory_losses: take(ebpf, names::MAP_TRAJECTORY_LOSSES)?,
+        config: take(ebpf, names::MAP_CONFIG)?,
+        losses: take(ebpf, names::MAP_LOSSES)?,
+    };
+    Ok((maps, policy))
 }
 
-fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError> {
-    ebpf.take_map(name).ok_or(LoadError::MissingMap(name))
-}
-
-fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> LoadError {
-    move |source| LoadError::Map { map, source }
+/// Takes map `name` out of the object as the typed map `T`.
+fn take<T: TryFrom<Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError> {
+    let map = ebpf.take_map(name).ok_or(LoadError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| LoadError::Map { map: name, source })
 }
 
 fn attach(
@@ -487,13 +446,9 @@ fn attach(
     let attach_err = |source| LoadError::Attach { hook: hook.name, program: hook.program, source };
     match hook.attach {
         Attach::Tracepoint { category, name } => {
-            if hook.optional && !tracepoint_exists(category, name) {
-                return Ok(HookState {
-                    hook: hook.name,
-                    class: hook.class,
-                    mechanism: mechanism::UNAVAILABLE,
-                    detail: format!("tracepoint {category}/{name} does not exist on this kernel"),
-                });
+            if hook.optional && !mounts::tracepoint_exists(category, name) {
+                let detail = format!("tracepoint {category}/{name} does not exist on this kernel");
+                return Ok(HookState::new(hook, Mechanism::Unavailable, detail));
             }
             let tp: &mut TracePoint = program.try_into().map_err(load_err)?;
             let start = Instant::now();
@@ -509,12 +464,7 @@ fn attach(
                 total_ms = start.elapsed().as_millis(),
                 "attached"
             );
-            Ok(HookState {
-                hook: hook.name,
-                class: hook.class,
-                mechanism: mechanism::OBSERVE,
-                detail: format!("tracepoint {category}/{name}"),
-            })
+            Ok(HookState::new(hook, Mechanism::Observe, format!("tracepoint {category}/{name}")))
         }
         Attach::CgroupSockAddr => {
             let prog: &mut CgroupSockAddr = program.try_into().map_err(load_err)?;
@@ -528,21 +478,11 @@ fn attach(
                 hook,
                 prog.attach(cgroup, CgroupAttachMode::default()).map_err(attach_err)?,
             ));
-            Ok(HookState {
-                hook: hook.name,
-                class: hook.class,
-                mechanism: mechanism::CGROUP_DENY,
-                detail: "cgroup sock_addr hook on the trajectory parent cgroup; refuses with EPERM".into(),
-            })
+            let detail = "cgroup sock_addr hook on the trajectory parent cgroup; refuses with EPERM";
+            Ok(HookState::new(hook, Mechanism::CgroupDeny, detail.into()))
         }
-        Attach::Lsm { .. } => unreachable!("LSM hooks are attached by probe_lsm"),
+        Attach::Lsm { .. } => unreachable!("LSM hooks are attached by attach_lsm"),
     }
-}
-
-fn tracepoint_exists(category: &str, name: &str) -> bool {
-    ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"]
-        .iter()
-        .any(|root| Path::new(root).join(category).join(name).exists())
 }
 
 /// A hook whose link is not pinned.
@@ -609,7 +549,7 @@ fn pin_links(ebpf: &mut Ebpf, links: Vec<LinkRef>, pins: &PinDir) -> (Vec<Pinned
                 Ok(p) => pinned.push(p),
                 Err(e) => unpinned.push(Unpinned {
                     hook: hook.name,
-                    reason: format!("pinning its link failed, the hook is detached: {}", error_chain(&e)),
+                    reason: format!("pinning its link failed, the hook is detached: {}", chain(&e)),
                     detached: true,
                 }),
             },
@@ -628,4 +568,62 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
     let mut parts = release.trim().split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>().unwrap_or(0));
     let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     (a, b) >= (major, minor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hook(name: &str) -> &'static Hook {
+        HOOKS.iter().chain(OPEN_TRACEPOINTS).chain(LSM_HOOKS).find(|h| h.name == name).unwrap()
+    }
+
+    /// The hooks as attached, before [`name_enforcers`].
+    fn attached() -> Vec<HookState> {
+        let observe = |name| HookState::new(hook(name), Mechanism::Observe, "tracepoint".into());
+        vec![
+            observe("exec"),
+            HookState::new(hook("connect:connect4"), Mechanism::CgroupDeny, "cgroup".into()),
+            observe("open:openat"),
+            observe("open:openat/exit"),
+            HookState::new(hook("open:creat"), Mechanism::Unavailable, "missing".into()),
+            HookState::new(hook("lsm:file_open"), Mechanism::LsmDeny, "lsm".into()),
+        ]
+    }
+
+    fn mechanisms(hooks: &[HookState]) -> Vec<(&str, &str)> {
+        hooks.iter().map(|h| (h.hook, h.mechanism.as_str())).collect()
+    }
+
+    #[test]
+    fn without_bpf_lsm_the_exec_and_open_exit_tracepoints_kill() {
+        let mut hooks = attached();
+        name_enforcers(&mut hooks, false);
+        assert_eq!(
+            mechanisms(&hooks),
+            [
+                ("exec", "kill"),
+                ("connect:connect4", "cgroup-deny"),
+                ("open:openat", "observe"),
+                ("open:openat/exit", "kill"),
+                ("open:creat", "unavailable"),
+                ("lsm:file_open", "lsm-deny"),
+            ]
+        );
+        assert!(
+            hooks[2].detail.ends_with("keeps the request for the exit hook, which enforces"),
+            "{}",
+            hooks[2].detail
+        );
+        assert_eq!(hooks[4].detail, "missing", "an unavailable hook keeps its reason");
+    }
+
+    #[test]
+    fn with_bpf_lsm_the_tracepoints_only_record() {
+        let mut hooks = attached();
+        name_enforcers(&mut hooks, true);
+        assert_eq!(mechanisms(&hooks), mechanisms(&attached()));
+        assert_eq!(hooks[0].detail, "tracepoint; records only, BPF LSM enforces");
+        assert_eq!((hooks[1].detail.as_str(), hooks[5].detail.as_str()), ("cgroup", "lsm"));
+    }
 }

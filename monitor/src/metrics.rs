@@ -7,10 +7,11 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 mod process;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    core::Collector, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
-use crate::vocab::Lost;
+use crate::vocab::{Lost, Mechanism, RuleClass};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -51,160 +52,138 @@ pub const LATENCY_BUCKETS: &[f64] =
 /// no policy judged.
 pub const NO_DECISION: &str = "none";
 
+/// Creates each metric and registers it in one expression, so that no
+/// metric exists that `/metrics` does not export.
+struct Registrar(Registry);
+
+impl Registrar {
+    /// Registers `c` and returns the handle the daemon updates (metric
+    /// handles are shared: a clone updates the registered one).
+    fn register<C: Collector + Clone + 'static>(&self, c: C) -> C {
+        self.0.register(Box::new(c.clone())).expect("unique metric names");
+        c
+    }
+
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.register(IntCounter::new(name, help).expect("valid metric"))
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.register(IntGauge::new(name, help).expect("valid metric"))
+    }
+
+    fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.register(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+
+    fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.register(IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+}
+
 impl Metrics {
     pub fn new() -> Arc<Self> {
-        let registry = Registry::new();
-        let events = IntCounterVec::new(
-            Opts::new(
+        let r = Registrar(Registry::new());
+        let build_info = r.gauge_vec(
+            "agent_monitor_build_info",
+            "Always 1; the version of the running daemon as a label.",
+            &["version"],
+        );
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        r.0.register(Box::new(process::ProcessCollector::new())).expect("unique metric names");
+        let m = Metrics {
+            events: r.counter_vec(
                 "agent_monitor_events_total",
                 "Records published to the sinks, by kind and decision (allow, audit, deny; none for records no policy judged).",
+                &["kind", "decision"],
             ),
-            &["kind", "decision"],
-        )
-        .expect("valid metric");
-        let events_lost = IntCounterVec::new(
-            Opts::new(
+            events_lost: r.counter_vec(
                 "agent_monitor_events_lost_total",
                 "Kernel records that did not reach the sinks, by reason (ringbuf_full, decode_error, unknown_trajectory, layout_change, daemon_killed).",
+                &["reason"],
             ),
-            &["reason"],
-        )
-        .expect("valid metric");
-        let trajectories_active =
-            IntGauge::new("agent_monitor_trajectories_active", "Trajectories currently open.").expect("valid metric");
-        let trajectories_started =
-            IntCounter::new("agent_monitor_trajectories_started_total", "Trajectories opened.").expect("valid metric");
-        let trajectories_ended =
-            IntCounter::new("agent_monitor_trajectories_ended_total", "Trajectories closed.").expect("valid metric");
-        let decisions = IntCounterVec::new(
-            Opts::new(
+            trajectories_active: r.gauge("agent_monitor_trajectories_active", "Trajectories currently open."),
+            trajectories_started: r.counter("agent_monitor_trajectories_started_total", "Trajectories opened."),
+            trajectories_ended: r.counter("agent_monitor_trajectories_ended_total", "Trajectories closed."),
+            decisions: r.counter_vec(
                 "agent_monitor_policy_decisions_total",
                 "Policy decisions on exec, open and connect, by policy, class (file, exec, network) and decision (allow, audit, deny).",
+                &["policy", "class", "decision"],
             ),
-            &["policy", "class", "decision"],
-        )
-        .expect("valid metric");
-        let denials = IntCounterVec::new(
-            Opts::new(
+            denials: r.counter_vec(
                 "agent_monitor_denials_total",
                 "Operations blocked, by policy, class (file, exec, network) and mechanism (lsm-deny, kill, cgroup-deny).",
+                &["policy", "class", "mechanism"],
             ),
-            &["policy", "class", "mechanism"],
-        )
-        .expect("valid metric");
-        let policy_reloads = IntCounterVec::new(
-            Opts::new("agent_monitor_policy_reloads_total", "Policy reloads, by result (success, failure)."),
-            &["result"],
-        )
-        .expect("valid metric");
-        let policy_rules = IntGaugeVec::new(
-            Opts::new("agent_monitor_policy_rules", "Rules of each loaded policy, by class."),
-            &["policy", "class"],
-        )
-        .expect("valid metric");
-        let hook_mechanism = IntGaugeVec::new(
-            Opts::new(
+            policy_reloads: r.counter_vec(
+                "agent_monitor_policy_reloads_total",
+                "Policy reloads, by result (success, failure).",
+                &["result"],
+            ),
+            policy_rules: r.gauge_vec(
+                "agent_monitor_policy_rules",
+                "Rules of each loaded policy, by class.",
+                &["policy", "class"],
+            ),
+            hook_mechanism: r.gauge_vec(
                 "agent_monitor_hook_mechanism",
                 "1 for the enforcement mechanism each hook runs with (lsm-deny, kill, cgroup-deny, observe, audit-only, unavailable).",
+                &["hook", "mechanism"],
             ),
-            &["hook", "mechanism"],
-        )
-        .expect("valid metric");
-        let enforcement = IntGaugeVec::new(
-            Opts::new(
+            enforcement: r.gauge_vec(
                 "agent_monitor_enforcement",
                 "1 for the mechanism each rule class (file, exec, network) is enforced with (lsm-deny, kill, cgroup-deny, audit-only, unavailable).",
+                &["class", "mechanism"],
             ),
-            &["class", "mechanism"],
-        )
-        .expect("valid metric");
-        let pipeline_latency = Histogram::with_opts(
-            HistogramOpts::new(
-                "agent_monitor_pipeline_latency_seconds",
-                "Time from the kernel's timestamp of a record to its hand-over to the event sink's queue.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-        )
-        .expect("valid metric");
-        let subscriber_dropped = IntCounter::new(
-            "agent_monitor_subscriber_dropped_total",
-            "Records a slow subscriber could not take and missed (the file sink and other subscribers are unaffected).",
-        )
-        .expect("valid metric");
-        let subscribers =
-            IntGauge::new("agent_monitor_subscribers", "Live record subscriptions on the control socket.")
-                .expect("valid metric");
-        let build_info = IntGaugeVec::new(
-            Opts::new("agent_monitor_build_info", "Always 1; the version of the running daemon as a label."),
-            &["version"],
-        )
-        .expect("valid metric");
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+            pipeline_latency: r.register(
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "agent_monitor_pipeline_latency_seconds",
+                        "Time from the kernel's timestamp of a record to its hand-over to the event sink's queue.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                )
+                .expect("valid metric"),
+            ),
+            subscriber_dropped: r.counter(
+                "agent_monitor_subscriber_dropped_total",
+                "Records a slow subscriber could not take and missed (the file sink and other subscribers are unaffected).",
+            ),
+            subscribers: r.gauge("agent_monitor_subscribers", "Live record subscriptions on the control socket."),
+            registry: r.0,
+        };
+        m.start_known_series();
+        Arc::new(m)
+    }
+
+    /// Known label values start at zero, so a rate() exists before the
+    /// first event and an alert on losses can fire on the first one.
+    fn start_known_series(&self) {
         for r in ["success", "failure"] {
-            policy_reloads.with_label_values(&[r]);
+            self.policy_reloads.with_label_values(&[r]);
         }
-        for c in [
-            Box::new(decisions.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(denials.clone()),
-            Box::new(policy_reloads.clone()),
-            Box::new(policy_rules.clone()),
-            Box::new(hook_mechanism.clone()),
-            Box::new(events.clone()),
-            Box::new(events_lost.clone()),
-            Box::new(trajectories_active.clone()),
-            Box::new(trajectories_started.clone()),
-            Box::new(trajectories_ended.clone()),
-            Box::new(enforcement.clone()),
-            Box::new(pipeline_latency.clone()),
-            Box::new(subscriber_dropped.clone()),
-            Box::new(subscribers.clone()),
-            Box::new(build_info),
-            Box::new(process::ProcessCollector::new()),
-        ] {
-            registry.register(c).expect("unique metric names");
-        }
-        // Known label values start at zero, so a rate() exists before the
-        // first event and an alert on losses can fire on the first one.
         for kind in ["exec", "open", "connect"] {
             for decision in ["allow", "audit", "deny"] {
-                events.with_label_values(&[kind, decision]);
+                self.events.with_label_values(&[kind, decision]);
             }
         }
         for kind in ["trajectory_start", "trajectory_end", "gap", "step", "process"] {
-            events.with_label_values(&[kind, NO_DECISION]);
+            self.events.with_label_values(&[kind, NO_DECISION]);
         }
         for reason in Lost::ALL {
-            events_lost.with_label_values(&[reason.as_str()]);
+            self.events_lost.with_label_values(&[reason.as_str()]);
         }
-        Arc::new(Metrics {
-            registry,
-            events,
-            events_lost,
-            trajectories_active,
-            trajectories_started,
-            trajectories_ended,
-            decisions,
-            denials,
-            policy_reloads,
-            policy_rules,
-            hook_mechanism,
-            enforcement,
-            pipeline_latency,
-            subscriber_dropped,
-            subscribers,
-        })
     }
 
-    /// Counts one record published to the sinks.
-    /// Counts a published batch: records by kind and decision, and the
-    /// policy decisions and denials among them. Aggregated first, so the
-    /// label lookups are one per distinct label set per batch, not one per
-    /// record.
     /// The `agent_monitor_events_lost_total` series of `reason`.
     pub fn lost(&self, reason: Lost) -> IntCounter {
         self.events_lost.with_label_values(&[reason.as_str()])
     }
 
+    /// Counts a published batch: records by kind and decision, and the
+    /// policy decisions and denials among them. Aggregated first, so the
+    /// label lookups are one per distinct label set per batch, not one per
+    /// record.
     pub fn count_batch(&self, batch: &[crate::record::Record]) {
         use crate::record::Body;
         let mut events: Vec<([&str; 2], u64)> = Vec::new();
@@ -215,12 +194,13 @@ impl Metrics {
             let Some(v) = &r.verdict else { continue };
             if let (Some(decision), Some(policy)) = (v.decision, v.policy.as_deref()) {
                 let class = match r.body {
-                    Body::Exec { .. } => "exec",
-                    Body::Open { .. } => "file",
+                    Body::Exec { .. } => RuleClass::Exec.as_str(),
+                    Body::Open { .. } => RuleClass::File.as_str(),
+                    // The built-in protection's, not a policy rule class.
                     Body::Tamper { .. } => "tamper",
-                    _ => "network",
+                    _ => RuleClass::Network.as_str(),
                 };
-                bump(&mut decisions, [policy, class, decision, v.mechanism.unwrap_or("none")]);
+                bump(&mut decisions, [policy, class, decision, v.mechanism.map_or("none", Mechanism::as_str)]);
             }
         }
         for ([kind, decision], n) in events {
@@ -237,9 +217,9 @@ impl Metrics {
     /// Replaces the rule-count gauges with the loaded set's.
     pub fn set_rule_counts(&self, counts: &[(String, [usize; 3])]) {
         self.policy_rules.reset();
-        for (policy, [file, exec, network]) in counts {
-            for (class, n) in [("file", file), ("exec", exec), ("network", network)] {
-                self.policy_rules.with_label_values(&[policy, class]).set(*n as i64);
+        for (policy, per_class) in counts {
+            for (class, n) in RuleClass::ALL.iter().zip(per_class) {
+                self.policy_rules.with_label_values(&[policy, class.as_str()]).set(*n as i64);
             }
         }
     }

@@ -33,7 +33,10 @@ use std::{
 
 use monitor_common::names;
 
-use crate::hash::Fnv;
+use crate::{
+    hash::Fnv,
+    mounts::{self, on_bpffs},
+};
 
 /// Bump when a pinned map keeps its sizes but changes meaning (a field
 /// reordered within a value, a key encoded differently): the digest below
@@ -67,9 +70,6 @@ pub const PINNED_MAPS: &[&str] = &[
     names::MAP_POLICY_NET6,
     names::MAP_OPEN_INFLIGHT,
 ];
-
-/// `BPF_FS_MAGIC` from `<linux/magic.h>`.
-const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
@@ -136,8 +136,10 @@ impl PinDir {
     /// bpffs at `base` first if the path is not on one.
     pub fn prepare(base: &Path, key: &str, layout: &str) -> Result<PinDir, PinError> {
         if !on_bpffs(base) {
-            if base.starts_with("/sys/fs/bpf") {
-                mount_bpffs();
+            if base.starts_with(mounts::BPFFS) {
+                if let Err(e) = mounts::mount_bpffs() {
+                    tracing::warn!("cannot mount bpffs at {}: {e}", mounts::BPFFS);
+                }
             }
             if !on_bpffs(base) {
                 return Err(PinError::NotBpffs { path: base.display().to_string() });
@@ -262,38 +264,6 @@ fn remove_tree(path: &Path) -> usize {
         let _ = std::fs::remove_dir(path);
     }
     n
-}
-
-/// Whether the nearest existing ancestor of `path` is on bpffs.
-fn on_bpffs(path: &Path) -> bool {
-    let mut p = path;
-    loop {
-        if p.exists() {
-            let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else { return false };
-            // SAFETY: a valid C string and an out-pointer to a zeroed statfs.
-            let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-            // SAFETY: as above.
-            if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-                return false;
-            }
-            return st.f_type as i64 == BPF_FS_MAGIC;
-        }
-        match p.parent() {
-            Some(parent) => p = parent,
-            None => return false,
-        }
-    }
-}
-
-fn mount_bpffs() {
-    let _ = std::fs::create_dir_all("/sys/fs/bpf");
-    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
-    let (src, tgt, fs) = (c("bpf"), c("/sys/fs/bpf"), c("bpf"));
-    // SAFETY: valid C strings; no data argument.
-    let rc = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) };
-    if rc != 0 {
-        tracing::warn!("cannot mount bpffs at /sys/fs/bpf: {}", io::Error::last_os_error());
-    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use base64::Engine as _;
 use serde::{Serialize, Serializer};
 
 pub use crate::identity::ExecId;
-use crate::vocab::{EndReason, GapReason, Origin};
+use crate::vocab::{EndReason, GapReason, Mechanism, Origin};
 
 /// Bumped on any incompatible change to the record format.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -61,7 +61,7 @@ pub struct Verdict {
     pub rule: Option<Arc<str>>,
     /// How a denial was carried out: `lsm-deny`, `kill`, `cgroup-deny`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub mechanism: Option<&'static str>,
+    pub mechanism: Option<Mechanism>,
 }
 
 /// The process a record is about; all fields are `null` for records no
@@ -321,7 +321,7 @@ mod tests {
                 action: Some("deny"),
                 policy: Some("default".into()),
                 rule: Some("policies/default.yaml:12".into()),
-                mechanism: Some("kill"),
+                mechanism: Some(Mechanism::Kill),
             }),
             ..r
         };

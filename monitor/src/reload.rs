@@ -2,7 +2,8 @@
 //! the whole directory again and hand the new set to the pipeline, which
 //! rebinds every open trajectory atomically (see `crate::enforce`). An
 //! invalid directory is refused as a whole; the running policies keep
-//! enforcing.
+//! enforcing. [`admit`] is the check a set passes at start and on every
+//! reload: each policy the daemon is configured to use is defined.
 
 use std::{
     path::PathBuf,
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::{signal::unix::Signal, sync::watch};
 
 use crate::{
+    adopt::AdoptRule,
     events::{handle::PipelineHandle, pipeline::PipelineError},
     metrics::Metrics,
     policy::{load_daemon_set, PolicySet},
@@ -51,9 +53,42 @@ pub fn table(set: &PolicySet) -> Vec<PolicyStatus> {
         .collect()
 }
 
+/// A policy set the daemon cannot run with: a policy its configuration
+/// names is not in it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdmitError {
+    #[error("the default policy {policy:?} is not defined (--default-policy; loaded: {loaded})")]
+    DefaultPolicy { policy: String, loaded: String },
+    #[error("--adopt {pattern}: policy {policy:?} is not defined (loaded: {loaded})")]
+    AdoptPolicy { pattern: String, policy: String, loaded: String },
+}
+
+/// Checks that `set` defines the default policy and the policy of every
+/// `--adopt` rule (a rule without one uses the default). The daemon does
+/// not start with a set that fails, and a reload to one is refused.
+pub fn admit(set: &PolicySet, default_policy: &str, adopt: &[AdoptRule]) -> Result<(), AdmitError> {
+    let loaded = || set.policies().iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ");
+    if set.get(default_policy).is_none() {
+        return Err(AdmitError::DefaultPolicy { policy: default_policy.to_owned(), loaded: loaded() });
+    }
+    for rule in adopt {
+        let policy = rule.policy.as_deref().unwrap_or(default_policy);
+        if set.get(policy).is_none() {
+            return Err(AdmitError::AdoptPolicy {
+                pattern: rule.pattern.clone(),
+                policy: policy.to_owned(),
+                loaded: loaded(),
+            });
+        }
+    }
+    Ok(())
+}
+
 pub struct Reloader {
     pub dir: Option<PathBuf>,
     pub default_policy: String,
+    /// `--adopt` rules: a reload must keep their policies defined.
+    pub adopt: Vec<AdoptRule>,
     pub pipeline: PipelineHandle,
     pub metrics: Arc<Metrics>,
     pub table: PolicyTable,
@@ -104,8 +139,8 @@ impl Reloader {
             }
             Err(e) => return self.failed(trigger, &format!("loader task failed: {e}")),
         };
-        if set.get(&self.default_policy).is_none() {
-            return self.failed(trigger, &format!("the default policy {:?} is no longer defined", self.default_policy));
+        if let Err(e) = admit(&set, &self.default_policy, &self.adopt) {
+            return self.failed(trigger, &format!("{e}; the running policies stay in force"));
         }
         let table = table(&set);
         match self.pipeline.reload(set).await {
@@ -123,5 +158,63 @@ impl Reloader {
     fn failed(&self, trigger: &str, why: &str) {
         self.metrics.policy_reloads.with_label_values(&["failure"]).inc();
         tracing::error!(trigger, "policy reload failed: {why}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(names: &[&str]) -> PolicySet {
+        let sources: Vec<(PathBuf, String)> = names
+            .iter()
+            .map(|n| {
+                let yaml =
+                    format!("name: {n}\nmode: enforce\ndefaults: {{file: allow, exec: allow, network: allow}}\n");
+                (PathBuf::from(format!("{n}.yaml")), yaml)
+            })
+            .collect();
+        PolicySet::from_sources(&sources).unwrap_or_else(|d| panic!("{d:#?}"))
+    }
+
+    fn rule(pattern: &str, policy: Option<&str>) -> AdoptRule {
+        AdoptRule { pattern: pattern.into(), policy: policy.map(str::to_owned) }
+    }
+
+    #[test]
+    fn admits_a_set_defining_every_configured_policy() {
+        let set = set(&["default", "reviewer"]);
+        assert_eq!(admit(&set, "default", &[]), Ok(()));
+        let rules = [rule("a/*.scope", Some("reviewer")), rule("b/*.scope", None)];
+        assert_eq!(admit(&set, "default", &rules), Ok(()));
+        assert_eq!(admit(&set, "reviewer", &[rule("b/*.scope", None)]), Ok(()));
+    }
+
+    #[test]
+    fn refuses_a_set_without_the_default_policy() {
+        let err = admit(&set(&["reviewer"]), "default", &[]).unwrap_err();
+        assert_eq!(err, AdmitError::DefaultPolicy { policy: "default".into(), loaded: "reviewer".into() });
+        assert_eq!(
+            err.to_string(),
+            "the default policy \"default\" is not defined (--default-policy; loaded: reviewer)"
+        );
+        // Checked first: a rule using the default names the same gap.
+        let err = admit(&set(&["reviewer"]), "default", &[rule("b/*", None)]).unwrap_err();
+        assert!(matches!(err, AdmitError::DefaultPolicy { .. }), "{err}");
+    }
+
+    #[test]
+    fn refuses_a_set_without_an_adopt_rules_policy() {
+        let rules = [rule("a/*.scope", Some("default")), rule("b/*.scope", Some("gone"))];
+        let err = admit(&set(&["default", "reviewer"]), "default", &rules).unwrap_err();
+        assert_eq!(
+            err,
+            AdmitError::AdoptPolicy {
+                pattern: "b/*.scope".into(),
+                policy: "gone".into(),
+                loaded: "default, reviewer".into()
+            }
+        );
+        assert_eq!(err.to_string(), "--adopt b/*.scope: policy \"gone\" is not defined (loaded: default, reviewer)");
     }
 }

@@ -43,6 +43,7 @@ pub enum Origin {
 }
 
 impl Origin {
+    #[cfg(test)]
     pub fn as_str(self) -> &'static str {
         match self {
             Origin::Run => "run",
@@ -100,6 +101,82 @@ impl From<monitor_common::maps::LossReason> for Lost {
     }
 }
 
+/// How a hook carries out a deny verdict: a record's `mechanism`, `status`,
+/// the logs and the metrics' `mechanism` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mechanism {
+    /// BPF LSM: the operation fails with `EPERM` before it happens.
+    LsmDeny,
+    /// Tracepoint + `SIGKILL`: the process dies before it returns to user
+    /// space.
+    Kill,
+    /// cgroup socket hook: the call fails with `EPERM`.
+    CgroupDeny,
+    /// Records decisions, cannot block.
+    AuditOnly,
+    /// Records only; another hook of the class enforces.
+    Observe,
+    Unavailable,
+    /// Continuity: programs and maps pinned, the kernel enforces without
+    /// the daemon.
+    Pinned,
+}
+
+impl Mechanism {
+    #[cfg(test)]
+    pub const ALL: [Mechanism; 7] = [
+        Mechanism::LsmDeny,
+        Mechanism::Kill,
+        Mechanism::CgroupDeny,
+        Mechanism::AuditOnly,
+        Mechanism::Observe,
+        Mechanism::Unavailable,
+        Mechanism::Pinned,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Mechanism::LsmDeny => "lsm-deny",
+            Mechanism::Kill => "kill",
+            Mechanism::CgroupDeny => "cgroup-deny",
+            Mechanism::AuditOnly => "audit-only",
+            Mechanism::Observe => "observe",
+            Mechanism::Unavailable => "unavailable",
+            Mechanism::Pinned => "pinned",
+        }
+    }
+}
+
+impl std::fmt::Display for Mechanism {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The rule classes of a policy, one per kernel hook family: the `class`
+/// label of the metrics, and the keys of `status`'s `enforcement`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleClass {
+    File,
+    Exec,
+    Network,
+}
+
+impl RuleClass {
+    /// In the order policies list them (`rules.file`, `.exec`, `.network`).
+    pub const ALL: [RuleClass; 3] = [RuleClass::File, RuleClass::Exec, RuleClass::Network];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RuleClass::File => "file",
+            RuleClass::Exec => "exec",
+            RuleClass::Network => "network",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +197,16 @@ mod tests {
         assert_eq!(Lost::from(kernel).as_str(), kernel.as_str(), "one spelling for the kernel's reasons");
         let spellings: std::collections::HashSet<&str> = Lost::ALL.iter().map(|l| l.as_str()).collect();
         assert_eq!(spellings.len(), Lost::ALL.len(), "one spelling per reason");
+        for m in Mechanism::ALL {
+            assert_eq!(serde_json::to_value(m).unwrap(), m.as_str());
+            assert_eq!(serde_json::from_value::<Mechanism>(m.as_str().into()).unwrap(), m);
+            assert_eq!(m.to_string(), m.as_str());
+        }
+        assert!(serde_json::from_str::<Mechanism>("\"lsm\"").is_err());
+        for c in RuleClass::ALL {
+            assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
+            assert_eq!(serde_json::from_value::<RuleClass>(c.as_str().into()).unwrap(), c);
+        }
+        assert!(serde_json::from_str::<RuleClass>("\"tamper\"").is_err());
     }
 }

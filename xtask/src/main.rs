@@ -3,6 +3,7 @@
 //! (set up, build, run every test: the host's, then the VM matrix).
 
 mod bench;
+mod cgroup;
 mod fuzz;
 mod modules;
 mod setup;

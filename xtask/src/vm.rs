@@ -22,6 +22,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+use crate::cgroup::cgroup2_mount;
 pub use report::{table, Row};
 
 #[derive(clap::Args, Debug)]
@@ -375,17 +376,6 @@ fn probe_mechanisms(bin: &Path, dir: &Path) -> Result<Vec<(String, String)>> {
     }
     let text = std::fs::read_to_string(&stderr).unwrap_or_default();
     Ok(text.lines().filter_map(report::mechanism).collect())
-}
-
-fn cgroup2_mount() -> Option<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    text.lines().find_map(|l| {
-        let (pre, post) = l.split_once(" - ")?;
-        if post.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        Some(PathBuf::from(pre.split_whitespace().nth(4)?))
-    })
 }
 
 fn integration_test_names(exe: &Path) -> Result<Vec<String>> {

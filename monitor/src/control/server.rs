@@ -126,21 +126,18 @@ async fn handle(stream: UnixStream, ctx: &Context) -> io::Result<()> {
         let mut line = String::new();
         let mut reader = BufReader::new(read).take(MAX_REQUEST as u64);
         reader.read_line(&mut line).await?;
-        match serde_json::from_str::<Request>(&line) {
-            Err(e) => Response::error(format!("invalid request: {e}")),
-            Ok(request) => match pid {
-                None => Response::error("cannot identify the requesting process"),
-                Some(pid) => match caller_trajectory(ctx, pid).await {
-                    Err(response) => response,
-                    Ok(Some(own)) => agent_request(ctx, own, request).await,
-                    Ok(None) => match request {
-                        Request::Events { trajectory, kinds, follow } => {
-                            return subscribe(ctx, Filter { trajectory, kinds }, follow, write).await;
-                        }
-                        request => operator_request(ctx, request, pid, cred.uid(), cred.gid()).await,
-                    },
-                },
-            },
+        match (serde_json::from_str::<Request>(&line), pid) {
+            (Err(e), _) => Response::error(format!("invalid request: {e}")),
+            (Ok(_), None) => Response::error("cannot identify the requesting process"),
+            (Ok(request), Some(pid)) => {
+                match route(&ctx.pipeline, cgroup::of_process(&ctx.hierarchy, pid), request).await {
+                    Route::Answered(response) => response,
+                    Route::Operator(Request::Events { trajectory, kinds, follow }) => {
+                        return subscribe(ctx, Filter { trajectory, kinds }, follow, write).await;
+                    }
+                    Route::Operator(request) => operator_request(ctx, request, pid, cred.uid(), cred.gid()).await,
+                }
+            }
         }
     };
     send(&mut write, &response).await
@@ -152,24 +149,42 @@ async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, response: &Response)
     write.write_all(&out).await
 }
 
-/// The trajectory the caller runs in, if any. Read from `/proc/<pid>/cgroup`
-/// while the caller is connected; a process in a trajectory cannot move out
-/// of it (cgroupfs is closed to it by the built-in protection), so what we
-/// read is where it is.
-async fn caller_trajectory(ctx: &Context, pid: u32) -> Result<Option<String>, Response> {
-    let Some(path) = cgroup::of_process(&ctx.hierarchy, pid) else {
+/// Where a request goes, decided by who makes it.
+enum Route {
+    /// From inside a trajectory: answered already (its own step, or a
+    /// refusal), or the caller could not be placed.
+    Answered(Response),
+    /// From outside every trajectory: the operator's requests, all of them.
+    Operator(Request),
+}
+
+/// Routes a request from a process in cgroup `caller` (`None`: unreadable).
+async fn route(pipeline: &PipelineHandle, caller: Option<PathBuf>, request: Request) -> Route {
+    match caller_trajectory(pipeline, caller).await {
+        Err(response) => Route::Answered(response),
+        Ok(Some(own)) => Route::Answered(agent_request(pipeline, own, request).await),
+        Ok(None) => Route::Operator(request),
+    }
+}
+
+/// The trajectory the caller runs in, if any, from its cgroup as read in
+/// `/proc/<pid>/cgroup` while it is connected; a process in a trajectory
+/// cannot move out of it (cgroupfs is closed to it by the built-in
+/// protection), so what was read is where it is.
+async fn caller_trajectory(pipeline: &PipelineHandle, caller: Option<PathBuf>) -> Result<Option<String>, Response> {
+    let Some(path) = caller else {
         return Err(Response::error("cannot read the requesting process's cgroup"));
     };
-    ctx.pipeline.owner(path).await.map_err(|e| Response::error(e.to_string()))
+    pipeline.owner(path).await.map_err(|e| Response::error(e.to_string()))
 }
 
 /// A process inside a trajectory may only annotate its own trajectory's
 /// steps: anything else would let the agent open a trajectory under a
 /// laxer policy, read other sessions' records, or learn what is enforced.
-async fn agent_request(ctx: &Context, own: String, request: Request) -> Response {
+async fn agent_request(pipeline: &PipelineHandle, own: String, request: Request) -> Response {
     match request {
         Request::Step { trajectory, name, id } if trajectory.as_deref().is_none_or(|t| t == own) => {
-            step(ctx, own, name, id).await
+            step(pipeline, own, name, id).await
         }
         Request::Step { trajectory: Some(other), .. } => {
             tracing::warn!(trajectory = %own, target = %other, "agent tried to annotate another trajectory");
@@ -190,7 +205,7 @@ async fn operator_request(ctx: &Context, request: Request, pid: u32, uid: u32, g
             let binding = Binding { policy: policy.unwrap_or_else(|| ctx.default_policy.clone()), vars };
             open_trajectory(ctx, trajectory, command, binding, pid, uid, gid).await
         }
-        Request::Step { trajectory: Some(t), name, id } => step(ctx, t, name, id).await,
+        Request::Step { trajectory: Some(t), name, id } => step(&ctx.pipeline, t, name, id).await,
         Request::Step { trajectory: None, .. } => {
             Response::error("`trajectory` is required outside a trajectory (the caller is in none)")
         }
@@ -198,8 +213,8 @@ async fn operator_request(ctx: &Context, request: Request, pid: u32, uid: u32, g
     }
 }
 
-async fn step(ctx: &Context, trajectory: String, name: String, id: Option<u32>) -> Response {
-    match ctx.pipeline.step(trajectory.clone(), name, id).await {
+async fn step(pipeline: &PipelineHandle, trajectory: String, name: String, id: Option<u32>) -> Response {
+    match pipeline.step(trajectory.clone(), name, id).await {
         Ok(step) => Response::Stepped { ok: monostate::True, trajectory, step },
         Err(e) => Response::error(e.to_string()),
     }
@@ -337,5 +352,164 @@ fn client_process(pid: u32, uid: u32, gid: u32) -> Process {
     match process::read_proc(pid) {
         Some(p) => p.process,
         None => Process { pid: Some(pid), tid: Some(pid), uid: Some(uid), gid: Some(gid), ..Process::default() },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::BTreeSet,
+        sync::{Arc, Mutex},
+    };
+
+    use super::*;
+    use crate::events::pipeline::{Command, PipelineError};
+
+    /// The cgroup of the one trajectory the fake pipeline has open, `t1`.
+    const T1: &str = "/sys/fs/cgroup/agent-monitor/t1";
+
+    type Log = Arc<Mutex<Vec<&'static str>>>;
+
+    /// A pipeline with trajectory `t1` open: it answers ownership and
+    /// steps (every step is number 7), and logs each command it gets.
+    fn fake_pipeline() -> (PipelineHandle, Log) {
+        let (handle, mut rx) = PipelineHandle::channel();
+        let log = Log::default();
+        let seen = log.clone();
+        tokio::spawn(async move {
+            // Logged before the answer: a caller that has its answer
+            // finds its command in the log.
+            let note = |name| seen.lock().expect("not poisoned").push(name);
+            while let Some(cmd) = rx.recv().await {
+                match cmd {
+                    Command::Owner { cgroup, reply } => {
+                        note("owner");
+                        let _ = reply.send(cgroup.starts_with(T1).then(|| "t1".to_owned()));
+                    }
+                    Command::Step { trajectory, reply, .. } => {
+                        note("step");
+                        let _ = reply.send(if trajectory == "t1" { Ok(7) } else { Err(PipelineError::Stopped) });
+                    }
+                    // Anything else reaching the pipeline from an agent is
+                    // the failure the tests look for; no answer is needed.
+                    _ => note("other"),
+                }
+            }
+        });
+        (handle, log)
+    }
+
+    /// How many kinds of request there are, numbered by [`kind`].
+    const KINDS: usize = 4;
+
+    /// A new kind of request does not compile here until it is numbered,
+    /// and [`samples`] must then hold one (checked by the tests).
+    fn kind(request: &Request) -> usize {
+        match request {
+            Request::OpenTrajectory { .. } => 0,
+            Request::Status => 1,
+            Request::Step { .. } => 2,
+            Request::Events { .. } => 3,
+        }
+    }
+
+    /// What a process inside `t1` is answered.
+    #[derive(Debug, PartialEq)]
+    enum Expect {
+        Stepped,
+        Refused(&'static str),
+    }
+
+    /// Every kind of request, as a process in `t1` might make it.
+    fn samples() -> Vec<(Request, Expect)> {
+        let limited = "are limited to `step` for that trajectory";
+        let step = |trajectory: Option<&str>| Request::Step {
+            trajectory: trajectory.map(str::to_owned),
+            name: "build".into(),
+            id: None,
+        };
+        let open = |trajectory: Option<&str>| Request::OpenTrajectory {
+            trajectory: trajectory.map(str::to_owned),
+            command: vec!["sh".into()],
+            policy: Some("lax".into()),
+            vars: [("WORKSPACE".to_owned(), "/".to_owned())].into(),
+        };
+        let events = |trajectory: Option<&str>| Request::Events {
+            trajectory: trajectory.map(str::to_owned),
+            kinds: vec![],
+            follow: true,
+        };
+        vec![
+            (open(None), Expect::Refused(limited)),
+            (open(Some("t2")), Expect::Refused(limited)),
+            (Request::Status, Expect::Refused(limited)),
+            (events(None), Expect::Refused(limited)),
+            (events(Some("t1")), Expect::Refused(limited)),
+            (events(Some("t2")), Expect::Refused(limited)),
+            (step(Some("t2")), Expect::Refused("may only annotate its own steps, not t2")),
+            (step(Some("t1")), Expect::Stepped),
+            (step(None), Expect::Stepped),
+        ]
+    }
+
+    #[test]
+    fn samples_cover_every_kind_of_request() {
+        let kinds: BTreeSet<usize> = samples().iter().map(|(r, _)| kind(r)).collect();
+        assert_eq!(kinds, (0..KINDS).collect());
+    }
+
+    /// The agent's side of the trust boundary: from inside a trajectory
+    /// (here a cgroup below `t1`'s), only a step of its own trajectory
+    /// reaches the pipeline; every other request is refused before it does.
+    #[tokio::test]
+    async fn inside_a_trajectory_every_request_but_its_own_step_is_refused() {
+        let (pipeline, log) = fake_pipeline();
+        for (request, expect) in samples() {
+            log.lock().unwrap().clear();
+            let caller = Some(PathBuf::from(T1).join("worker"));
+            let Route::Answered(response) = route(&pipeline, caller, request.clone()).await else {
+                panic!("{request:?} from inside t1 was routed as the operator's");
+            };
+            let sent = log.lock().unwrap().clone();
+            match (expect, response) {
+                (Expect::Stepped, Response::Stepped { trajectory, step, .. }) => {
+                    assert_eq!((trajectory.as_str(), step), ("t1", 7), "{request:?}");
+                    assert_eq!(sent, ["owner", "step"], "{request:?}");
+                }
+                (Expect::Refused(why), Response::Error { error, .. }) => {
+                    assert!(error.contains("trajectory t1") && error.contains(why), "{request:?}: {error}");
+                    assert_eq!(sent, ["owner"], "{request:?} reached the pipeline");
+                }
+                (expect, response) => panic!("{request:?}: expected {expect:?}, got {response:?}"),
+            }
+        }
+    }
+
+    /// Outside every trajectory each request is the operator's, untouched;
+    /// a caller whose cgroup cannot be read, or a stopped pipeline, gets
+    /// an error instead.
+    #[tokio::test]
+    async fn outside_or_unplaced_callers() {
+        let (pipeline, log) = fake_pipeline();
+        for (request, _) in samples() {
+            let outside = Some(PathBuf::from("/sys/fs/cgroup/user.slice"));
+            match route(&pipeline, outside, request.clone()).await {
+                Route::Operator(routed) => assert_eq!(routed, request),
+                Route::Answered(response) => panic!("{request:?} from outside answered {response:?}"),
+            }
+            let Route::Answered(Response::Error { error, .. }) = route(&pipeline, None, request.clone()).await else {
+                panic!("{request:?} from an unknown cgroup was not refused");
+            };
+            assert!(error.contains("cannot read the requesting process's cgroup"), "{error}");
+        }
+        assert!(log.lock().unwrap().iter().all(|c| *c == "owner"));
+        let (stopped, rx) = PipelineHandle::channel();
+        drop(rx);
+        let Route::Answered(Response::Error { error, .. }) =
+            route(&stopped, Some(PathBuf::from(T1)), Request::Status).await
+        else {
+            panic!("a stopped pipeline answered");
+        };
+        assert_eq!(error, "the daemon is shutting down");
     }
 }

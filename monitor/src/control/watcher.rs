@@ -45,18 +45,19 @@ impl Watcher {
 }
 
 impl Events {
-    /// Sends `Close` for every watched cgroup that becomes empty.
-    pub async fn run(mut self, pipeline: PipelineHandle, mut shutdown: watch::Receiver<bool>) {
+    /// Sends `Close` for every watched cgroup that becomes empty. An
+    /// inotify failure is the service's error: without it no `run`
+    /// trajectory would ever end, so the daemon ends instead.
+    pub async fn run(mut self, pipeline: PipelineHandle, mut shutdown: watch::Receiver<bool>) -> io::Result<()> {
         loop {
             let event = tokio::select! {
-                _ = shutdown.wait_for(|s| *s) => return,
+                _ = shutdown.wait_for(|s| *s) => return Ok(()),
                 e = self.stream.next() => e,
             };
-            let Some(Ok(event)) = event else {
-                if let Some(Err(e)) = event {
-                    tracing::error!("inotify on trajectory cgroups failed: {e}");
-                }
-                return;
+            let event = match event {
+                Some(Ok(event)) => event,
+                Some(Err(e)) => return Err(io::Error::new(e.kind(), format!("inotify on trajectory cgroups: {e}"))),
+                None => return Err(io::Error::other("inotify on trajectory cgroups ended")),
             };
             let target = self.targets.lock().expect("not poisoned").get(&event.wd).cloned();
             let Some((cgroup_id, path)) = target else { continue };
@@ -68,7 +69,8 @@ impl Events {
             }
             self.targets.lock().expect("not poisoned").remove(&event.wd);
             if pipeline.close(cgroup_id, EndReason::Exited).await.is_err() {
-                return;
+                // The pipeline has stopped: the daemon is ending.
+                return Ok(());
             }
         }
     }

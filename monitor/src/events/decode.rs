@@ -14,7 +14,10 @@ use monitor_common::{
 };
 
 use super::process::ExecId;
-use crate::record::{Body, Bytes, Process};
+use crate::{
+    record::{Body, Bytes, Process},
+    vocab::Mechanism,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -51,8 +54,8 @@ pub struct RawVerdict {
     pub action: Option<&'static str>,
     /// `allow`, `audit`, `deny`; `None` when no policy judged.
     pub decision: Option<&'static str>,
-    /// How a denial was carried out (`lsm`, `kill`, `cgroup`).
-    pub mechanism: Option<&'static str>,
+    /// How a denial was carried out.
+    pub mechanism: Option<Mechanism>,
 }
 
 /// Actions and decisions share one encoding: 0 none, then allow, audit, deny.
@@ -73,9 +76,9 @@ fn verdict(h: &EventHeader) -> Result<RawVerdict, DecodeError> {
     let action = verdict_word("action", h.action)?;
     let mechanism = match h.mechanism {
         mechanism::NONE => None,
-        mechanism::LSM => Some("lsm-deny"),
-        mechanism::KILL => Some("kill"),
-        mechanism::CGROUP => Some("cgroup-deny"),
+        mechanism::LSM => Some(Mechanism::LsmDeny),
+        mechanism::KILL => Some(Mechanism::Kill),
+        mechanism::CGROUP => Some(Mechanism::CgroupDeny),
         other => return Err(DecodeError::Field { field: "mechanism", value: other.into() }),
     };
     Ok(RawVerdict { policy: h.policy, rule_id: h.rule_id, action, decision, mechanism })
@@ -278,7 +281,13 @@ mod tests {
         assert_eq!(d.step, 4);
         assert_eq!(
             d.verdict,
-            RawVerdict { policy: 3, rule_id: 5, action: Some("deny"), decision: Some("deny"), mechanism: Some("kill") }
+            RawVerdict {
+                policy: 3,
+                rule_id: 5,
+                action: Some("deny"),
+                decision: Some("deny"),
+                mechanism: Some(Mechanism::Kill)
+            }
         );
         assert_eq!(
             d.body,

@@ -34,7 +34,6 @@ use crate::{
     cgroup,
     clock::{self, BootToWall},
     enforce::{Binding, EnforceError, Enforcer},
-    loader::PipelineMaps,
     metrics::Metrics,
     policy::PolicySet,
     sinks::Bus,
@@ -117,7 +116,6 @@ pub struct OpenSpec {
 /// A trajectory a restarted daemon took over, still alive.
 #[derive(Debug)]
 pub struct Resumed {
-    pub id: String,
     pub cgroup: PathBuf,
     pub cgroup_id: u64,
     pub origin: Origin,
@@ -222,20 +220,9 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// A pipeline on `kernel`: the loaded maps ([`Kernel::maps`]), or
+    /// in-memory fakes in tests.
     pub fn new(
-        maps: PipelineMaps,
-        enforcer: Enforcer,
-        runtime_flags: u64,
-        bus: Bus,
-        metrics: Arc<Metrics>,
-        state: Option<StateDir>,
-        keep_on_exit: bool,
-    ) -> std::io::Result<Self> {
-        Ok(Pipeline::with_kernel(Kernel::maps(maps)?, enforcer, runtime_flags, bus, metrics, state, keep_on_exit))
-    }
-
-    /// A pipeline on any [`Kernel`] (the loaded maps, or fakes in tests).
-    pub fn with_kernel(
         kernel: Kernel,
         enforcer: Enforcer,
         runtime_flags: u64,

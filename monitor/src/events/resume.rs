@@ -207,8 +207,7 @@ impl Pipeline {
                 Fate::Close { reason, remove_cgroup } => ended.push((gap.cgroup_id, reason, remove_cgroup)),
                 Fate::Resume => {
                     tracing::info!(trajectory = %t.id, cgroup = %t.cgroup.display(), "trajectory resumed");
-                    let id = t.id.to_string();
-                    alive.push(Resumed { id, cgroup: t.cgroup.clone(), cgroup_id: gap.cgroup_id, origin: t.origin });
+                    alive.push(Resumed { cgroup: t.cgroup.clone(), cgroup_id: gap.cgroup_id, origin: t.origin });
                 }
             }
             gaps.push(gap);

@@ -89,7 +89,7 @@ impl Protected {
             (PathBuf::from("/etc/agent-monitor"), true),
             (PathBuf::from("/sys/fs/cgroup"), true),
             (cgroup2_mount.to_path_buf(), true),
-            (PathBuf::from("/sys/fs/bpf"), true),
+            (PathBuf::from(crate::mounts::BPFFS), true),
             (PathBuf::from(format!("/proc/{daemon_pid}")), true),
         ];
         if let Some(dir) = control_socket.parent() {
@@ -120,6 +120,7 @@ impl Protected {
 
     /// Whether a write to `path` (an absolute path, as the kernel resolves
     /// it) is refused.
+    #[cfg(test)]
     pub fn covers(&self, path: &str) -> bool {
         self.paths.iter().any(|p| {
             if p.directory {

@@ -154,16 +154,6 @@ pub struct MapEntries {
     pub net6: Vec<(Net6Key, NetValue)>,
 }
 
-impl MapEntries {
-    pub fn extend(&mut self, other: MapEntries) {
-        self.config.extend(other.config);
-        self.file.extend(other.file);
-        self.exec.extend(other.exec);
-        self.net4.extend(other.net4);
-        self.net6.extend(other.net6);
-    }
-}
-
 impl CompiledPolicy {
     /// The map entries for this policy under `policy_id`.
     pub fn map_entries(&self, policy_id: u32) -> MapEntries {
@@ -216,6 +206,7 @@ pub fn path_entry_key(policy_id: u32, prefix: &[u8]) -> PathKey {
 /// The key the kernel looks up for `path` (bytes up to the first NUL): the
 /// path and its terminator when it fits, else its first [`PATH_KEY_LEN`]
 /// bytes and no terminator (see `monitor_common::policy`).
+#[cfg(test)]
 pub fn path_lookup_key(policy_id: u32, path: &[u8]) -> PathKey {
     let path = path.split(|&b| b == 0).next().unwrap_or_default();
     let mut key = [0u8; PATH_KEY_LEN];

@@ -41,6 +41,7 @@ impl Action {
         }
     }
 
+    #[cfg(test)]
     pub const fn from_abi(v: u8) -> Option<Action> {
         match v {
             action::ALLOW => Some(Action::Allow),
@@ -99,6 +100,7 @@ impl Mode {
 /// One kind of file access. An open for both (`O_RDWR`) is judged once per
 /// access and takes the stronger verdict.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg(test)]
 pub enum Access {
     Read,
     Write,
@@ -123,6 +125,7 @@ impl AccessSet {
         }
     }
 
+    #[cfg(test)]
     pub const fn covers(self, access: Access) -> bool {
         match access {
             Access::Read => self.read,
@@ -190,6 +193,7 @@ impl PortRange {
         Ok(PortRange { lo, hi })
     }
 
+    #[cfg(test)]
     pub const fn contains(self, port: u16) -> bool {
         self.lo <= port && port <= self.hi
     }
@@ -279,23 +283,7 @@ fn mask128(prefix: u8) -> u128 {
 /// in file order, numbered from 1 (0 is [`RULE_DEFAULT`](monitor_common::policy::RULE_DEFAULT)).
 pub type RuleId = u32;
 
-/// The rule classes, one per kernel hook family.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RuleClass {
-    File,
-    Exec,
-    Network,
-}
-
-impl RuleClass {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            RuleClass::File => "file",
-            RuleClass::Exec => "exec",
-            RuleClass::Network => "network",
-        }
-    }
-}
+pub use crate::vocab::RuleClass;
 
 /// Where a rule was written, for events (`rule: "policies/default.yaml:14"`).
 #[derive(Clone, Debug, PartialEq, Eq)]

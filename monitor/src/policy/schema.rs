@@ -20,6 +20,7 @@ pub struct PolicyDoc {
     pub mode: Str,
     /// Free text for people; ignored by the monitor.
     #[serde(default)]
+    #[allow(dead_code, reason = "accepted so a policy may carry it; nothing reads it")]
     pub description: Option<String>,
     pub defaults: DefaultsDoc,
     /// `None` when absent or empty (`rules:` with every rule commented out).

@@ -225,47 +225,30 @@ impl Checker<'_> {
         let network_default = self.field("defaults.network", &doc.defaults.network, Action::parse);
 
         let rules = doc.rules.unwrap_or_default();
-        let mut file_rules = Vec::new();
-        for (i, rule) in rules.file.iter().flatten().enumerate() {
-            let at = |f: &str| format!("rules.file[{i}].{f}");
-            let r = &rule.value;
-            let path = self.field(at("path"), &r.path, PathPattern::parse);
+        let file_rules = self.rules(RuleClass::File, rules.file.as_deref(), |c, at, r, pos| {
+            let path = c.field(at("path"), &r.path, PathPattern::parse);
             let access = match &r.access {
-                Some(a) => self.field(at("access"), a, AccessSet::parse),
+                Some(a) => c.field(at("access"), a, AccessSet::parse),
                 None => Some(AccessSet::READ_WRITE),
             };
-            let action = self.field(at("action"), &r.action, Action::parse);
-            if let (Some(path), Some(access), Some(action)) = (path, access, action) {
-                file_rules.push(FileRule { id: 0, pos: Pos::of(rule), path, access, action });
-            }
-        }
-        let mut exec_rules = Vec::new();
-        for (i, rule) in rules.exec.iter().flatten().enumerate() {
-            let at = |f: &str| format!("rules.exec[{i}].{f}");
-            let r = &rule.value;
-            let path = self.field(at("path"), &r.path, PathPattern::parse);
-            let action = self.field(at("action"), &r.action, Action::parse);
-            if let (Some(path), Some(action)) = (path, action) {
-                exec_rules.push(ExecRule { id: 0, pos: Pos::of(rule), path, action });
-            }
-        }
-        let mut network_rules = Vec::new();
-        let mut network_positions = Vec::new();
-        for (i, rule) in rules.network.iter().flatten().enumerate() {
-            let at = |f: &str| format!("rules.network[{i}].{f}");
-            let r = &rule.value;
-            let cidr = self.field(at("cidr"), &r.cidr, Cidr::parse);
-            let ports = r.ports.as_ref().map_or(Some(Vec::new()), |ports| self.ports(&at("ports"), ports));
+            let action = c.field(at("action"), &r.action, Action::parse);
+            Some(FileRule { id: 0, pos, path: path?, access: access?, action: action? })
+        });
+        let exec_rules = self.rules(RuleClass::Exec, rules.exec.as_deref(), |c, at, r, pos| {
+            let path = c.field(at("path"), &r.path, PathPattern::parse);
+            let action = c.field(at("action"), &r.action, Action::parse);
+            Some(ExecRule { id: 0, pos, path: path?, action: action? })
+        });
+        let network_rules = self.rules(RuleClass::Network, rules.network.as_deref(), |c, at, r, pos| {
+            let cidr = c.field(at("cidr"), &r.cidr, Cidr::parse);
+            let ports = r.ports.as_ref().map_or(Some(Vec::new()), |ports| c.ports(&at("ports"), ports));
             let protocol = match &r.protocol {
-                Some(p) => self.field(at("protocol"), p, Protocol::parse).map(Some),
+                Some(p) => c.field(at("protocol"), p, Protocol::parse).map(Some),
                 None => Some(None),
             };
-            let action = self.field(at("action"), &r.action, Action::parse);
-            if let (Some(cidr), Some(ports), Some(protocol), Some(action)) = (cidr, ports, protocol, action) {
-                network_rules.push(NetworkRule { id: 0, pos: Pos::of(rule), cidr, ports, protocol, action });
-                network_positions.push((i, Pos::of(rule)));
-            }
-        }
+            let action = c.field(at("action"), &r.action, Action::parse);
+            Some(NetworkRule { id: 0, pos, cidr: cidr?, ports: ports?, protocol: protocol?, action: action? })
+        });
 
         let (Some(name), Some(mode), Some(file), Some(exec), Some(network)) =
             (name, mode, file_default, exec_default, network_default)
@@ -275,21 +258,47 @@ impl Checker<'_> {
         if !self.diagnostics.is_empty() {
             return Err(self.diagnostics);
         }
+        let network_positions: Vec<(usize, Pos)> = network_rules.iter().map(|(i, r)| (*i, r.pos)).collect();
         let policy = Policy {
             name,
             file: self.file.to_owned(),
             mode,
             defaults: Defaults { file, exec, network },
-            file_rules,
-            exec_rules,
-            network_rules,
+            file_rules: file_rules.into_iter().map(|(_, r)| r).collect(),
+            exec_rules: exec_rules.into_iter().map(|(_, r)| r).collect(),
+            network_rules: network_rules.into_iter().map(|(_, r)| r).collect(),
         };
-        // The port-rule bound is a property of the compiled network entries,
-        // which do not depend on trajectory variables: check it now, not at
-        // open time. Rule ids are placeholders; they do not change counts.
+        self.network_bound(&policy, &network_positions)?;
+        Ok((policy, Pos::of(&doc.name)))
+    }
+
+    /// Checks each entry of `rules.<class>` with `check`, which reports
+    /// what is wrong with the entry (`at(field)` names a field of it) and
+    /// returns the rule if nothing is. Returns the valid rules, each with
+    /// its index in the list.
+    fn rules<D, R>(
+        &mut self,
+        class: RuleClass,
+        entries: Option<&[Spanned<D>]>,
+        mut check: impl FnMut(&mut Self, &dyn Fn(&str) -> String, &D, Pos) -> Option<R>,
+    ) -> Vec<(usize, R)> {
+        let mut out = Vec::new();
+        for (i, entry) in entries.unwrap_or_default().iter().enumerate() {
+            let at = |f: &str| format!("rules.{}[{i}].{f}", class.as_str());
+            if let Some(rule) = check(self, &at, &entry.value, Pos::of(entry)) {
+                out.push((i, rule));
+            }
+        }
+        out
+    }
+
+    /// The port-rule bound is a property of the compiled network entries,
+    /// which do not depend on trajectory variables: check it now, not at
+    /// open time. Rule ids are placeholders; they do not change counts.
+    fn network_bound(&mut self, policy: &Policy, positions: &[(usize, Pos)]) -> Result<(), Vec<Diagnostic>> {
         let network_only = ResolvedPolicy {
             name: policy.name.clone(),
-            mode,
+            mode: policy.mode,
             defaults: policy.defaults,
             file_rules: Vec::new(),
             exec_rules: Vec::new(),
@@ -301,11 +310,11 @@ impl Checker<'_> {
                 .collect(),
         };
         if let Err(e) = compile(&network_only) {
-            let (index, pos) = network_positions[e.rule_index];
+            let (index, pos) = positions[e.rule_index];
             self.report(pos, format!("rules.network[{index}]"), e.to_string());
-            return Err(self.diagnostics);
+            return Err(std::mem::take(&mut self.diagnostics));
         }
-        Ok((policy, Pos::of(&doc.name)))
+        Ok(())
     }
 
     fn ports(&mut self, field: &str, ports: &Spanned<Vec<Str>>) -> Option<Vec<PortRange>> {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-pub use self::subscribe::{Filter, Hub, Subscription};
+pub use self::subscribe::{Filter, Hub};
 use crate::record::Record;
 
 /// A batch of records, shared by every sink.

@@ -15,6 +15,8 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+use crate::cgroup::cgroup2_mount;
+
 pub struct Daemon {
     child: Option<Child>,
     bin: PathBuf,
@@ -258,19 +260,6 @@ pub fn memory(pid: u32) -> Result<Memory> {
         }
     }
     Ok(Memory { rss: kb("VmRSS:"), hwm: kb("VmHWM:"), ring })
-}
-
-fn cgroup2_mount() -> Option<PathBuf> {
-    // As in vm.rs: the cgroup2 mount from mountinfo (hybrid hosts have it
-    // at /sys/fs/cgroup/unified).
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    text.lines().find_map(|l| {
-        let (pre, post) = l.split_once(" - ")?;
-        if post.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        Some(PathBuf::from(pre.split_whitespace().nth(4)?))
-    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,222 @@
+//! The start-up report: what the kernel side came up with, per hook, per
+//! rule class and per built-in protection, logged for the operator,
+//! exported as metrics, and kept for `status` as [`control::protocol`]
+//! types (converted from the loader's with `From`).
+
+use std::path::Path;
+
+use super::start::Prepared;
+use crate::{
+    config::DaemonConfig,
+    control::protocol::{ClassEnforcement, HookStatus, ProtectionStatus},
+    loader::{Enforcement, HookState, Loaded, ProtectionState},
+    metrics::Metrics,
+    policy::{self, PolicySet, Protected},
+    sinks::jsonl,
+    vocab::{Mechanism, RuleClass},
+};
+
+impl From<&HookState> for HookStatus {
+    fn from(h: &HookState) -> Self {
+        HookStatus {
+            hook: h.hook.to_owned(),
+            class: format!("{:?}", h.class).to_lowercase(),
+            mechanism: h.mechanism.as_str().into(),
+            detail: h.detail.clone(),
+        }
+    }
+}
+
+impl From<Enforcement> for ClassEnforcement {
+    fn from(e: Enforcement) -> Self {
+        ClassEnforcement {
+            file: e.file.as_str().into(),
+            exec: e.exec.as_str().into(),
+            network: e.network.as_str().into(),
+        }
+    }
+}
+
+impl From<&ProtectionState> for ProtectionStatus {
+    fn from(p: &ProtectionState) -> Self {
+        ProtectionStatus {
+            protection: p.protection.to_owned(),
+            mechanism: p.mechanism.as_str().into(),
+            detail: p.detail.clone(),
+        }
+    }
+}
+
+/// What `status` shows of the start.
+pub struct Report {
+    pub hooks: Vec<HookStatus>,
+    pub enforcement: ClassEnforcement,
+    pub protections: Vec<ProtectionStatus>,
+}
+
+/// Logs and exports each hook's mechanism and each rule class's, and
+/// names the policies in enforce mode whose rules this kernel can only
+/// record.
+pub fn kernel(loaded: &Loaded, set: &PolicySet, metrics: &Metrics) {
+    for h in &loaded.hooks {
+        let mechanism = h.mechanism.as_str();
+        metrics.hook_mechanism.with_label_values(&[h.hook, mechanism]).set(1);
+        if h.mechanism == Mechanism::Unavailable {
+            tracing::warn!(hook = h.hook, mechanism, "{}", h.detail);
+        } else {
+            tracing::info!(hook = h.hook, mechanism, "{}", h.detail);
+        }
+    }
+    let e = loaded.enforcement;
+    tracing::info!(
+        file = e.file.as_str(),
+        exec = e.exec.as_str(),
+        network = e.network.as_str(),
+        "enforcement per rule class"
+    );
+    for (class, m) in e.per_class() {
+        metrics.enforcement.with_label_values(&[class.as_str(), m.as_str()]).set(1);
+    }
+    for (class, m) in [(RuleClass::File, e.file), (RuleClass::Exec, e.exec)] {
+        let class = class.as_str();
+        if m == Mechanism::Kill {
+            tracing::warn!(
+                "{class} rules are enforced by killing the process (no BPF LSM on this kernel): a denied {class} \
+                 operation has already happened when the process dies (see docs/policy.md)"
+            );
+        }
+    }
+    let weak: Vec<&str> = e
+        .per_class()
+        .into_iter()
+        .filter(|(_, m)| matches!(m, Mechanism::AuditOnly | Mechanism::Unavailable))
+        .map(|(c, _)| c.as_str())
+        .collect();
+    for p in set.policies() {
+        if p.mode == policy::Mode::Enforce && !weak.is_empty() {
+            tracing::error!(
+                policy = %p.name,
+                "policy is in enforce mode but this kernel cannot enforce its {} rules: they are only recorded",
+                weak.join(", ")
+            );
+        }
+    }
+}
+
+/// The daemon's own files and sockets, closed to trajectories.
+pub fn protected(config: &DaemonConfig, prepared: &Prepared, cgroup_mount: &Path) -> Protected {
+    let protected = Protected::for_daemon(
+        &config.control_socket,
+        prepared.state.path(),
+        config.policy_dir.as_deref(),
+        match &config.events {
+            jsonl::Output::File(f) => Some(f.as_path()),
+            jsonl::Output::Stdout => None,
+        },
+        cgroup_mount,
+        std::process::id(),
+    );
+    for p in protected.skipped() {
+        tracing::warn!(path = %p, "cannot protect this path from trajectories (too long or not absolute)");
+    }
+    protected
+}
+
+impl Report {
+    /// The report, its protections logged. `keep_on_exit`: the pins
+    /// outlive the daemon (`--stop-enforcement-on-exit` not given).
+    pub fn new(loaded: &Loaded, protected: &Protected, prepared: &Prepared, keep_on_exit: bool) -> Self {
+        let mut protections = vec![files(loaded.enforcement, protected)];
+        protections.extend(loaded.protections.iter().map(ProtectionStatus::from));
+        protections.push(continuity(loaded, prepared, keep_on_exit));
+        for p in &protections {
+            if p.mechanism == Mechanism::Unavailable.as_str() {
+                tracing::warn!(protection = %p.protection, mechanism = %p.mechanism, "{}", p.detail);
+            } else {
+                tracing::info!(protection = %p.protection, mechanism = %p.mechanism, "{}", p.detail);
+            }
+        }
+        Report {
+            hooks: loaded.hooks.iter().map(HookStatus::from).collect(),
+            enforcement: loaded.enforcement.into(),
+            protections,
+        }
+    }
+}
+
+/// The daemon's files, protected by whatever enforces file rules.
+fn files(e: Enforcement, protected: &Protected) -> ProtectionStatus {
+    let paths: Vec<String> =
+        protected.paths().iter().map(|p| if p.directory { format!("{}/", p.path) } else { p.path.clone() }).collect();
+    ProtectionStatus {
+        protection: "files".into(),
+        mechanism: e.file.as_str().into(),
+        detail: format!("opens for writing of {} and of any file on a cgroup or BPF filesystem", paths.join(", ")),
+    }
+}
+
+/// Whether enforcement outlives the daemon: pinned, or not and why.
+fn continuity(loaded: &Loaded, prepared: &Prepared, keep_on_exit: bool) -> ProtectionStatus {
+    let pinned = prepared.pins.is_some();
+    ProtectionStatus {
+        protection: "continuity".into(),
+        mechanism: if pinned && loaded.unpinned.is_empty() { Mechanism::Pinned } else { Mechanism::Unavailable }
+            .as_str()
+            .into(),
+        detail: format!(
+            "{}; {}",
+            prepared.continuity,
+            if keep_on_exit {
+                "the kernel keeps enforcing when the daemon exits or is killed"
+            } else if pinned {
+                "--stop-enforcement-on-exit: a clean exit removes the pins; a killed daemon's pins stay"
+            } else {
+                "no pins"
+            }
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hooks::HookClass;
+
+    #[test]
+    fn loader_states_convert_to_their_wire_form() {
+        let hook = HookState {
+            hook: "lsm:file_open",
+            class: HookClass::Open,
+            mechanism: Mechanism::LsmDeny,
+            detail: "opens denied".into(),
+        };
+        assert_eq!(
+            HookStatus::from(&hook),
+            HookStatus {
+                hook: "lsm:file_open".into(),
+                class: "open".into(),
+                mechanism: "lsm-deny".into(),
+                detail: "opens denied".into()
+            }
+        );
+        let e = Enforcement { file: Mechanism::Kill, exec: Mechanism::LsmDeny, network: Mechanism::CgroupDeny };
+        assert_eq!(
+            ClassEnforcement::from(e),
+            ClassEnforcement { file: "kill".into(), exec: "lsm-deny".into(), network: "cgroup-deny".into() }
+        );
+        let p = ProtectionState { protection: "bpf", mechanism: Mechanism::Unavailable, detail: "no LSM".into() };
+        assert_eq!(
+            ProtectionStatus::from(&p),
+            ProtectionStatus { protection: "bpf".into(), mechanism: "unavailable".into(), detail: "no LSM".into() }
+        );
+    }
+
+    #[test]
+    fn file_protection_lists_the_protected_paths() {
+        let protected = Protected::new([("/run/agent-monitor".into(), true), ("/var/log/events.jsonl".into(), false)]);
+        let e = Enforcement { file: Mechanism::LsmDeny, exec: Mechanism::LsmDeny, network: Mechanism::CgroupDeny };
+        let p = files(e, &protected);
+        assert_eq!((p.protection.as_str(), p.mechanism.as_str()), ("files", "lsm-deny"));
+        assert!(p.detail.contains("/run/agent-monitor/, /var/log/events.jsonl"), "{}", p.detail);
+    }
+}
