@@ -6,9 +6,10 @@
 //! and record everything; the daemon turns the records into a
 //! per-trajectory JSON Lines stream. See `docs/architecture.md`.
 
-// Public: what the binary (`app`), the integration tests and the older
-// layout's build (`tests/previous_layout`) name. Everything else is the
-// daemon's inside, free to change.
+// Public: what the binary (`app`), the integration tests, the older
+// layout's build (`tests/previous_layout`) and the fuzz targets (`fuzz/`:
+// the record decoder, the policy language and its reference judges) name.
+// Everything else is the daemon's inside, free to change.
 mod adopt;
 pub mod app;
 mod btf;
@@ -21,7 +22,7 @@ mod daemon;
 pub mod defaults;
 mod enforce;
 mod errors;
-mod events;
+pub mod events;
 mod hash;
 mod hooks;
 mod host;
@@ -30,7 +31,7 @@ mod loader;
 mod metrics;
 mod mounts;
 pub mod pins;
-mod policy;
+pub mod policy;
 mod record;
 mod reload;
 mod run;

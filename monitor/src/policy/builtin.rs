@@ -120,7 +120,6 @@ impl Protected {
 
     /// Whether a write to `path` (an absolute path, as the kernel resolves
     /// it) is refused.
-    #[cfg(test)]
     pub fn covers(&self, path: &str) -> bool {
         self.paths.iter().any(|p| {
             if p.directory {

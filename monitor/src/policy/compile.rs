@@ -206,7 +206,6 @@ pub fn path_entry_key(policy_id: u32, prefix: &[u8]) -> PathKey {
 /// The key the kernel looks up for `path` (bytes up to the first NUL): the
 /// path and its terminator when it fits, else its first [`PATH_KEY_LEN`]
 /// bytes and no terminator (see `monitor_common::policy`).
-#[cfg(test)]
 pub fn path_lookup_key(policy_id: u32, path: &[u8]) -> PathKey {
     let path = path.split(|&b| b == 0).next().unwrap_or_default();
     let mut key = [0u8; PATH_KEY_LEN];

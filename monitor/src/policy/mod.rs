@@ -12,7 +12,6 @@
 pub mod builtin;
 pub mod compile;
 pub mod diagnostic;
-#[cfg(test)]
 pub mod judge;
 pub mod model;
 pub mod schema;
@@ -22,20 +21,13 @@ pub mod validate;
 #[cfg(test)]
 mod tests;
 
-pub use builtin::{Protected, TAMPER_RULE};
-pub use compile::{compile, resolve, CompiledPolicy, OpenError};
+pub use builtin::{Protected, ProtectedPath, TAMPER_RULE};
+pub use compile::{compile, resolve, CompiledPolicy, MapEntries, OpenError, ResolvedPolicy, TooManyPortRules};
 pub use diagnostic::{Diagnostic, Pos};
-pub use model::Mode;
-pub use template::Vars;
-pub use validate::{check, load_daemon_set, PolicySet};
-// What the unit tests name besides.
-#[cfg(test)]
-pub use {
-    compile::ResolvedPolicy,
-    judge::{judge_connect, judge_exec, judge_file, Decision, PolicyMaps},
-    model::{Access, Action, Policy, RuleClass},
-    validate::{load_dir, validate_file},
-};
+pub use judge::{judge_connect, judge_exec, judge_file, Decision, PolicyMaps};
+pub use model::{Access, AccessSet, Action, Cidr, Mode, Policy, PortRange, Protocol, RuleClass, RuleId, RuleOrigin};
+pub use template::{PathKind, PathPattern, Var, Vars};
+pub use validate::{check, load_daemon_set, load_dir, validate_file, PolicySet, EMBEDDED_DEFAULT_FILE};
 
 impl PolicySet {
     /// Resolves and compiles policy `name` for a trajectory with `vars`.

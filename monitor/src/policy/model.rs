@@ -41,7 +41,6 @@ impl Action {
         }
     }
 
-    #[cfg(test)]
     pub const fn from_abi(v: u8) -> Option<Action> {
         match v {
             action::ALLOW => Some(Action::Allow),
@@ -100,7 +99,6 @@ impl Mode {
 /// One kind of file access. An open for both (`O_RDWR`) is judged once per
 /// access and takes the stronger verdict.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[cfg(test)]
 pub enum Access {
     Read,
     Write,
@@ -125,7 +123,6 @@ impl AccessSet {
         }
     }
 
-    #[cfg(test)]
     pub const fn covers(self, access: Access) -> bool {
         match access {
             Access::Read => self.read,
@@ -193,7 +190,6 @@ impl PortRange {
         Ok(PortRange { lo, hi })
     }
 
-    #[cfg(test)]
     pub const fn contains(self, port: u16) -> bool {
         self.lo <= port && port <= self.hi
     }
