@@ -44,6 +44,17 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
     for (name, seeds) in targets {
         let corpus = root.join("fuzz/corpus").join(name);
         std::fs::create_dir_all(&corpus)?;
+        // Built first, so a target that does not compile is not reported as
+        // a crash, and the time below is the fuzzing's.
+        let built = cargo()
+            .current_dir(&root)
+            .args(["fuzz", "build", "--fuzz-dir", "fuzz", name])
+            .env("RUSTC_BOOTSTRAP", "1")
+            .status()
+            .context("cannot run cargo fuzz")?;
+        if !built.success() {
+            bail!("fuzz target {name} does not build ({built}); the compiler's errors are above");
+        }
         let start = Instant::now();
         eprintln!("xtask: fuzzing {name} for {} s", args.seconds);
         let mut cmd = cargo();
