@@ -1,6 +1,7 @@
 //! Kernel constants and helpers shared by the hook families: the errno and
-//! signal numbers the programs return or send, the bound on an LSM
-//! program's return value, and a kernel read that never fails. A leaf: it
+//! signal numbers the programs return or send, the layout of a syscall
+//! tracepoint's record, the bound on an LSM program's return value, and a
+//! kernel read that never fails. A leaf: it
 //! imports no other module of this crate, so any hook module may use it.
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
@@ -10,6 +11,17 @@ pub const EPERM: i32 = 1;
 /// What the tracepoint fallbacks send to stop a process before its syscall
 /// or its new image runs.
 pub const SIGKILL: u32 = 9;
+
+/// Where a syscall tracepoint's record holds argument `n`: after the
+/// 8-byte common header and `int __syscall_nr` (padded to 8), each argument
+/// in an 8-byte slot.
+pub const fn syscall_arg(n: usize) -> usize {
+    16 + 8 * n
+}
+/// Where a syscall exit tracepoint's record holds `long ret`.
+pub const SYSCALL_RET: usize = 16;
+/// Where a syscall tracepoint's record holds `int __syscall_nr`.
+pub const SYSCALL_NR: usize = 8;
 
 /// Bounds an LSM program's return value where the verifier can see it.
 /// Kernels since 6.9 reject an LSM program unless they can prove its return

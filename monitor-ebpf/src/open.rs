@@ -23,7 +23,7 @@ use monitor_common::event::{flags, mechanism, EventKind, OpenEvent, OpenSyscall,
 use crate::{
     exec::write_path,
     file,
-    kernel::SIGKILL,
+    kernel::{syscall_arg as arg, SIGKILL, SYSCALL_NR, SYSCALL_RET},
     maps::{offsets, OpenEntry, OPEN_INFLIGHT},
     pathres::{self, Resolved},
     policy::{self, Access, Verdict},
@@ -31,14 +31,6 @@ use crate::{
     trajectory::{self, Membership},
 };
 
-/// Syscall tracepoint records: 8-byte common header, `int __syscall_nr`, then
-/// each argument as an 8-byte slot; an exit record has `long ret` there.
-const fn arg(n: usize) -> usize {
-    16 + 8 * n
-}
-const RET: usize = 16;
-/// `int __syscall_nr`, after the common header.
-const SYSCALL_NR: usize = 8;
 
 const O_WRONLY: u32 = 0o1;
 const O_CREAT: u32 = 0o100;
@@ -94,7 +86,7 @@ pub fn sys_enter_creat(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_exit_open_any(ctx: TracePointContext) -> u32 {
     let nr: i32 = read(&ctx, SYSCALL_NR);
-    on_exit(syscall_of_nr(nr), read(&ctx, RET));
+    on_exit(syscall_of_nr(nr), read(&ctx, SYSCALL_RET));
     0
 }
 

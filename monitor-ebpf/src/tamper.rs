@@ -40,7 +40,7 @@ use monitor_common::{
 };
 
 use crate::{
-    kernel::{lsm_ret, read_u64, EPERM, SIGKILL},
+    kernel::{lsm_ret, read_u64, syscall_arg, EPERM, SIGKILL},
     maps::offsets,
     policy::{self, Verdict},
     record,
@@ -271,11 +271,10 @@ pub fn lsm_move_mount(ctx: LsmContext) -> i32 {
 
 // ---------------------------------------------------------------- fallback
 
-/// Syscall tracepoint records: 8-byte common header, `int __syscall_nr`,
-/// then each argument in an 8-byte slot.
+/// Syscall argument `n` of a fallback tracepoint's record.
 #[inline(always)]
 fn tp_arg(ctx: &TracePointContext, n: usize) -> i64 {
-    unsafe { ctx.read_at::<i64>(16 + 8 * n) }.unwrap_or(0)
+    unsafe { ctx.read_at::<i64>(syscall_arg(n)) }.unwrap_or(0)
 }
 
 #[inline(always)]
