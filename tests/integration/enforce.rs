@@ -9,7 +9,7 @@
 //! the binary).
 
 use std::{
-    io::Read,
+    io::{BufRead, BufReader},
     net::{TcpListener, UdpSocket},
     os::unix::process::ExitStatusExt,
     process::Output,
@@ -301,35 +301,36 @@ fn reload_takes_effect_for_a_running_trajectory_and_a_broken_edit_is_refused() {
         ws = s.ws.display(),
         p = public.display()
     );
-    let child = d
+    let mut child = d
         .run_policy_cmd("reload", "test", &s.ws, &["sh", "-c", &script])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // Each step's result is read before the policy changes: under TCG the
+    // shell may take longer than any fixed sleep to reach its `cat`.
+    let mut results = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut go = |n: u32| {
+        std::fs::write(step(n), "").unwrap();
+        results.next().unwrap_or_else(|| panic!("the agent ended before step {n}")).unwrap()
+    };
 
-    std::fs::write(step(1), "").unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let step1 = go(1);
     // Deny `public` from now on.
     std::fs::write(s.policies.join("test.yaml"), policy("public")).unwrap();
     // SAFETY: a signal to the test's own daemon child.
     unsafe { libc::kill(d.pid(), libc::SIGHUP) };
     d.wait_metric(r#"agent_monitor_policy_reloads_total{result="success"}"#, 1.0);
-    std::fs::write(step(2), "").unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let step2 = go(2);
     // A broken edit: refused, the previous rules keep denying.
     std::fs::write(s.policies.join("test.yaml"), "name: test\nmode: enforce\nrules: [\n").unwrap();
     // SAFETY: a signal to the test's own daemon child.
     unsafe { libc::kill(d.pid(), libc::SIGHUP) };
     d.wait_metric(r#"agent_monitor_policy_reloads_total{result="failure"}"#, 1.0);
-    std::fs::write(step(3), "").unwrap();
-
-    let mut out = String::new();
-    let mut child = child;
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    let step3 = go(3);
     child.wait().unwrap();
-    assert!(out.contains("step1=0"), "allowed before the reload: {out}");
-    assert!(!out.contains("step2=0") && out.contains("step2="), "denied after the reload: {out}");
-    assert!(!out.contains("step3=0") && out.contains("step3="), "still denied after the refused edit: {out}");
+    assert_eq!(step1, "step1=0", "allowed before the reload");
+    assert!(step2.starts_with("step2=") && step2 != "step2=0", "denied after the reload: {step2}");
+    assert!(step3.starts_with("step3=") && step3 != "step3=0", "still denied after the refused edit: {step3}");
     assert!(d.stderr().contains("policy reload refused"), "{}", d.stderr());
 
     let recs = d.trajectory("reload");
