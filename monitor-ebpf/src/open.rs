@@ -31,7 +31,6 @@ use crate::{
     trajectory::{self, Membership},
 };
 
-
 const O_WRONLY: u32 = 0o1;
 const O_CREAT: u32 = 0o100;
 const O_TRUNC: u32 = 0o1000;
