@@ -20,6 +20,18 @@ pub enum HookClass {
     Tamper,
 }
 
+impl HookClass {
+    /// As `status` spells it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            HookClass::Exec => "exec",
+            HookClass::Open => "open",
+            HookClass::Connect => "connect",
+            HookClass::Tamper => "tamper",
+        }
+    }
+}
+
 /// How a program attaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Attach {

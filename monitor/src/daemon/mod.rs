@@ -31,7 +31,7 @@ use self::{
     report::Report,
     serve::{Clients, Hangups},
     services::Services,
-    start::Kernel,
+    start::KernelSide,
 };
 use crate::{
     config::DaemonConfig,
@@ -52,7 +52,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     let offsets_done = started.elapsed();
     let set = start::admit_policies(&config)?;
     let (mut prepared, previous) = start::prepare(&config, &host.hierarchy)?;
-    let Kernel { loaded, maps, policy_maps } = start::load(&config, &host, &mut prepared)?;
+    let KernelSide { loaded, maps, policy_maps } = start::load(&config, &host, &mut prepared)?;
     // Until the take-over, a failed start undoes its pins.
     let start_guard = prepared.pins.as_ref().map(PinDir::start_guard);
     let metrics = Metrics::new();

@@ -20,7 +20,7 @@ impl From<&HookState> for HookStatus {
     fn from(h: &HookState) -> Self {
         HookStatus {
             hook: h.hook.to_owned(),
-            class: format!("{:?}", h.class).to_lowercase(),
+            class: h.class.as_str().into(),
             mechanism: h.mechanism.as_str().into(),
             detail: h.detail.clone(),
         }

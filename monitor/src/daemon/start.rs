@@ -119,7 +119,7 @@ pub fn prepare(config: &DaemonConfig, hierarchy: &Hierarchy) -> Result<(Prepared
 
 /// What loading hands on: the owner of the programs and links, and the
 /// maps for the pipeline and the enforcer.
-pub struct Kernel {
+pub struct KernelSide {
     pub loaded: Loaded,
     pub maps: PipelineMaps,
     pub policy_maps: PolicyMapHandles,
@@ -127,7 +127,7 @@ pub struct Kernel {
 
 /// Loads and attaches every hook, pinning the links where `prepared` has
 /// a pin directory.
-pub fn load(config: &DaemonConfig, host: &Host, prepared: &mut Prepared) -> Result<Kernel, DaemonError> {
+pub fn load(config: &DaemonConfig, host: &Host, prepared: &mut Prepared) -> Result<KernelSide, DaemonError> {
     let (loaded, maps, policy_maps) = loader::load(&LoadOptions {
         offsets: host.offsets,
         ringbuf_bytes: config.ringbuf_bytes,
@@ -144,7 +144,7 @@ pub fn load(config: &DaemonConfig, host: &Host, prepared: &mut Prepared) -> Resu
             prepared.continuity.push_str(&format!("; {} not pinned: {}", u.hook, u.reason));
         }
     }
-    Ok(Kernel { loaded, maps, policy_maps })
+    Ok(KernelSide { loaded, maps, policy_maps })
 }
 
 pub struct Listeners {
