@@ -27,6 +27,11 @@ const PACKAGES: &[&str] = &[
     "prometheus",
     "systemd",
     "strace",
+    // Tests of domain egress (tests/integration/dns.rs): a real upstream
+    // resolver, `dig` for TCP queries, curl through glibc's resolver.
+    "dnsmasq-base",
+    "bind9-dnsutils",
+    "curl",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
