@@ -220,6 +220,17 @@ impl ConnectOp {
     }
 }
 
+/// [`ConnectEvent::redirect`]: what the hook did with a DNS packet.
+pub mod redirect {
+    /// Not DNS, or no resolver: judged by the policy.
+    pub const NONE: u8 = 0;
+    /// Sent to the daemon's resolver instead of `addr`.
+    pub const DNS: u8 = 1;
+    /// DNS the hook could not redirect (a socket already bound, an IPv6
+    /// nameserver): refused under an enforcing policy.
+    pub const DNS_REFUSED: u8 = 2;
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectEvent {
@@ -233,7 +244,12 @@ pub struct ConnectEvent {
     pub sock_type: u32,
     /// Destination port, host byte order.
     pub port: u16,
-    pub _pad: [u8; 6],
+    /// One of [`redirect`].
+    pub redirect: u8,
+    pub _pad: u8,
+    /// The daemon's id of the name whose learned address allowed the
+    /// connect (`LearnedValue::name`), 0 for none.
+    pub domain: u32,
     /// Destination address, network byte order; IPv4 uses the first 4 bytes.
     pub addr: [u8; 16],
 }

@@ -33,8 +33,63 @@ pub struct RuntimeConfig {
     pub trajectory_levels: u64,
     /// [`runtime`] bits.
     pub flags: u64,
+    /// The daemon's DNS resolver (`monitor/src/dns`): IPv4 address in
+    /// network byte order. The socket hooks send a trajectory's DNS traffic
+    /// (UDP and TCP to port 53) there; `dns_port` 0 means no resolver runs
+    /// and port 53 is judged like any other destination.
+    pub dns_addr: [u8; 4],
+    /// The resolver's port, host byte order.
+    pub dns_port: u16,
+    /// Second octet of the loopback network `127.N.0.0/16` a redirected DNS
+    /// socket's source address is taken from: the low 16 bits name the
+    /// [`DnsSlot`] that tells the resolver who asked.
+    pub dns_client_net: u8,
+    pub _pad: u8,
 }
-assert_size!(RuntimeConfig, 16);
+assert_size!(RuntimeConfig, 24);
+
+/// Slots of [`crate::names::MAP_DNS_SLOTS`]: each CPU writes its own
+/// [`DNS_SLOTS_PER_CPU`] slots in turn, so a slot is rewritten only after
+/// that many later DNS redirects on the same CPU.
+pub const DNS_SLOT_COUNT: u32 = 1 << 12;
+pub const DNS_SLOTS_PER_CPU: u32 = 1 << 8;
+
+/// Who sent a redirected DNS packet, written by the socket hook before the
+/// packet leaves and read by the resolver when it arrives. The slot's index
+/// is the low 16 bits of the packet's source address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DnsSlot {
+    /// The process, trajectory, policy instance and step, as every record
+    /// carries them (kind `Connect`).
+    pub header: crate::event::EventHeader,
+    /// Where the agent sent it (network byte order; IPv4 in the first 4
+    /// bytes).
+    pub orig_addr: [u8; 16],
+    /// Its destination port, host byte order (53).
+    pub orig_port: u16,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub protocol: u8,
+    /// [`crate::event::ConnectOp`].
+    pub op: u8,
+    /// Bumped with every write, so the resolver can tell a slot from its
+    /// previous use.
+    pub generation: u32,
+}
+assert_size!(DnsSlot, 96 + 24);
+
+/// The destination a redirected DNS socket asked for, by socket cookie:
+/// what `recvmsg4` and `getpeername4` show the agent instead of the
+/// resolver's address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsPeer {
+    /// Network byte order.
+    pub addr: [u8; 4],
+    /// Network byte order, as `user_port` holds it.
+    pub port: u32,
+}
+assert_size!(DnsPeer, 8);
 
 /// [`RuntimeConfig::flags`] bits, set by the daemon once the BPF LSM
 /// programs passed their functional self-test.
@@ -124,4 +179,8 @@ mod pod {
     unsafe impl aya::Pod for super::RuntimeConfig {}
     // SAFETY: plain-old-data, `#[repr(C)]`, no padding holes left implicit.
     unsafe impl aya::Pod for super::KernelOffsets {}
+    // SAFETY: plain-old-data, `#[repr(C)]`, no padding holes left implicit.
+    unsafe impl aya::Pod for super::DnsSlot {}
+    // SAFETY: plain-old-data, `#[repr(C)]`, no padding holes left implicit.
+    unsafe impl aya::Pod for super::DnsPeer {}
 }

@@ -29,6 +29,26 @@ pub const PROG_CONNECT4: &str = "connect4";
 pub const PROG_CONNECT6: &str = "connect6";
 pub const PROG_SENDMSG4: &str = "sendmsg4";
 pub const PROG_SENDMSG6: &str = "sendmsg6";
+pub const PROG_RECVMSG4: &str = "recvmsg4";
+pub const PROG_GETPEERNAME4: &str = "getpeername4";
+
+// DNS egress (`monitor/src/dns`, `monitor-ebpf/src/dns.rs`).
+
+/// Who sent each redirected DNS packet: slot -> [`crate::maps::DnsSlot`].
+pub const MAP_DNS_SLOTS: &str = "DNS_SLOTS";
+/// Per-CPU slot counter.
+pub const MAP_DNS_NEXT: &str = "DNS_NEXT";
+/// Redirected sockets the agent had bound itself, LRU hash: protocol << 16 |
+/// source port -> slot index.
+pub const MAP_DNS_BOUND: &str = "DNS_BOUND";
+/// Redirected sockets, LRU hash: socket cookie -> [`crate::maps::DnsPeer`].
+pub const MAP_DNS_PEERS: &str = "DNS_PEERS";
+/// Learned IPv4 addresses, LRU hash: [`crate::policy::Learned4Key`] ->
+/// [`crate::policy::LearnedValue`].
+pub const MAP_LEARNED4: &str = "LEARNED4";
+/// Learned IPv6 addresses, LRU hash: [`crate::policy::Learned6Key`] ->
+/// [`crate::policy::LearnedValue`].
+pub const MAP_LEARNED6: &str = "LEARNED6";
 
 // Policy enforcement maps (keys and values in `crate::policy`).
 

@@ -177,8 +177,57 @@ pub struct NetValue {
 }
 assert_size!(NetValue, 16 + 12 * MAX_PORT_RULES);
 
+/// Key of the learned-address map for IPv4: an address the trajectory's
+/// own DNS answer returned for a name its policy allows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Learned4Key {
+    /// Policy instance id (native byte order: a hash key, not a prefix).
+    pub policy: u32,
+    /// Network byte order.
+    pub addr: [u8; 4],
+}
+assert_size!(Learned4Key, 8);
+
+/// Key of the learned-address map for IPv6.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Learned6Key {
+    pub policy: u32,
+    pub addr: [u8; 16],
+}
+assert_size!(Learned6Key, 20);
+
+/// Entries of each learned-address map (LRU: an evicted entry denies, like
+/// an expired one).
+pub const MAX_LEARNED: u32 = 1 << 14;
+
+/// Value of the learned-address maps: the name's port rules, valid until
+/// `expires_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LearnedValue {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) after which the entry no longer
+    /// judges: the answer's TTL plus the daemon's grace, clamped.
+    pub expires_ns: u64,
+    /// The daemon's id of the name the agent resolved (the `domain` of
+    /// connect records); 0 is no name.
+    pub name: u32,
+    pub _pad: u32,
+    /// The domain rules matching the name, in precedence order; `fallback`
+    /// is the network default.
+    pub net: NetValue,
+}
+assert_size!(LearnedValue, 16 + 16 + 12 * MAX_PORT_RULES);
+
 #[cfg(feature = "user")]
 mod pod {
+    // SAFETY: plain-old-data, `#[repr(C)]`, no padding holes left implicit.
+    unsafe impl aya::Pod for super::Learned4Key {}
+    // SAFETY: plain-old-data, `#[repr(C)]`, no padding holes left implicit.
+    unsafe impl aya::Pod for super::Learned6Key {}
+    // SAFETY: plain-old-data, `#[repr(C)]`, no padding holes left implicit.
+    unsafe impl aya::Pod for super::LearnedValue {}
     // SAFETY: plain-old-data, `#[repr(C)]`, no padding holes left implicit.
     unsafe impl aya::Pod for super::PolicyVerdict {}
     // SAFETY: plain-old-data, `#[repr(C)]`, no padding holes left implicit.

@@ -5,9 +5,13 @@
 //! connect and sendmsg, which go through the same socket layer.
 
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
-use monitor_common::event::{mechanism, ConnectEvent, ConnectOp, EventKind};
+use monitor_common::event::{mechanism, redirect, ConnectEvent, ConnectOp, EventKind};
 
-use crate::{policy, record, trajectory};
+use crate::{
+    dns::{self, Redirect},
+    policy::{self, Verdict},
+    record, trajectory,
+};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
@@ -48,9 +52,22 @@ fn on_addr(ctx: &SockAddrContext, op: ConnectOp, family: u32) -> i32 {
     // the v6 ones; `family` is a constant per hook, so each program keeps
     // just one branch.
     let mut addr = [0u8; 16];
-    let verdict = if family == AF_INET {
+    let mut redirect = redirect::NONE;
+    let judged = if family == AF_INET {
         let a = sa.user_ip4.to_ne_bytes();
         addr[..4].copy_from_slice(&a);
+        match dns::resolver() {
+            Some(cfg) if policy::bound(member.policy) => {
+                match dns::redirect4(ctx, &cfg, &member, op == ConnectOp::Connect) {
+                    Redirect::Done => redirect = redirect::DNS,
+                    Redirect::Failed => redirect = redirect::DNS_REFUSED,
+                    // The resolver only answers redirected packets.
+                    Redirect::No if dns::is_resolver(&cfg, a, port) => redirect = redirect::DNS_REFUSED,
+                    Redirect::No => {}
+                }
+            }
+            _ => {}
+        }
         policy::net4(member.policy, a, port, protocol)
     } else {
         let w = sa.user_ip6;
@@ -58,7 +75,17 @@ fn on_addr(ctx: &SockAddrContext, op: ConnectOp, family: u32) -> i32 {
         addr[4..8].copy_from_slice(&w[1].to_ne_bytes());
         addr[8..12].copy_from_slice(&w[2].to_ne_bytes());
         addr[12..16].copy_from_slice(&w[3].to_ne_bytes());
+        // DNS to an IPv6 (or IPv4-mapped) nameserver is not redirected:
+        // refused, so that it cannot leave around the resolver.
+        if port == dns::DNS_PORT && dns::resolver().is_some() && policy::bound(member.policy) {
+            redirect = redirect::DNS_REFUSED;
+        }
         policy::net6(member.policy, addr, port, protocol)
+    };
+    let verdict = match redirect {
+        redirect::DNS => Verdict::redirected(member.policy),
+        redirect::DNS_REFUSED => Verdict::unredirectable(member.policy),
+        _ => judged.verdict,
     };
     // The decision stands whether or not the record fits in the ring buffer.
     let result = if verdict.blocks() { REJECT } else { ALLOW };
@@ -73,7 +100,9 @@ fn on_addr(ctx: &SockAddrContext, op: ConnectOp, family: u32) -> i32 {
         (*ev).protocol = sa.protocol;
         (*ev).sock_type = sa.type_;
         (*ev).port = port;
-        (*ev)._pad = [0; 6];
+        (*ev).redirect = redirect;
+        (*ev)._pad = 0;
+        (*ev).domain = if redirect == redirect::NONE { judged.domain } else { 0 };
         (*ev).addr = addr;
     }
     record::submit(entry);

@@ -9,6 +9,7 @@
 #![no_main]
 
 mod connect;
+mod dns;
 mod exec;
 mod file;
 mod kernel;

@@ -8,8 +8,14 @@ use aya_ebpf::{
 };
 use monitor_common::{
     event::PATH_LEN,
-    maps::{KernelOffsets, LossReason, LsmProbe, RuntimeConfig, TrajectoryValue, MAX_TRAJECTORIES},
-    policy::{ExecValue, FileValue, NetValue, PolicyConfig, MAX_POLICIES, PATH_KEY_LEN},
+    maps::{
+        DnsPeer, DnsSlot, KernelOffsets, LossReason, LsmProbe, RuntimeConfig, TrajectoryValue, DNS_SLOT_COUNT,
+        MAX_TRAJECTORIES,
+    },
+    policy::{
+        ExecValue, FileValue, Learned4Key, Learned6Key, LearnedValue, NetValue, PolicyConfig, MAX_LEARNED,
+        MAX_POLICIES, PATH_KEY_LEN,
+    },
 };
 
 /// Default ring buffer size; the daemon may resize it before loading.
@@ -55,6 +61,29 @@ pub static POLICY_NET4: LpmTrie<[u8; 8], NetValue> = LpmTrie::with_max_entries(1
 
 #[map]
 pub static POLICY_NET6: LpmTrie<[u8; 20], NetValue> = LpmTrie::with_max_entries(1 << 16, BPF_F_NO_PREALLOC);
+
+// DNS egress (`dns.rs`): who sent each redirected query, what each
+// redirected socket asked for, and the addresses learned from allowed names.
+
+#[map]
+pub static DNS_SLOTS: Array<DnsSlot> = Array::with_max_entries(DNS_SLOT_COUNT, 0);
+
+#[map]
+pub static DNS_NEXT: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Slots of redirected sockets the agent had bound itself: protocol << 16
+/// | source port -> slot.
+#[map]
+pub static DNS_BOUND: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+
+#[map]
+pub static DNS_PEERS: LruHashMap<u64, DnsPeer> = LruHashMap::with_max_entries(16384, 0);
+
+#[map]
+pub static LEARNED4: LruHashMap<Learned4Key, LearnedValue> = LruHashMap::with_max_entries(MAX_LEARNED, 0);
+
+#[map]
+pub static LEARNED6: LruHashMap<Learned6Key, LearnedValue> = LruHashMap::with_max_entries(MAX_LEARNED, 0);
 
 /// What `sys_enter_open*` saw, kept for the matching `sys_exit_open*`.
 #[repr(C)]

@@ -6,12 +6,12 @@ use aya_ebpf::maps::lpm_trie::Key;
 use monitor_common::{
     event::{decision, EventHeader},
     policy::{
-        action, mode, FileValue, NetValue, PathKey, PolicyConfig, PolicyVerdict, MAX_PORT_RULES, RULE_BUILTIN_TAMPER,
-        RULE_DEFAULT,
+        action, mode, FileValue, Learned4Key, Learned6Key, LearnedValue, NetValue, PathKey, PolicyConfig,
+        PolicyVerdict, MAX_PORT_RULES, RULE_BUILTIN_TAMPER, RULE_DEFAULT,
     },
 };
 
-use crate::maps::{PathKeyData, POLICY_CONFIG, POLICY_EXEC, POLICY_FILE, POLICY_NET4, POLICY_NET6};
+use crate::maps::{PathKeyData, LEARNED4, LEARNED6, POLICY_CONFIG, POLICY_EXEC, POLICY_FILE, POLICY_NET4, POLICY_NET6};
 
 /// A decision for one operation.
 #[derive(Clone, Copy)]
@@ -26,6 +26,20 @@ pub struct Verdict {
 
 impl Verdict {
     pub const NONE: Verdict = Verdict { policy: u32::MAX, rule_id: RULE_DEFAULT, action: 0, decision: decision::NONE };
+
+    /// A DNS packet sent to the daemon's resolver, which judges the name.
+    #[inline(always)]
+    pub fn redirected(policy: u32) -> Verdict {
+        Verdict { policy, rule_id: RULE_DEFAULT, action: action::ALLOW, decision: decision::ALLOW }
+    }
+
+    /// A DNS packet that could not be sent to the resolver: denied under an
+    /// enforcing policy, recorded as a policy hit under an auditing one.
+    #[inline(always)]
+    pub fn unredirectable(policy: u32) -> Verdict {
+        let decision = if enforcing(policy) { decision::DENY } else { decision::AUDIT };
+        Verdict { policy, rule_id: RULE_DEFAULT, action: action::DENY, decision }
+    }
 
     /// Whether the operation must be stopped.
     #[inline(always)]
@@ -155,32 +169,51 @@ pub fn exec(policy: u32, key: &PathKey) -> Verdict {
     outcome(policy, &cfg, v)
 }
 
-/// Judges a connection to an IPv4 destination (network byte order).
+/// A network verdict and, when an address learned from a DNS answer
+/// decided it, the daemon's id of the name (else 0).
+#[derive(Clone, Copy)]
+pub struct NetVerdict {
+    pub verdict: Verdict,
+    pub domain: u32,
+}
+
+/// Judges a connection to an IPv4 destination (network byte order): the
+/// CIDR trie first; where it falls to the policy default, the addresses
+/// learned from the trajectory's allowed names.
 #[inline(always)]
-pub fn net4(policy: u32, addr: [u8; 4], port: u16, protocol: u8) -> Verdict {
+pub fn net4(policy: u32, addr: [u8; 4], port: u16, protocol: u8) -> NetVerdict {
     let Some(cfg) = config(policy) else {
-        return Verdict::NONE;
+        return NetVerdict { verdict: Verdict::NONE, domain: 0 };
     };
     // A connect to 0.0.0.0 reaches the local host: judged as 127.0.0.1.
     let addr = if addr == [0; 4] { [127, 0, 0, 1] } else { addr };
     let p = policy.to_be_bytes();
     let key = Key::new(64, [p[0], p[1], p[2], p[3], addr[0], addr[1], addr[2], addr[3]]);
-    let v = match POLICY_NET4.get(&key) {
+    let mut v = match POLICY_NET4.get(&key) {
         Some(value) => ports(value, port, protocol),
         None => default(cfg.network_default),
     };
-    outcome(policy, &cfg, v)
+    let mut domain = 0;
+    if v.rule_id == RULE_DEFAULT {
+        if let Some(learned) = unsafe { LEARNED4.get(&Learned4Key { policy, addr }) } {
+            if let Some(l) = learned_verdict(learned, port, protocol) {
+                v = l;
+                domain = learned.name;
+            }
+        }
+    }
+    NetVerdict { verdict: outcome(policy, &cfg, v), domain }
 }
 
 /// Judges a connection to an IPv6 destination (network byte order). An
 /// IPv4-mapped address (`::ffff:a.b.c.d`) is judged by the IPv4 rules.
 #[inline(always)]
-pub fn net6(policy: u32, addr: [u8; 16], port: u16, protocol: u8) -> Verdict {
+pub fn net6(policy: u32, addr: [u8; 16], port: u16, protocol: u8) -> NetVerdict {
     if addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff {
         return net4(policy, [addr[12], addr[13], addr[14], addr[15]], port, protocol);
     }
     let Some(cfg) = config(policy) else {
-        return Verdict::NONE;
+        return NetVerdict { verdict: Verdict::NONE, domain: 0 };
     };
     // A connect to :: reaches the local host: judged as ::1.
     let mut addr = addr;
@@ -191,11 +224,31 @@ pub fn net6(policy: u32, addr: [u8; 16], port: u16, protocol: u8) -> Verdict {
     data[..4].copy_from_slice(&policy.to_be_bytes());
     data[4..].copy_from_slice(&addr);
     let key = Key::new(32 + 128, data);
-    let v = match POLICY_NET6.get(&key) {
+    let mut v = match POLICY_NET6.get(&key) {
         Some(value) => ports(value, port, protocol),
         None => default(cfg.network_default),
     };
-    outcome(policy, &cfg, v)
+    let mut domain = 0;
+    if v.rule_id == RULE_DEFAULT {
+        if let Some(learned) = unsafe { LEARNED6.get(&Learned6Key { policy, addr }) } {
+            if let Some(l) = learned_verdict(learned, port, protocol) {
+                v = l;
+                domain = learned.name;
+            }
+        }
+    }
+    NetVerdict { verdict: outcome(policy, &cfg, v), domain }
+}
+
+/// The verdict of a learned entry that has not expired; `None` once it
+/// has (the policy default then judges, as if it were absent).
+#[inline(always)]
+fn learned_verdict(learned: &LearnedValue, port: u16, protocol: u8) -> Option<PolicyVerdict> {
+    let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_ns() };
+    if now >= learned.expires_ns {
+        return None;
+    }
+    Some(ports(&learned.net, port, protocol))
 }
 
 /// The first port rule of an entry matching `port` and `protocol`, in the
@@ -215,6 +268,12 @@ fn ports(value: &NetValue, port: u16, protocol: u8) -> PolicyVerdict {
         i += 1;
     }
     value.fallback
+}
+
+/// Whether `policy` names a live instance (any mode).
+#[inline(always)]
+pub fn bound(policy: u32) -> bool {
+    config(policy).is_some()
 }
 
 /// Whether `policy` is bound and in `enforce` mode.

@@ -16,6 +16,9 @@ pub struct Cli {
     pub command: Commands,
 }
 
+// The daemon's flags make `Daemon` the large variant; the command line is
+// parsed once per process, so its size costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Commands {
     /// Load the kernel programs and stream trajectory events.
@@ -150,6 +153,33 @@ pub struct DaemonArgs {
     /// next daemon resumes the trajectories.
     #[arg(long)]
     pub stop_enforcement_on_exit: bool,
+    /// DNS server that allowed questions of trajectories are forwarded to,
+    /// ADDR[:PORT] [default: the first nameserver of /etc/resolv.conf]
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    pub dns_upstream: Option<String>,
+    /// Loopback address the daemon's resolver listens on (UDP and TCP);
+    /// port 0 picks a free one [default: 127.0.0.1:0]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub dns_listen: Option<String>,
+    /// Answer to a name the policy denies: refused or nxdomain
+    /// [default: refused]
+    #[arg(long, value_name = "CODE")]
+    pub dns_refusal: Option<String>,
+    /// Added to a DNS answer's TTL for how long its addresses stay allowed
+    /// [default: 5s]
+    #[arg(long, value_name = "DURATION")]
+    pub dns_ttl_grace: Option<String>,
+    /// Shortest time a learned address stays allowed [default: 1s]
+    #[arg(long, value_name = "DURATION")]
+    pub dns_ttl_min: Option<String>,
+    /// Longest time a learned address stays allowed [default: 1h]
+    #[arg(long, value_name = "DURATION")]
+    pub dns_ttl_max: Option<String>,
+    /// Ranges (comma-separated CIDRs) an answer may point into only where
+    /// the domain rule says `allow_private: true` [default: loopback,
+    /// link-local, private and shared ranges; docs/policy.md]
+    #[arg(long, value_name = "CIDRS")]
+    pub dns_internal_ranges: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -15,6 +15,12 @@ pub fn boottime_ns() -> u64 {
     now_ns(libc::CLOCK_BOOTTIME)
 }
 
+/// CLOCK_MONOTONIC now, in ns: the kernel's `bpf_ktime_get_ns`, which
+/// the learned-address entries expire by.
+pub fn monotonic_ns() -> u64 {
+    now_ns(libc::CLOCK_MONOTONIC)
+}
+
 /// Converts CLOCK_BOOTTIME stamps to wall-clock time (ns since the Unix
 /// epoch). Sampled again now and then: the wall clock may be stepped.
 #[derive(Clone, Copy, Debug)]

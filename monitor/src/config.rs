@@ -15,6 +15,7 @@ use std::{
     fmt, io,
     net::SocketAddr,
     path::{Component, Path, PathBuf},
+    time::Duration,
 };
 
 use serde::Deserialize;
@@ -54,6 +55,22 @@ pub struct DaemonConfig {
     pub state_dir: PathBuf,
     /// Remove the pins on a clean exit.
     pub stop_enforcement_on_exit: bool,
+    pub dns: DnsConfig,
+}
+
+/// The DNS egress resolver's settings (`docs/operations.md`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// `None`: the first nameserver of `/etc/resolv.conf`, read at start.
+    pub upstream: Option<SocketAddr>,
+    pub listen: std::net::SocketAddrV4,
+    /// Denied names get NXDOMAIN instead of REFUSED.
+    pub nxdomain: bool,
+    pub ttl_grace: Duration,
+    pub ttl_min: Duration,
+    pub ttl_max: Duration,
+    /// CIDRs; `None`: the built-in list.
+    pub internal_ranges: Option<Vec<String>>,
 }
 
 /// Everything wrong with the configuration, in file order, then flags.
@@ -119,6 +136,21 @@ struct ConfigDoc {
     pin_dir: Option<Str>,
     #[serde(default)]
     state_dir: Option<Str>,
+    #[serde(default)]
+    dns_upstream: Option<Str>,
+    #[serde(default)]
+    dns_listen: Option<Str>,
+    #[serde(default)]
+    dns_refusal: Option<Str>,
+    #[serde(default)]
+    dns_ttl_grace: Option<Str>,
+    #[serde(default)]
+    dns_ttl_min: Option<Str>,
+    #[serde(default)]
+    dns_ttl_max: Option<Str>,
+    /// A comma-separated string of CIDRs, as the flag takes it.
+    #[serde(default)]
+    dns_internal_ranges: Option<Str>,
 }
 
 type Str = Spanned<String>;
@@ -311,6 +343,63 @@ const PIN_DIR: Setting<PathBuf> = Setting {
 const STATE_DIR: Setting<PathBuf> =
     Setting { flag: "--state-dir", key: "state_dir", parse: |s| file_path(s, false), check: |p| absolute(p) };
 
+const DNS_UPSTREAM: Setting<SocketAddr> = Setting {
+    flag: "--dns-upstream",
+    key: "dns_upstream",
+    parse: |s| {
+        s.parse::<SocketAddr>()
+            .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+            .map_err(|_| format!("{s:?}: expected an address, optionally with a port, e.g. 127.0.0.1:53"))
+    },
+    check: |_| Ok(()),
+};
+
+const DNS_LISTEN: Setting<std::net::SocketAddrV4> = Setting {
+    flag: "--dns-listen",
+    key: "dns_listen",
+    parse: |s| s.parse().map_err(|_| format!("{s:?}: expected an IPv4 address and port, e.g. 127.0.0.1:0")),
+    check: |a| match a.ip().is_loopback() {
+        true => Ok(()),
+        false => Err(format!("{a}: the resolver must listen on a loopback address (127.0.0.0/8)")),
+    },
+};
+
+const DNS_REFUSAL: Setting<bool> = Setting {
+    flag: "--dns-refusal",
+    key: "dns_refusal",
+    parse: |s| match s {
+        "refused" => Ok(false),
+        "nxdomain" => Ok(true),
+        _ => Err(format!("{s:?}: expected refused or nxdomain")),
+    },
+    check: |_| Ok(()),
+};
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: expected a duration such as 5s or 1h ({e})"))
+}
+
+const DNS_TTL_GRACE: Setting<Duration> =
+    Setting { flag: "--dns-ttl-grace", key: "dns_ttl_grace", parse: duration, check: |_| Ok(()) };
+const DNS_TTL_MIN: Setting<Duration> =
+    Setting { flag: "--dns-ttl-min", key: "dns_ttl_min", parse: duration, check: |_| Ok(()) };
+const DNS_TTL_MAX: Setting<Duration> = Setting {
+    flag: "--dns-ttl-max",
+    key: "dns_ttl_max",
+    parse: duration,
+    check: |d| match d.is_zero() {
+        false => Ok(()),
+        true => Err("0s: a learned address must stay allowed for some time".into()),
+    },
+};
+
+const DNS_INTERNAL_RANGES: Setting<Vec<String>> = Setting {
+    flag: "--dns-internal-ranges",
+    key: "dns_internal_ranges",
+    parse: |s| Ok(s.split(',').map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect()),
+    check: |list| crate::dns::ranges::InternalRanges::parse(list).map(|_| ()),
+};
+
 fn absolute(p: &Path) -> Result<(), String> {
     match p.is_absolute() {
         true => Ok(()),
@@ -365,6 +454,7 @@ impl Resolver<'_> {
         let pin_dir = self.get(PIN_DIR, doc.pin_dir.as_ref(), args.pin_dir.clone());
         let state_dir = self.get(STATE_DIR, doc.state_dir.as_ref(), args.state_dir.clone());
         let adopt = self.adopt(doc.adopt.as_deref(), &args.adopt);
+        let dns = self.dns(doc, args);
         if events_max_size.is_some() && !matches!(events, Some(Output::File(_))) {
             self.problems.push(Problem::Flag {
                 flag: "--events-max-size",
@@ -394,7 +484,50 @@ impl Resolver<'_> {
             },
             state_dir: state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
             stop_enforcement_on_exit: args.stop_enforcement_on_exit,
+            dns,
         })
+    }
+
+    /// A setting whose flag arrives as a string: parsed like the file's
+    /// value, then resolved as [`Self::get`] does.
+    fn get_str<T>(&mut self, s: Setting<T>, written: Option<&Str>, flag: Option<&str>) -> Option<T> {
+        let flag = match flag.map(s.parse) {
+            Some(Ok(v)) => Some(v),
+            Some(Err(message)) => {
+                self.problems.push(Problem::Flag { flag: s.flag, message });
+                None
+            }
+            None => None,
+        };
+        self.get(s, written, flag)
+    }
+
+    /// The resolver's settings.
+    fn dns(&mut self, doc: &ConfigDoc, args: &DaemonArgs) -> DnsConfig {
+        let upstream = self.get_str(DNS_UPSTREAM, doc.dns_upstream.as_ref(), args.dns_upstream.as_deref());
+        let listen = self.get_str(DNS_LISTEN, doc.dns_listen.as_ref(), args.dns_listen.as_deref());
+        let nxdomain = self.get_str(DNS_REFUSAL, doc.dns_refusal.as_ref(), args.dns_refusal.as_deref());
+        let grace = self.get_str(DNS_TTL_GRACE, doc.dns_ttl_grace.as_ref(), args.dns_ttl_grace.as_deref());
+        let min = self.get_str(DNS_TTL_MIN, doc.dns_ttl_min.as_ref(), args.dns_ttl_min.as_deref());
+        let max = self.get_str(DNS_TTL_MAX, doc.dns_ttl_max.as_ref(), args.dns_ttl_max.as_deref());
+        let internal =
+            self.get_str(DNS_INTERNAL_RANGES, doc.dns_internal_ranges.as_ref(), args.dns_internal_ranges.as_deref());
+        let (ttl_min, ttl_max) = (min.unwrap_or(DEFAULT_DNS_TTL_MIN), max.unwrap_or(DEFAULT_DNS_TTL_MAX));
+        if ttl_min > ttl_max {
+            self.problems.push(Problem::Flag {
+                flag: "--dns-ttl-min",
+                message: format!("{ttl_min:?}: longer than the longest lifetime, --dns-ttl-max {ttl_max:?}"),
+            });
+        }
+        DnsConfig {
+            upstream,
+            listen: listen.unwrap_or_else(|| DEFAULT_DNS_LISTEN.parse().expect("valid built-in default")),
+            nxdomain: nxdomain.unwrap_or(false),
+            ttl_grace: grace.unwrap_or(DEFAULT_DNS_TTL_GRACE),
+            ttl_min,
+            ttl_max,
+            internal_ranges: internal,
+        }
     }
 
     /// `--adopt` flags replace the file's `adopt` list when given; every

@@ -23,10 +23,11 @@ use std::{
 use aya::maps::lpm_trie::Key;
 use monitor_common::{
     names,
-    policy::{PathKey, PolicyConfig, MAX_POLICIES, RULE_BUILTIN_TAMPER, RULE_DEFAULT},
+    policy::{mode, PathKey, PolicyConfig, MAX_POLICIES, RULE_BUILTIN_TAMPER, RULE_DEFAULT},
 };
 
 use crate::{
+    domains::{Domains, InstanceDomains},
     loader::PolicyMapHandles,
     policy::{compile::MapEntries, OpenError, PolicySet, Protected, Vars, TAMPER_RULE},
 };
@@ -101,6 +102,8 @@ pub struct Enforcer {
     described: HashMap<(u32, u32), Described>,
     /// Built-in tamper protection, added to every instance.
     protected: Protected,
+    /// Each live instance's domain rules, for the DNS resolver.
+    domains: Domains,
 }
 
 impl Enforcer {
@@ -113,7 +116,13 @@ impl Enforcer {
             retiring: VecDeque::new(),
             described: HashMap::new(),
             protected: Protected::default(),
+            domains: Domains::default(),
         }
+    }
+
+    /// Publishes each instance's domain rules in `domains` from now on.
+    pub fn share_domains(&mut self, domains: Domains) {
+        self.domains = domains;
     }
 
     /// Adds `protected` to every instance compiled from now on.
@@ -139,6 +148,14 @@ impl Enforcer {
             return Err(e);
         }
         self.described.retain(|(i, _), _| *i != id);
+        self.domains.bind(
+            id,
+            InstanceDomains {
+                policy: binding.policy.as_str().into(),
+                table: compiled.domains().clone(),
+                enforce: compiled.config.mode == mode::ENFORCE,
+            },
+        );
         self.instances.insert(
             id,
             Instance {
@@ -231,6 +248,7 @@ impl Enforcer {
     }
 
     fn discard_entries(&mut self, id: u32) {
+        self.domains.unbind(id);
         let Some(inst) = self.instances.get_mut(&id) else { return };
         if std::mem::take(&mut inst.scan) {
             self.maps.purge(&|i| i == id);

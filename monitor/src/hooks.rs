@@ -83,6 +83,9 @@ pub const HOOKS: &[Hook] = &[
     sock("connect:connect6", names::PROG_CONNECT6),
     sock("connect:sendmsg4", names::PROG_SENDMSG4),
     sock("connect:sendmsg6", names::PROG_SENDMSG6),
+    // DNS egress: a redirected socket sees the server it asked for.
+    sock("connect:recvmsg4", names::PROG_RECVMSG4),
+    sock("connect:getpeername4", names::PROG_GETPEERNAME4),
 ];
 
 /// BPF LSM enforcement of file and exec rules.

@@ -20,6 +20,8 @@ pub mod config;
 mod control;
 mod daemon;
 pub mod defaults;
+mod dns;
+mod domains;
 mod enforce;
 mod errors;
 pub mod events;

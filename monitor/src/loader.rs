@@ -20,9 +20,9 @@ use aya::{
     Btf, Ebpf, EbpfError, EbpfLoader,
 };
 use monitor_common::{
-    maps::{runtime, KernelOffsets, LsmProbe, RuntimeConfig, TrajectoryValue},
+    maps::{runtime, DnsSlot, KernelOffsets, LsmProbe, RuntimeConfig, TrajectoryValue},
     names,
-    policy::{ExecValue, FileValue, NetValue, PolicyConfig},
+    policy::{ExecValue, FileValue, Learned4Key, Learned6Key, LearnedValue, NetValue, PolicyConfig},
 };
 
 use crate::{
@@ -142,6 +142,16 @@ pub struct PipelineMaps {
     pub losses: PerCpuArray<MapData, u64>,
 }
 
+/// The kernel maps of DNS egress the resolver uses (`dns::learn`).
+pub struct DnsMaps {
+    pub slots: Array<MapData, DnsSlot>,
+    /// protocol << 16 | source port -> slot, for sockets bound before the
+    /// redirect.
+    pub bound: HashMap<MapData, u32, u32>,
+    pub learned4: HashMap<MapData, Learned4Key, LearnedValue>,
+    pub learned6: HashMap<MapData, Learned6Key, LearnedValue>,
+}
+
 pub struct Loaded {
     // Owns the programs and the links that are not pinned; dropping
     // detaches those. Pinned links stay attached until their pin goes.
@@ -164,7 +174,7 @@ pub struct Loaded {
 /// Loads the object, attaches every hook (BPF LSM where it runs, the kill
 /// fallbacks elsewhere), pins the links where asked, and hands out the
 /// maps.
-pub fn load(opts: &LoadOptions<'_>) -> Result<(Loaded, PipelineMaps, PolicyMapHandles), LoadError> {
+pub fn load(opts: &LoadOptions<'_>) -> Result<(Loaded, PipelineMaps, PolicyMapHandles, DnsMaps), LoadError> {
     let mut timings = Vec::new();
     let mut phase = Instant::now();
     let mut lap = |name: &'static str| {
@@ -221,11 +231,12 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<(Loaded, PipelineMaps, PolicyMapHa
     }
     let file_exec = if lsm_active { Mechanism::LsmDeny } else { Mechanism::Kill };
     let enforcement = Enforcement { file: file_exec, exec: file_exec, network: Mechanism::CgroupDeny };
-    let (maps, policy) = take_maps(&mut ebpf)?;
+    let (maps, policy, dns) = take_maps(&mut ebpf)?;
     Ok((
         Loaded { _ebpf: ebpf, _pinned: pinned, unpinned, hooks, enforcement, protections, runtime_flags, timings },
         maps,
         policy,
+        dns,
     ))
 }
 
@@ -410,7 +421,7 @@ fn lsm_self_test(ebpf: &mut Ebpf) -> Result<(), String> {
 }
 
 /// Takes the maps the daemon keeps using out of the object.
-fn take_maps(ebpf: &mut Ebpf) -> Result<(PipelineMaps, PolicyMapHandles), LoadError> {
+fn take_maps(ebpf: &mut Ebpf) -> Result<(PipelineMaps, PolicyMapHandles, DnsMaps), LoadError> {
     let policy = PolicyMapHandles {
         config: take(ebpf, names::MAP_POLICY_CONFIG)?,
         file: take(ebpf, names::MAP_POLICY_FILE)?,
@@ -425,7 +436,13 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<(PipelineMaps, PolicyMapHandles), LoadEr
         config: take(ebpf, names::MAP_CONFIG)?,
         losses: take(ebpf, names::MAP_LOSSES)?,
     };
-    Ok((maps, policy))
+    let dns = DnsMaps {
+        slots: take(ebpf, names::MAP_DNS_SLOTS)?,
+        bound: take(ebpf, names::MAP_DNS_BOUND)?,
+        learned4: take(ebpf, names::MAP_LEARNED4)?,
+        learned6: take(ebpf, names::MAP_LEARNED6)?,
+    };
+    Ok((maps, policy, dns))
 }
 
 /// Takes map `name` out of the object as the typed map `T`.

@@ -84,6 +84,24 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+/// An address of a DNS answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DnsAddress {
+    /// The record's owner: the question's name or the chain's last name.
+    pub name: String,
+    pub addr: String,
+    pub ttl: u32,
+}
+
+/// An address the resolver removed from an answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DnsDropped {
+    pub name: String,
+    pub addr: String,
+    /// `dns_rebinding` or `off_chain`.
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Body {
@@ -135,6 +153,56 @@ pub enum Body {
         port: u16,
         /// `tcp`, `udp`, or the protocol number.
         protocol: String,
+        /// `dns`: a DNS packet sent to the daemon's resolver instead of
+        /// `addr` (the `dns` record that follows says what it answered);
+        /// `dns_refused`: DNS that could not be sent there (an already
+        /// bound socket, an IPv6 nameserver), refused under an enforcing
+        /// policy. Absent for every other connect.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        redirect: Option<&'static str>,
+        /// The name the agent resolved that made `addr` reachable: the
+        /// address was learned from the trajectory's own DNS answer for a
+        /// name a `domain` rule allows. Absent otherwise.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        domain: Option<Arc<str>>,
+        /// The daemon's id of `domain`, as the kernel recorded it.
+        #[serde(skip)]
+        domain_id: u32,
+    },
+    /// A DNS question of the agent, answered by the daemon's resolver
+    /// (`docs/policy.md`, "Domain rules").
+    Dns {
+        /// The question's name, lowercase, without the trailing dot.
+        name: String,
+        /// `A`, `AAAA`, `TXT`, ..., or `TYPE<n>`.
+        qtype: String,
+        /// `udp` or `tcp`.
+        transport: &'static str,
+        /// The nameserver the agent addressed, `addr:port`.
+        server: String,
+        /// The answer's code: `NOERROR`, `NXDOMAIN`, `SERVFAIL`, or, for a
+        /// name the policy denies, `REFUSED` (or `NXDOMAIN` where the
+        /// daemon is configured so) without asking upstream.
+        rcode: String,
+        /// Addresses given to the agent; for an allowed name each is
+        /// learned for the TTL plus the grace.
+        answers: Vec<DnsAddress>,
+        /// The CNAME chain followed from `name`, in order.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        cnames: Vec<String>,
+        /// Addresses removed from the answer: `dns_rebinding` (into an
+        /// internal range the rule does not allow), `off_chain` (a record
+        /// for a name not on the chain).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        dropped: Vec<DnsDropped>,
+        /// Seconds each learned address stays allowed (TTL plus grace,
+        /// clamped); absent when nothing was learned.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        learned_for_s: Option<u64>,
+        /// Time spent waiting for the upstream server, in microseconds;
+        /// absent when it was not asked.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        upstream_us: Option<u64>,
     },
     /// A refused tamper attempt (built-in protection, `docs/security.md`).
     Tamper {
@@ -214,6 +282,11 @@ pub struct Summary {
     /// Distinct remote endpoints contacted, `addr:port/protocol` (IPv6 in
     /// brackets), sorted.
     pub endpoints: Vec<String>,
+    /// Distinct names the trajectory's DNS questions resolved (allowed or
+    /// audited), sorted.
+    pub domains_resolved: Vec<String>,
+    /// Distinct names the policy refused to resolve, sorted.
+    pub domains_denied: Vec<String>,
     /// A list above reached its bound (`SUMMARY_LIMIT` entries) and is
     /// incomplete.
     #[serde(skip_serializing_if = "is_false")]
@@ -226,6 +299,7 @@ impl Body {
             Body::Exec { .. } => "exec",
             Body::Open { .. } => "open",
             Body::Connect { .. } => "connect",
+            Body::Dns { .. } => "dns",
             Body::Tamper { .. } => "tamper",
             Body::TrajectoryStart { .. } => "trajectory_start",
             Body::TrajectoryEnd { .. } => "trajectory_end",

@@ -27,6 +27,14 @@ pub fn render(s: &Status) -> String {
     }
     let e = &s.enforcement;
     let _ = writeln!(out, "\nenforcement: file={} exec={} network={}", e.file, e.exec, e.network);
+    if let Some(d) = &s.dns {
+        let upstream = d.upstream.as_deref().unwrap_or("none");
+        let _ = writeln!(
+            out,
+            "dns: resolver {} upstream {upstream} learned {} mechanism {}",
+            d.listen, d.learned, d.mechanism
+        );
+    }
     if !s.protections.is_empty() {
         let _ = writeln!(out, "\n{:<20} {:<12} DETAIL", "PROTECTION", "MECHANISM");
         for p in &s.protections {

@@ -9,6 +9,7 @@
 mod bypass;
 mod confined;
 mod continuity;
+mod dns;
 mod enforce;
 mod harness;
 mod observe;

@@ -70,6 +70,23 @@ pub struct Status {
     /// Where policies are loaded from (`null`: the embedded default only).
     pub policy_dir: Option<String>,
     pub trajectories: Vec<TrajectoryStatus>,
+    /// The DNS egress resolver (`docs/policy.md`, "Domain rules").
+    #[serde(default)]
+    pub dns: Option<DnsStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsStatus {
+    /// Where the resolver listens (UDP and TCP), `addr:port`.
+    pub listen: String,
+    /// Where allowed questions go; `null`: nowhere (answered SERVFAIL).
+    pub upstream: Option<String>,
+    /// Addresses learned from allowed names, live in the kernel maps.
+    pub learned: i64,
+    /// `cgroup-redirect`: the cgroup socket hooks send the trajectories'
+    /// DNS to the resolver and judge connects by what it learned.
+    pub mechanism: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,7 +130,7 @@ pub enum Response {
     },
     Status {
         ok: monostate::True,
-        status: Status,
+        status: Box<Status>,
     },
     Stepped {
         ok: monostate::True,
@@ -202,7 +219,7 @@ mod tests {
         assert_eq!(serde_json::from_str::<Response>(&text).unwrap(), ok);
         let status = Response::Status {
             ok: monostate::True,
-            status: Status {
+            status: Box::new(Status {
                 version: "0".into(),
                 kernel: "6".into(),
                 hooks: vec![],
@@ -215,7 +232,8 @@ mod tests {
                 policies: vec![],
                 policy_dir: None,
                 trajectories: vec![],
-            },
+                dns: None,
+            }),
         };
         let text = serde_json::to_string(&status).unwrap();
         assert_eq!(serde_json::from_str::<Response>(&text).unwrap(), status);

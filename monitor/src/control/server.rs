@@ -19,7 +19,7 @@ use tokio::{
 };
 
 use super::{
-    protocol::{monostate, ClassEnforcement, HookStatus, ProtectionStatus, Request, Response, Status},
+    protocol::{monostate, ClassEnforcement, DnsStatus, HookStatus, ProtectionStatus, Request, Response, Status},
     watcher::Watcher,
 };
 use crate::{
@@ -95,6 +95,9 @@ pub struct Context {
     pub default_policy: String,
     /// Live record subscriptions.
     pub hub: Arc<Hub>,
+    /// The resolver's `status` row; `learned` is read when asked.
+    pub dns: Option<DnsStatus>,
+    pub dns_learned: prometheus::IntGauge,
 }
 
 pub async fn serve(listener: UnixListener, ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
@@ -334,7 +337,7 @@ async fn status(ctx: &Context) -> Response {
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
     Response::Status {
         ok: monostate::True,
-        status: Status {
+        status: Box::new(Status {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             kernel,
             hooks: ctx.hooks.clone(),
@@ -343,7 +346,8 @@ async fn status(ctx: &Context) -> Response {
             policies: ctx.policies.read().expect("not poisoned").clone(),
             policy_dir: ctx.policy_dir.clone(),
             trajectories,
-        },
+            dns: ctx.dns.clone().map(|d| DnsStatus { learned: ctx.dns_learned.get(), ..d }),
+        }),
     }
 }
 

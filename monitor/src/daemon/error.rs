@@ -27,6 +27,9 @@ pub enum DaemonError {
     /// A policy the configuration names is not defined.
     #[error(transparent)]
     Admit(#[from] AdmitError),
+    /// The DNS egress resolver could not bind its sockets.
+    #[error("DNS resolver: {0}")]
+    Dns(#[source] io::Error),
     /// A service failed or panicked; it names the service.
     #[error(transparent)]
     Service(#[from] ServiceError),

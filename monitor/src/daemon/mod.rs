@@ -33,9 +33,12 @@ use self::{
     services::Services,
     start::KernelSide,
 };
+use monitor_common::maps::RuntimeConfig;
+
 use crate::{
-    config::DaemonConfig,
+    config::{DaemonConfig, DNS_CLIENT_NET},
     control,
+    domains::Domains,
     enforce::Enforcer,
     events::{self, handle::PipelineHandle, pipeline::Pipeline},
     loader::Loaded,
@@ -52,16 +55,18 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     let offsets_done = started.elapsed();
     let set = start::admit_policies(&config)?;
     let (mut prepared, previous) = start::prepare(&config, &host.hierarchy)?;
-    let KernelSide { loaded, maps, policy_maps } = start::load(&config, &host, &mut prepared)?;
+    let KernelSide { loaded, maps, policy_maps, dns_maps } = start::load(&config, &host, &mut prepared)?;
     // Until the take-over, a failed start undoes its pins.
     let start_guard = prepared.pins.as_ref().map(PinDir::start_guard);
     let metrics = Metrics::new();
     report::kernel(&loaded, &set, &metrics);
     let policies = Arc::new(RwLock::new(reload::table(&set)));
     let mut enforcer = Enforcer::new(policy_maps, set);
+    let domains = Domains::default();
+    enforcer.share_domains(domains.clone());
     let protected = report::protected(&config, &prepared, &host.hierarchy.mount_point);
     let keep_on_exit = prepared.pins.is_some() && !config.stop_enforcement_on_exit;
-    let report = Report::new(&loaded, &protected, &prepared, keep_on_exit);
+    let mut report = Report::new(&loaded, &protected, &prepared, keep_on_exit);
     enforcer.protect(protected);
     metrics.set_rule_counts(&enforcer.rule_counts());
     let listeners = start::bind(&config).await?;
@@ -70,13 +75,24 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     let hub = Arc::new(Hub::new(metrics.subscriber_dropped.clone(), metrics.subscribers.clone()));
     let (bus, sink) = serve::sink(&config, &prepared, &previous, hub.clone(), &mut services)?;
     let (pipeline, commands) = PipelineHandle::channel();
+    let resolver = start::resolver(&config, dns_maps, domains.clone(), pipeline.clone(), metrics.clone()).await?;
+    report.dns = Some(resolver.status());
     let state = Some(prepared.state.clone());
     let kernel = events::kernel::Kernel::maps(maps)?;
-    let mut core = Pipeline::new(kernel, enforcer, loaded.runtime_flags, bus, metrics.clone(), state, keep_on_exit);
+    let runtime = RuntimeConfig {
+        flags: loaded.runtime_flags,
+        dns_addr: resolver.addr().ip().octets(),
+        dns_port: resolver.addr().port(),
+        dns_client_net: DNS_CLIENT_NET,
+        ..RuntimeConfig::default()
+    };
+    let mut core = Pipeline::new(kernel, enforcer, runtime, bus, metrics.clone(), state, keep_on_exit);
+    core.name_domains(domains);
     let (watcher, watch_events) = control::watcher::new()?;
     let written = sink.written.as_ref();
     let resumed = serve::take_over(&mut core, &config, &prepared, previous, &watcher, written, start_guard).await;
     services.spawn(Service::Pipeline, core.run(commands, services.stop_signal()));
+    services.spawn(Service::Dns, resolver.run(services.stop_signal()));
     let (hierarchy, parent) = (host.hierarchy, prepared.parent.clone());
     let clients = Clients {
         hierarchy,

@@ -8,7 +8,7 @@ use std::path::Path;
 use super::start::Prepared;
 use crate::{
     config::DaemonConfig,
-    control::protocol::{ClassEnforcement, HookStatus, ProtectionStatus},
+    control::protocol::{ClassEnforcement, DnsStatus, HookStatus, ProtectionStatus},
     loader::{Enforcement, HookState, Loaded, ProtectionState},
     metrics::Metrics,
     policy::{self, PolicySet, Protected},
@@ -52,6 +52,7 @@ pub struct Report {
     pub hooks: Vec<HookStatus>,
     pub enforcement: ClassEnforcement,
     pub protections: Vec<ProtectionStatus>,
+    pub dns: Option<DnsStatus>,
 }
 
 /// Logs and exports each hook's mechanism and each rule class's, and
@@ -140,6 +141,7 @@ impl Report {
             hooks: loaded.hooks.iter().map(HookStatus::from).collect(),
             enforcement: loaded.enforcement.into(),
             protections,
+            dns: None,
         }
     }
 }

@@ -224,6 +224,8 @@ pub fn spawn_clients(services: &mut Services, config: &DaemonConfig, c: Clients)
         policy_dir: config.policy_dir.as_ref().map(|d| d.display().to_string()),
         default_policy: config.default_policy.clone(),
         hub: c.hub,
+        dns: c.report.dns,
+        dns_learned: c.metrics.dns_learned.clone(),
     });
     services.spawn(Service::Control, control::server::serve(c.listeners.control, ctx, stop.clone()));
     let mut metrics_stop = stop;

@@ -25,6 +25,7 @@ pub enum Service {
     Reload,
     Reopen,
     Adopt,
+    Dns,
 }
 
 impl Service {
@@ -38,6 +39,7 @@ impl Service {
             Service::Reload => "policy reloader",
             Service::Reopen => "sink reopener",
             Service::Adopt => "adopter",
+            Service::Dns => "DNS resolver",
         }
     }
 
@@ -45,7 +47,9 @@ impl Service {
     /// for, before the pipeline drains.
     fn is_client(self) -> bool {
         match self {
-            Service::Control | Service::Watcher | Service::Reload | Service::Reopen | Service::Adopt => true,
+            Service::Control | Service::Watcher | Service::Reload | Service::Reopen | Service::Adopt | Service::Dns => {
+                true
+            }
             Service::Pipeline | Service::Sink | Service::Metrics => false,
         }
     }

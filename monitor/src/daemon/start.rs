@@ -3,7 +3,7 @@
 //! kernel side loaded, the sockets bound. Each returns what the next
 //! needs; an error stops the start.
 
-use std::{fs::File, io, path::PathBuf};
+use std::{fs::File, io, path::PathBuf, sync::Arc};
 
 use monitor_common::{maps::KernelOffsets, tamper::TamperConfig};
 use tokio::net::{TcpListener, UnixListener};
@@ -13,11 +13,22 @@ use crate::{
     btf::{self, VMLINUX_BTF},
     cgroup::{self, Hierarchy},
     config::DaemonConfig,
+    config::DNS_CLIENT_NET,
     control,
+    dns::{
+        self,
+        learn::Lifetime,
+        message::Refusal,
+        ranges::InternalRanges,
+        resolver::{Resolver, Settings},
+    },
+    domains::Domains,
+    events::handle::PipelineHandle,
     events::state::{Found, StateDir},
     host,
-    loader::{self, LoadOptions, Loaded, PipelineMaps, PolicyMapHandles},
+    loader::{self, DnsMaps, LoadOptions, Loaded, PipelineMaps, PolicyMapHandles},
     metrics,
+    metrics::Metrics,
     pins::{self, PinDir},
     policy::{self, PolicySet},
     reload,
@@ -123,12 +134,13 @@ pub struct KernelSide {
     pub loaded: Loaded,
     pub maps: PipelineMaps,
     pub policy_maps: PolicyMapHandles,
+    pub dns_maps: DnsMaps,
 }
 
 /// Loads and attaches every hook, pinning the links where `prepared` has
 /// a pin directory.
 pub fn load(config: &DaemonConfig, host: &Host, prepared: &mut Prepared) -> Result<KernelSide, DaemonError> {
-    let (loaded, maps, policy_maps) = loader::load(&LoadOptions {
+    let (loaded, maps, policy_maps, dns_maps) = loader::load(&LoadOptions {
         offsets: host.offsets,
         ringbuf_bytes: config.ringbuf_bytes,
         wakeup_bytes: WAKEUP_BYTES.min(u64::from(config.ringbuf_bytes) / 4),
@@ -144,7 +156,7 @@ pub fn load(config: &DaemonConfig, host: &Host, prepared: &mut Prepared) -> Resu
             prepared.continuity.push_str(&format!("; {} not pinned: {}", u.hook, u.reason));
         }
     }
-    Ok(KernelSide { loaded, maps, policy_maps })
+    Ok(KernelSide { loaded, maps, policy_maps, dns_maps })
 }
 
 pub struct Listeners {
@@ -166,4 +178,42 @@ pub async fn bind(config: &DaemonConfig) -> Result<Listeners, DaemonError> {
         );
     }
     Ok(Listeners { metrics, control })
+}
+
+/// Binds the DNS egress resolver (`dns::resolver`) with the configured
+/// upstream, or the host's own (`/etc/resolv.conf`).
+pub async fn resolver(
+    config: &DaemonConfig,
+    maps: DnsMaps,
+    domains: Domains,
+    pipeline: PipelineHandle,
+    metrics: Arc<Metrics>,
+) -> Result<Resolver, DaemonError> {
+    let dns = &config.dns;
+    let internal = match &dns.internal_ranges {
+        Some(list) => InternalRanges::parse(list).map_err(|e| DaemonError::Dns(io::Error::other(e)))?,
+        None => InternalRanges::default(),
+    };
+    let upstream = dns.upstream.or_else(dns::system_upstream);
+    if upstream.is_none() {
+        tracing::warn!(
+            "no DNS upstream (--dns-upstream, or a nameserver in /etc/resolv.conf): allowed names get SERVFAIL"
+        );
+    }
+    let settings = Settings {
+        listen: dns.listen,
+        upstream,
+        refusal: if dns.nxdomain { Refusal::NxDomain } else { Refusal::Refused },
+        lifetime: Lifetime { grace: dns.ttl_grace, min: dns.ttl_min, max: dns.ttl_max },
+        internal,
+        client_net: DNS_CLIENT_NET,
+    };
+    let resolver = Resolver::bind(settings, maps, domains, pipeline, metrics).await.map_err(DaemonError::Dns)?;
+    tracing::info!(
+        listen = %resolver.addr(),
+        upstream = ?upstream,
+        internal_ranges = %resolver.internal_ranges().join(","),
+        "DNS resolver ready"
+    );
+    Ok(resolver)
 }

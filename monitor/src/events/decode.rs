@@ -6,8 +6,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use monitor_common::{
     event::{
-        decision, flags, mechanism, ConnectEvent, ConnectOp, EventHeader, EventKind, ExecEvent, OpenEvent, OpenSyscall,
-        AT_FDCWD,
+        decision, flags, mechanism, redirect, ConnectEvent, ConnectOp, EventHeader, EventKind, ExecEvent, OpenEvent,
+        OpenSyscall, AT_FDCWD,
     },
     policy::action,
     tamper::{TamperEvent, TamperOp},
@@ -104,19 +104,24 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, DecodeError> {
         ts_boot_ns: header.ts_boot_ns,
         trajectory_cgroup: header.trajectory_cgroup,
         step: header.step,
-        process: Process {
-            pid: Some(header.pid),
-            tid: Some(header.tid),
-            ppid: Some(header.ppid),
-            uid: Some(header.uid),
-            gid: Some(header.gid),
-            comm: Some(Bytes::from(until_nul(&header.comm))),
-            exec_id: ExecId::from_start_ns(header.pid, header.start_ns),
-            parent_exec_id: ExecId::from_start_ns(header.ppid, header.parent_start_ns),
-        },
+        process: process(&header),
         body,
         verdict: verdict(&header)?,
     })
+}
+
+/// The process a record header names.
+pub fn process(header: &EventHeader) -> Process {
+    Process {
+        pid: Some(header.pid),
+        tid: Some(header.tid),
+        ppid: Some(header.ppid),
+        uid: Some(header.uid),
+        gid: Some(header.gid),
+        comm: Some(Bytes::from(until_nul(&header.comm))),
+        exec_id: ExecId::from_start_ns(header.pid, header.start_ns),
+        parent_exec_id: ExecId::from_start_ns(header.ppid, header.parent_start_ns),
+    }
 }
 
 fn read<T: Copy>(buf: &[u8]) -> Option<T> {
@@ -209,7 +214,13 @@ fn connect(e: &ConnectEvent) -> Result<Body, DecodeError> {
         17 => "udp".to_owned(),
         n => n.to_string(),
     };
-    Ok(Body::Connect { op, family, addr, port: e.port, protocol })
+    let redirect = match e.redirect {
+        redirect::NONE => None,
+        redirect::DNS => Some("dns"),
+        redirect::DNS_REFUSED => Some("dns_refused"),
+        other => return Err(DecodeError::Field { field: "redirect", value: other.into() }),
+    };
+    Ok(Body::Connect { op, family, addr, port: e.port, protocol, redirect, domain: None, domain_id: e.domain })
 }
 
 fn tamper(e: &TamperEvent) -> Result<Body, DecodeError> {
@@ -339,7 +350,9 @@ mod tests {
             protocol: 6,
             sock_type: 1,
             port: 9,
-            _pad: [0; 6],
+            redirect: 0,
+            _pad: 0,
+            domain: 0,
             addr: [0; 16],
         }
     }

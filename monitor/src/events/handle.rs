@@ -6,7 +6,10 @@ use std::path::PathBuf;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::pipeline::{Command, OpenSpec, PipelineError, TrajectoryStatus};
+use super::{
+    decode::Decoded,
+    pipeline::{Command, OpenSpec, PipelineError, TrajectoryStatus},
+};
 use crate::{policy::PolicySet, vocab::EndReason};
 
 /// Commands queued for the pipeline before a caller waits.
@@ -50,6 +53,13 @@ impl PipelineHandle {
     /// The open trajectories, by id.
     pub async fn list(&self) -> Result<Vec<TrajectoryStatus>, PipelineError> {
         self.ask(|reply| Command::List { reply }).await
+    }
+
+    /// Publishes a record made outside the kernel (the DNS resolver's) in
+    /// its trajectory's stream. Queued, not waited for; dropped once the
+    /// pipeline has stopped.
+    pub async fn publish(&self, record: Decoded) {
+        let _ = self.commands.send(Command::Publish(Box::new(record))).await;
     }
 
     /// The open trajectory whose cgroup is `cgroup` or an ancestor of it.

@@ -33,6 +33,7 @@ use crate::record::{Body, Bytes, Process, Record, Step, Timestamp, Verdict, SCHE
 use crate::{
     cgroup,
     clock::{self, BootToWall},
+    domains::Domains,
     enforce::{Binding, EnforceError, Enforcer},
     metrics::Metrics,
     policy::PolicySet,
@@ -147,6 +148,9 @@ pub enum Command {
         id: Option<u32>,
         reply: oneshot::Sender<Result<u32, PipelineError>>,
     },
+    /// A record made outside the kernel for a trajectory's process (the
+    /// DNS resolver's `dns` records), published like a kernel record.
+    Publish(Box<Decoded>),
     /// Which open trajectory contains this cgroup (itself or an ancestor)?
     Owner {
         cgroup: PathBuf,
@@ -211,12 +215,15 @@ pub struct Pipeline {
     /// `pending`, for the pipeline latency histogram.
     pending_kernel_ts: Vec<u64>,
     pub(super) enforcer: Enforcer,
-    /// [`RuntimeConfig::flags`] chosen at load.
-    runtime_flags: u64,
+    /// What [`RuntimeConfig`] holds besides the trajectory levels: the
+    /// flags chosen at load and the DNS resolver's address.
+    runtime: RuntimeConfig,
     pub(super) state: Option<StateDir>,
     /// The kernel keeps enforcing after this daemon exits (pinned), so its
     /// trajectories stay open for the next daemon instead of ending.
     keep_on_exit: bool,
+    /// Names of the addresses learned from DNS answers.
+    domains: Domains,
 }
 
 impl Pipeline {
@@ -225,7 +232,7 @@ impl Pipeline {
     pub fn new(
         kernel: Kernel,
         enforcer: Enforcer,
-        runtime_flags: u64,
+        runtime: RuntimeConfig,
         bus: Bus,
         metrics: Arc<Metrics>,
         state: Option<StateDir>,
@@ -242,10 +249,16 @@ impl Pipeline {
             pending: Vec::with_capacity(BATCH),
             pending_kernel_ts: Vec::with_capacity(BATCH),
             enforcer,
-            runtime_flags,
+            runtime,
             state,
             keep_on_exit,
+            domains: Domains::default(),
         }
+    }
+
+    /// Names the `domain` of connect records from `domains`.
+    pub fn name_domains(&mut self, domains: Domains) {
+        self.domains = domains;
     }
 
     /// Runs until `shutdown` turns true, then drains. With the pins kept
@@ -333,6 +346,7 @@ impl Pipeline {
                 self.drain().await;
                 let _ = reply.send(self.step(&trajectory, name, id).await);
             }
+            Command::Publish(d) => self.take(*d),
             Command::Owner { cgroup, reply } => {
                 let owner = self.trajectories.values().find(|t| cgroup.starts_with(&t.cgroup));
                 let _ = reply.send(owner.map(|t| t.id.to_string()));
@@ -586,7 +600,7 @@ impl Pipeline {
     pub(super) fn write_levels(&mut self) -> Result<(), PipelineError> {
         let levels = self.trajectories.values().fold(0u64, |m, t| m | 1u64.checked_shl(t.level).unwrap_or(0));
         (self.kernel.bindings)
-            .configure(RuntimeConfig { trajectory_levels: levels, flags: self.runtime_flags })
+            .configure(RuntimeConfig { trajectory_levels: levels, ..self.runtime })
             .map_err(PipelineError::Map)
     }
 
@@ -616,7 +630,12 @@ impl Pipeline {
     }
 
     /// A decoded kernel record into the batch of its trajectory.
-    fn take(&mut self, d: Decoded) {
+    fn take(&mut self, mut d: Decoded) {
+        if let Body::Connect { domain, domain_id, .. } = &mut d.body {
+            if *domain_id != 0 {
+                *domain = self.domains.name(*domain_id);
+            }
+        }
         match self.trajectories.get_mut(&d.trajectory_cgroup) {
             Some(t) => {
                 let verdict = describe(&mut self.enforcer, &d);

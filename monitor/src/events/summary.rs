@@ -22,6 +22,8 @@ pub struct Tally {
     executables: BTreeSet<Vec<u8>>,
     files_written: BTreeSet<Vec<u8>>,
     endpoints: BTreeSet<String>,
+    domains_resolved: BTreeSet<Vec<u8>>,
+    domains_denied: BTreeSet<Vec<u8>>,
     truncated: bool,
 }
 
@@ -35,6 +37,10 @@ impl Tally {
             } else if !self.processes.contains(&id) {
                 self.truncated = true;
             }
+        }
+        if let Body::Dns { name, .. } = &r.body {
+            let set = if decision == Some("deny") { &mut self.domains_denied } else { &mut self.domains_resolved };
+            insert(set, name.as_bytes(), &mut self.truncated);
         }
         // What the trajectory did, not what it tried: denied operations are
         // in `counts` only.
@@ -77,9 +83,15 @@ impl Tally {
             executables: self.executables.iter().map(|b| Bytes(b.clone())).collect(),
             files_written: self.files_written.iter().map(|b| Bytes(b.clone())).collect(),
             endpoints: self.endpoints.iter().cloned().collect(),
+            domains_resolved: strings(&self.domains_resolved),
+            domains_denied: strings(&self.domains_denied),
             truncated: self.truncated,
         }
     }
+}
+
+fn strings(set: &BTreeSet<Vec<u8>>) -> Vec<String> {
+    set.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect()
 }
 
 fn insert(set: &mut BTreeSet<Vec<u8>>, value: &[u8], truncated: &mut bool) {
@@ -155,6 +167,9 @@ mod tests {
             addr: addr.into(),
             port: 443,
             protocol: "tcp".into(),
+            redirect: None,
+            domain: None,
+            domain_id: 0,
         };
         t.add(&record(connect("10.0.0.1", "inet"), Some("allow"), 2));
         t.add(&record(connect("::1", "inet6"), None, 2));

@@ -5,7 +5,10 @@
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
-use monitor_common::{maps::TrajectoryValue, policy::RULE_DEFAULT};
+use monitor_common::{
+    maps::{RuntimeConfig, TrajectoryValue},
+    policy::RULE_DEFAULT,
+};
 use tokio::{
     sync::{mpsc, watch},
     task::JoinHandle,
@@ -54,7 +57,7 @@ impl Running {
         let metrics = Metrics::new();
         let hub = Arc::new(Hub::new(metrics.subscriber_dropped.clone(), metrics.subscribers.clone()));
         let (bus, records) = Bus::new(hub);
-        let pipeline = Pipeline::new(kernel.kernel(), enforcer, 0, bus, metrics, None, false);
+        let pipeline = Pipeline::new(kernel.kernel(), enforcer, RuntimeConfig::default(), bus, metrics, None, false);
         let (handle, commands) = PipelineHandle::channel();
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(pipeline.run(commands, stopped));
@@ -367,7 +370,7 @@ async fn resume_applies_the_plan() {
     let hub = Arc::new(Hub::new(metrics.subscriber_dropped.clone(), metrics.subscribers.clone()));
     let (bus, mut records) = Bus::new(hub);
     let enforcer = Enforcer::new(MemoryPolicyMaps::default(), policies("allow"));
-    let mut pipeline = Pipeline::new(kernel.kernel(), enforcer, 0, bus, metrics, None, true);
+    let mut pipeline = Pipeline::new(kernel.kernel(), enforcer, RuntimeConfig::default(), bus, metrics, None, true);
     let resumed =
         pipeline.resume(vec![found("gone", 44, Origin::Run, PROGRESS)], "p", |_, _| Ok(()), &[], false, None).await;
     assert!(resumed.is_empty());

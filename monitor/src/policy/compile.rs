@@ -8,16 +8,22 @@
 //! one longest-prefix lookup (and, for the network, one bounded scan of port
 //! rules) gives the answer however many rules the policy has.
 //! [`CompiledPolicy::map_entries`] then stamps a policy id into the keys.
+//! Domain rules are not map entries: [`compile`] builds their
+//! [`DomainTable`], which the DNS resolver consults in user space.
 
-use std::{cmp::Reverse, collections::BTreeMap, net::IpAddr, path::PathBuf};
+use std::{cmp::Reverse, collections::BTreeMap, net::IpAddr, path::PathBuf, sync::Arc};
 
 use monitor_common::policy::{
-    ExecValue, FileValue, Net4Key, Net6Key, NetValue, PathKey, PolicyConfig, PolicyVerdict, PortRule, MAX_PORT_RULES,
+    ExecValue, FileValue, Net4Key, Net6Key, NetValue, PathKey, PolicyConfig, PolicyVerdict, MAX_PORT_RULES,
     PATH_KEY_LEN, RULE_DEFAULT,
 };
 
 use super::{
-    model::{AccessSet, Action, Cidr, Defaults, Mode, NetworkRule, Policy, PortRange, Protocol, RuleId},
+    domain::DomainTable,
+    model::{
+        first_match_list, sort_most_specific_first, AccessSet, Action, Cidr, Defaults, DomainRule, Mode, NetworkRule,
+        Policy, PortItem, RuleId,
+    },
     template::{ExpandError, PathKindOrd, ResolvedPath, Vars},
 };
 
@@ -30,6 +36,8 @@ pub struct ResolvedPolicy {
     pub file_rules: Vec<ResolvedFileRule>,
     pub exec_rules: Vec<ResolvedExecRule>,
     pub network_rules: Vec<NetworkRule>,
+    /// Domain rules have no variables: as in the policy.
+    pub domain_rules: Vec<DomainRule>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,6 +112,7 @@ pub fn resolve(policy: &Policy, vars: &Vars) -> Result<ResolvedPolicy, OpenError
         file_rules,
         exec_rules,
         network_rules: policy.network_rules.clone(),
+        domain_rules: policy.domain_rules.clone(),
     })
 }
 
@@ -120,7 +129,8 @@ pub struct TooManyPortRules {
     pub needed: usize,
 }
 
-/// The policy's entries for the kernel maps, not yet tied to a policy id.
+/// The policy's entries for the kernel maps, not yet tied to a policy id,
+/// and its domain rules compiled for the DNS resolver.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompiledPolicy {
     pub config: PolicyConfig,
@@ -129,6 +139,8 @@ pub struct CompiledPolicy {
     pub exec: Vec<PathEntry<ExecValue>>,
     pub net4: Vec<NetEntry>,
     pub net6: Vec<NetEntry>,
+    /// Not map entries: the resolver judges names by it in user space.
+    domains: Arc<DomainTable>,
 }
 
 /// One path trie entry: the key's path bytes (`"/a/b/"`, `"/a/b\0"`, `"/"`).
@@ -155,6 +167,12 @@ pub struct MapEntries {
 }
 
 impl CompiledPolicy {
+    /// The policy's domain rules, for the resolver of the trajectories this
+    /// instance judges (shared: keep it as long as the instance lives).
+    pub fn domains(&self) -> &Arc<DomainTable> {
+        &self.domains
+    }
+
     /// The map entries for this policy under `policy_id`.
     pub fn map_entries(&self, policy_id: u32) -> MapEntries {
         MapEntries {
@@ -248,6 +266,7 @@ pub fn compile(policy: &ResolvedPolicy) -> Result<CompiledPolicy, TooManyPortRul
         exec,
         net4: compile_network(&v4, d.network)?,
         net6: compile_network(&v6, d.network)?,
+        domains: Arc::new(DomainTable::new(&policy.domain_rules, d.network)),
     })
 }
 
@@ -314,45 +333,6 @@ fn resolve_paths<'a>(
     resolved.into_iter().map(|(p, v)| (p.to_vec(), v)).collect()
 }
 
-/// One (port range, protocol) of a network rule.
-#[derive(Clone, Copy, Debug)]
-struct PortItem {
-    range: PortRange,
-    protocol: Option<Protocol>,
-    action: Action,
-    id: RuleId,
-    rule_index: usize,
-}
-
-impl PortItem {
-    fn is_catch_all(&self) -> bool {
-        self.range == PortRange::ALL && self.protocol.is_none()
-    }
-
-    /// Larger is more specific; the order the kernel scans a group in.
-    fn rank(&self) -> (Reverse<u16>, bool, Action, Reverse<RuleId>) {
-        (Reverse(self.range.span()), self.protocol.is_some(), self.action, Reverse(self.id))
-    }
-
-    /// Every query `other` matches, `self` matches too.
-    fn shadows(&self, other: &PortItem) -> bool {
-        self.range.lo <= other.range.lo
-            && other.range.hi <= self.range.hi
-            && (self.protocol.is_none() || self.protocol == other.protocol)
-    }
-
-    fn to_abi(self) -> PortRule {
-        PortRule {
-            port_lo: self.range.lo,
-            port_hi: self.range.hi,
-            protocol: self.protocol.map_or(monitor_common::policy::protocol::ANY, Protocol::number),
-            action: self.action.to_abi(),
-            _pad: 0,
-            rule_id: self.id,
-        }
-    }
-}
-
 /// Builds the trie entries of one address family: one per distinct CIDR,
 /// holding its own port rules and those of every shorter CIDR covering it,
 /// longest CIDR first, each CIDR's rules most specific first. A rule with
@@ -361,14 +341,11 @@ impl PortItem {
 fn compile_network(rules: &[(usize, &NetworkRule)], default: Action) -> Result<Vec<NetEntry>, TooManyPortRules> {
     let mut groups: BTreeMap<(u8, IpAddr), Vec<PortItem>> = BTreeMap::new();
     for &(rule_index, r) in rules {
-        let ranges = if r.ports.is_empty() { vec![PortRange::ALL] } else { r.ports.clone() };
         let items = groups.entry((r.cidr.prefix, r.cidr.addr)).or_default();
-        for range in ranges {
-            items.push(PortItem { range, protocol: r.protocol, action: r.action, id: r.id, rule_index });
-        }
+        items.extend(PortItem::of_rule(&r.ports, r.protocol, r.action, r.id, rule_index));
     }
     for items in groups.values_mut() {
-        items.sort_by_key(|i| Reverse(i.rank()));
+        sort_most_specific_first(items);
     }
     let mut entries = Vec::with_capacity(groups.len());
     for &(prefix, addr) in groups.keys() {
@@ -376,20 +353,8 @@ fn compile_network(rules: &[(usize, &NetworkRule)], default: Action) -> Result<V
         let mut covering: Vec<(&(u8, IpAddr), &Vec<PortItem>)> =
             groups.iter().filter(|((p, a), _)| *p <= prefix && Cidr { addr: *a, prefix: *p }.contains(addr)).collect();
         covering.sort_by_key(|((p, _), _)| Reverse(*p));
-        let mut kept: Vec<PortItem> = Vec::new();
-        let mut fallback = verdict(default, RULE_DEFAULT);
-        'groups: for (_, items) in covering {
-            for item in items {
-                if item.is_catch_all() {
-                    fallback = verdict(item.action, item.id);
-                    break 'groups;
-                }
-                if kept.iter().any(|k| k.shadows(item)) {
-                    continue;
-                }
-                kept.push(*item);
-            }
-        }
+        let (kept, catch_all) = first_match_list(covering.into_iter().map(|(_, items)| items.as_slice()));
+        let fallback = catch_all.map_or(verdict(default, RULE_DEFAULT), |c| verdict(c.action, c.id));
         if let Some(over) = kept.get(MAX_PORT_RULES) {
             return Err(TooManyPortRules { rule_index: over.rule_index, cidr, needed: kept.len() });
         }

@@ -65,10 +65,16 @@ pub struct ExecRuleDoc {
     pub action: Str,
 }
 
+/// Exactly one of `cidr` and `domain`, checked in `validate` so that the
+/// error can name both.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkRuleDoc {
-    pub cidr: Str,
+    #[serde(default)]
+    pub cidr: Option<Str>,
+    /// `example.com` or `*.example.org`.
+    #[serde(default)]
+    pub domain: Option<Str>,
     /// Each item a port (`443`) or an inclusive range (`8000-8999`); YAML
     /// reads both as scalars, so they are parsed in `validate`.
     #[serde(default)]
@@ -76,6 +82,9 @@ pub struct NetworkRuleDoc {
     #[serde(default)]
     pub protocol: Option<Str>,
     pub action: Str,
+    /// Domain rules only.
+    #[serde(default)]
+    pub allow_private: Option<Spanned<bool>>,
 }
 
 /// Parses one policy file. A structural error (bad YAML, unknown field, wrong

@@ -1,7 +1,8 @@
 //! Tests across the policy modules: the example policies, the broken
 //! fixtures and their exact diagnostics, the precedence edge cases (each
-//! judged by both the compiled maps and the naive rule scan), a golden
-//! encoding, and the property test that the two judges always agree.
+//! judged by both the compiled maps and the naive rule scan), domain rules
+//! through the whole pipeline (validation, numbering, the name judge), a
+//! golden encoding, and the property test that the two judges always agree.
 
 use std::{net::IpAddr, path::PathBuf};
 
@@ -80,6 +81,23 @@ impl Fixture {
             None => format!("{} default", d.action),
         }
     }
+
+    /// What the resolver does with `name`, its rule as in [`Fixture::by`].
+    fn name(&self, name: &str) -> String {
+        let rule = |id: RuleId| match self.set.rule(id) {
+            Some(o) => format!("{}[{}]", o.class.as_str(), o.index),
+            None => "default".into(),
+        };
+        match compile(&self.resolved).unwrap().domains().judge(name) {
+            NameVerdict::NoRule { action } => format!("no rule ({action})"),
+            NameVerdict::Refuse { rule: id } => format!("refuse {}", rule(id)),
+            NameVerdict::Resolve { rule: id, action, ports, .. } => {
+                let ports: Vec<String> =
+                    ports.iter().map(|p| format!("{}-{}/{}", p.port_lo, p.port_hi, p.protocol)).collect();
+                format!("{action} {} [{}]", rule(id), ports.join(", "))
+            }
+        }
+    }
 }
 
 fn policy(defaults: &str, rules: &str) -> Fixture {
@@ -126,10 +144,22 @@ fn example_policies_parse_and_say_what_their_comments_say() {
     assert_eq!(net(&default, "127.0.0.1", 8080), Action::Allow);
     assert_eq!(net(&default, "::1", 8080), Action::Allow);
     assert_eq!(net(&default, "::ffff:127.0.0.1", 8080), Action::Allow);
-    assert_eq!(net(&default, "192.0.2.10", 443), Action::Allow);
-    assert_eq!(net(&default, "192.0.2.10", 80), Action::Deny);
+    assert_eq!(net(&default, "198.51.100.10", 443), Action::Deny, "addresses are allowed by name only");
     assert_eq!(net(&default, "8.8.8.8", 53), Action::Deny);
     assert_eq!(default.0.mode, Mode::Enforce);
+    // The allowlisted names (placeholders), HTTPS only; other names refused.
+    let names = set.open("default", &std_vars()).unwrap();
+    let https_only = |name: &str| match names.domains().judge(name) {
+        NameVerdict::Resolve { action: Action::Allow, ports, fallback, .. } => {
+            ports.len() == 1
+                && (ports[0].port_lo, ports[0].port_hi, ports[0].protocol) == (443, 443, TCP)
+                && Action::from_abi(fallback.action) == Some(Action::Deny)
+        }
+        _ => false,
+    };
+    assert!(https_only("example.com") && https_only("pkg.example.com") && https_only("a.b.Example.COM."));
+    assert_eq!(names.domains().judge("example.net"), NameVerdict::NoRule { action: Action::Deny });
+    assert_eq!(names.domains().judge("example.com.example.net"), NameVerdict::NoRule { action: Action::Deny });
 
     let reviewer = open("reviewer");
     assert_eq!(file(&reviewer, "/home/u/proj/src/main.rs", Access::Read), Action::Allow);
@@ -154,6 +184,9 @@ fn example_policies_parse_and_say_what_their_comments_say() {
             (r.id, r.pos) = (0, Pos::FILE);
         }
         for r in &mut p.network_rules {
+            (r.id, r.pos) = (0, Pos::FILE);
+        }
+        for r in &mut p.domain_rules {
             (r.id, r.pos) = (0, Pos::FILE);
         }
         p
@@ -211,6 +244,21 @@ fn broken_fixtures_report_exact_position_and_field() {
         ("unknown_variable.yaml", 10, 13, "rules.file[0].path", "unknown variable ${PROJECT}"),
         ("bad_port_range.yaml", 11, 20, "rules.network[0].ports[1]", "invalid port range \"9000-8000\""),
         ("wrong_type.yaml", 11, 14, "rules.network[0].ports", "expected sequence"),
+        (
+            "bad_domain.yaml",
+            12,
+            15,
+            "rules.network[1].domain",
+            "invalid domain \"exa mple.com\": label \"exa mple\" has a character other than letters, digits, '-' or '_'",
+        ),
+        ("domain_and_cidr.yaml", 13, 15, "rules.network[1].domain", "either `cidr` or `domain`, not both"),
+        (
+            "allow_private_on_cidr.yaml",
+            11,
+            22,
+            "rules.network[0].allow_private",
+            "`allow_private` belongs to domain rules",
+        ),
     ];
     for &(file, line, column, field, message) in cases {
         let path = repo("tests/fixtures/policies").join(file);
@@ -259,6 +307,38 @@ fn every_semantic_error_of_a_file_is_reported() {
 }
 
 #[test]
+fn every_domain_rule_error_names_its_field() {
+    let text = "name: p\nmode: enforce\ndefaults: {file: allow, exec: allow, network: deny}\nrules:\n  network:\n\
+                \x20   - domain: \"*foo.example.com\"\n      action: allow\n\
+                \x20   - {cidr: 10.0.0.0/8, domain: example.com, action: allow}\n\
+                \x20   - ports: [443]\n      action: allow\n\
+                \x20   - domain: localhost\n      action: allow\n\
+                \x20   - domain: example.org\n      allow_private: true\n      action: deny\n\
+                \x20   - domain: example.net\n      ports: []\n      action: alow\n";
+    let diags = validate_file("x.yaml".as_ref(), text).unwrap_err();
+    let got: Vec<(u32, u32, &str)> = diags.iter().map(|d| (d.line, d.column, d.field.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (6, 15, "rules.network[0].domain"),
+            (8, 34, "rules.network[1].domain"),
+            (9, 7, "rules.network[2]"),
+            (11, 15, "rules.network[3].domain"),
+            (14, 22, "rules.network[4].allow_private"),
+            (17, 14, "rules.network[5].ports"),
+            (18, 15, "rules.network[5].action"),
+        ],
+        "{diags:#?}"
+    );
+    let message = |i: usize| diags[i].message.as_str();
+    assert!(message(0).contains("only a whole leading label may be a wildcard"), "{}", diags[0]);
+    assert!(message(1).contains("not both"), "{}", diags[1]);
+    assert!(message(2).contains("needs its destination: `cidr` (addresses) or `domain`"), "{}", diags[2]);
+    assert!(message(3).contains("a domain rule names a fully qualified name such as example.com"), "{}", diags[3]);
+    assert!(message(4).contains("on a deny rule"), "{}", diags[4]);
+}
+
+#[test]
 fn too_long_paths_and_too_many_port_rules_are_validation_errors() {
     let long = format!("/{}", "x".repeat(251));
     let text = format!(
@@ -279,6 +359,78 @@ fn too_long_paths_and_too_many_port_rules_are_validation_errors() {
     // Sixteen fit.
     let text = text.replace(&format!(", {}", ports.last().unwrap()), "");
     assert!(validate_file("x.yaml".as_ref(), &text).is_ok());
+
+    // The same bound per name for domain rules, wildcards above a name
+    // counting with its own rules.
+    let (ten, seven) = (&ports[..10], &ports[10..]);
+    let text = format!(
+        "name: p\nmode: enforce\ndefaults: {ALLOW_ALL}\nrules:\n  network:\n    - cidr: 10.0.0.0/8\n      action: deny\n\
+         \x20   - domain: \"*.example.com\"\n      ports: [{}]\n      action: deny\n\
+         \x20   - domain: a.example.com\n      ports: [{}]\n      action: allow\n",
+        ten.join(", "),
+        seven.join(", ")
+    );
+    let d = validate_file("x.yaml".as_ref(), &text).unwrap_err();
+    assert_eq!((d[0].line, d[0].column, d[0].field.as_str()), (8, 7, "rules.network[1]"), "{}", d[0]);
+    assert!(d[0].message.starts_with("a.example.com is matched by 17 port rules"), "{}", d[0]);
+    assert!(validate_file("x.yaml".as_ref(), &text.replacen(&format!(", {}", ten[9]), "", 1)).is_ok());
+}
+
+// ---------------------------------------------------------------- domain rules
+
+#[test]
+fn domain_rules_share_the_network_numbering_and_leave_cidr_rules_alone() {
+    let f = policy(
+        "{file: allow, exec: allow, network: deny}",
+        "  file:\n    - {path: /a, action: deny}\n\
+         \x20 network:\n    - {cidr: 10.0.0.0/8, ports: [443], action: allow}\n    \
+         - domain: Example.COM.\n      ports: [443]\n      protocol: tcp\n      action: allow\n    \
+         - {cidr: 10.1.0.0/16, action: audit}\n    \
+         - {domain: \"*.example.org\", action: audit, allow_private: true}\n",
+    );
+    let p = f.set.get("p").unwrap();
+    assert_eq!(p.rule_counts(), [1, 0, 4]);
+    let ids = |p: &Policy| -> Vec<RuleId> {
+        p.network_rules.iter().map(|r| r.id).chain(p.domain_rules.iter().map(|r| r.id)).collect()
+    };
+    assert_eq!(ids(p), [2, 4, 3, 5], "CIDR rules 2 and 4, domain rules 3 and 5: file order");
+    assert_eq!(p.domain_rules[0].pattern, DomainPattern::Exact("example.com".into()));
+    assert_eq!(p.domain_rules[1].pattern.to_string(), "*.example.org");
+    assert!(p.domain_rules[1].allow_private && !p.domain_rules[0].allow_private);
+    // The rule table names each by its place in `rules.network` and line.
+    let origin = f.set.rule(3).unwrap();
+    assert_eq!((origin.class, origin.index, origin.line), (RuleClass::Network, 1, 9));
+    assert_eq!(origin.to_string(), "p.yaml:9");
+    assert_eq!(f.set.rule(5).unwrap().index, 3);
+    // CIDR rules judge as without the domain rules between them.
+    assert_eq!(f.by(f.connect("10.0.0.1", 443, TCP)), "allow network[0]");
+    assert_eq!(f.by(f.connect("10.1.0.1", 22, TCP)), "audit network[2]");
+    assert_eq!(f.by(f.connect("11.0.0.1", 443, TCP)), "deny default");
+    // The name judge names rules the same way.
+    assert_eq!(f.name("example.com"), "allow network[1] [443-443/6]");
+    assert_eq!(f.name("a.b.example.org"), "audit network[3] [0-65535/0]");
+    assert_eq!(f.name("example.org"), "no rule (deny)");
+    let compiled = f.set.open("p", &std_vars()).unwrap();
+    let NameVerdict::Resolve { allow_private, .. } = compiled.domains().judge("x.example.org") else { panic!() };
+    assert!(allow_private);
+}
+
+#[test]
+fn refuse_and_resolve_through_a_whole_policy() {
+    let f = policy(
+        ALLOW_ALL,
+        "  network:\n    - {domain: \"*.example.net\", action: deny}\n    \
+         - {domain: mirror.example.net, ports: [443], protocol: tcp, action: allow}\n    \
+         - {domain: example.com, ports: [22], action: deny}\n    \
+         - {domain: example.org, action: deny}\n",
+    );
+    assert_eq!(f.name("a.example.net"), "refuse network[0]");
+    assert_eq!(f.name("mirror.example.net"), "allow network[1] [443-443/6, 0-65535/0]");
+    // A port-specific deny under an allow default: resolved, port 22 denied.
+    assert_eq!(f.name("example.com"), "allow default [22-22/0]");
+    assert_eq!(f.name("example.org"), "refuse network[3]");
+    assert_eq!(f.name("www.example.org"), "no rule (allow)");
+    assert_eq!(f.name("a b.example.org"), "refuse default", "not a name a rule can judge");
 }
 
 // ---------------------------------------------------------------- precedence

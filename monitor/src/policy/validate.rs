@@ -14,11 +14,12 @@ use serde_saphyr::Spanned;
 use super::{
     compile::{compile, ResolvedPolicy},
     diagnostic::{Diagnostic, Pos},
+    domain::DomainTable,
     model::{
-        AccessSet, Action, Cidr, Defaults, ExecRule, FileRule, Mode, NetworkRule, Policy, PortRange, Protocol,
-        RuleClass, RuleId, RuleOrigin,
+        AccessSet, Action, Cidr, Defaults, DomainPattern, DomainRule, ExecRule, FileRule, Mode, NetworkRule, Policy,
+        PortRange, Protocol, RuleClass, RuleId, RuleOrigin,
     },
-    schema::{self, PolicyDoc, Str},
+    schema::{self, NetworkRuleDoc, PolicyDoc, Str},
     template::PathPattern,
 };
 
@@ -71,7 +72,9 @@ impl PolicySet {
     }
 
     /// Assigns rule ids in a stable order: by policy name, then file, exec
-    /// and network rules in file order.
+    /// and network rules in file order. CIDR and domain rules are kept apart
+    /// but share the `rules.network` numbering: ordered together by where
+    /// they start, which is their order in the list.
     fn number(mut policies: Vec<Policy>) -> PolicySet {
         let mut origins = Vec::new();
         let mut next = |policy: &Policy, pos: Pos, class: RuleClass, index: usize| -> RuleId {
@@ -92,8 +95,15 @@ impl PolicySet {
             for (i, r) in p.exec_rules.iter_mut().enumerate() {
                 r.id = next(&snapshot, r.pos, RuleClass::Exec, i);
             }
-            for (i, r) in p.network_rules.iter_mut().enumerate() {
-                r.id = next(&snapshot, r.pos, RuleClass::Network, i);
+            let mut network: Vec<(Pos, &mut RuleId)> = p
+                .network_rules
+                .iter_mut()
+                .map(|r| (r.pos, &mut r.id))
+                .chain(p.domain_rules.iter_mut().map(|r| (r.pos, &mut r.id)))
+                .collect();
+            network.sort_by_key(|(pos, _)| *pos);
+            for (i, (pos, id)) in network.into_iter().enumerate() {
+                *id = next(&snapshot, pos, RuleClass::Network, i);
             }
         }
         PolicySet { policies, origins }
@@ -239,16 +249,7 @@ impl Checker<'_> {
             let action = c.field(at("action"), &r.action, Action::parse);
             Some(ExecRule { id: 0, pos, path: path?, action: action? })
         });
-        let network_rules = self.rules(RuleClass::Network, rules.network.as_deref(), |c, at, r, pos| {
-            let cidr = c.field(at("cidr"), &r.cidr, Cidr::parse);
-            let ports = r.ports.as_ref().map_or(Some(Vec::new()), |ports| c.ports(&at("ports"), ports));
-            let protocol = match &r.protocol {
-                Some(p) => c.field(at("protocol"), p, Protocol::parse).map(Some),
-                None => Some(None),
-            };
-            let action = c.field(at("action"), &r.action, Action::parse);
-            Some(NetworkRule { id: 0, pos, cidr: cidr?, ports: ports?, protocol: protocol?, action: action? })
-        });
+        let destinations = self.rules(RuleClass::Network, rules.network.as_deref(), Self::network_rule);
 
         let (Some(name), Some(mode), Some(file), Some(exec), Some(network)) =
             (name, mode, file_default, exec_default, network_default)
@@ -258,7 +259,21 @@ impl Checker<'_> {
         if !self.diagnostics.is_empty() {
             return Err(self.diagnostics);
         }
-        let network_positions: Vec<(usize, Pos)> = network_rules.iter().map(|(i, r)| (*i, r.pos)).collect();
+        // Each kind of rule with its `rules.network` index, for diagnostics.
+        let (mut network_rules, mut domain_rules) = (Vec::new(), Vec::new());
+        let (mut network_index, mut domain_index) = (Vec::new(), Vec::new());
+        for (i, rule) in destinations {
+            match rule {
+                Destination::Cidr(r) => {
+                    network_rules.push(r);
+                    network_index.push(i);
+                }
+                Destination::Domain(r) => {
+                    domain_rules.push(r);
+                    domain_index.push(i);
+                }
+            }
+        }
         let policy = Policy {
             name,
             file: self.file.to_owned(),
@@ -266,16 +281,83 @@ impl Checker<'_> {
             defaults: Defaults { file, exec, network },
             file_rules: file_rules.into_iter().map(|(_, r)| r).collect(),
             exec_rules: exec_rules.into_iter().map(|(_, r)| r).collect(),
-            network_rules: network_rules.into_iter().map(|(_, r)| r).collect(),
+            network_rules,
+            domain_rules,
         };
-        self.network_bound(&policy, &network_positions)?;
+        self.network_bound(&policy, &network_index)?;
+        self.domain_bound(&policy, &domain_index)?;
         Ok((policy, Pos::of(&doc.name)))
     }
 
+    /// One `rules.network` entry: a CIDR rule or a domain rule.
+    fn network_rule(&mut self, at: &dyn Fn(&str) -> String, r: &NetworkRuleDoc, pos: Pos) -> Option<Destination> {
+        let cidr = r.cidr.as_ref().map(|c| self.field(at("cidr"), c, Cidr::parse));
+        let pattern = r.domain.as_ref().map(|d| self.field(at("domain"), d, DomainPattern::parse));
+        let ports = r.ports.as_ref().map_or(Some(Vec::new()), |ports| self.ports(&at("ports"), ports));
+        let protocol = match &r.protocol {
+            Some(p) => self.field(at("protocol"), p, Protocol::parse).map(Some),
+            None => Some(None),
+        };
+        let action = self.field(at("action"), &r.action, Action::parse);
+        match (cidr, pattern) {
+            (Some(cidr), None) => {
+                if let Some(flag) = &r.allow_private {
+                    self.report(
+                        Pos::of(flag),
+                        at("allow_private"),
+                        "`allow_private` belongs to domain rules: a CIDR rule names its addresses itself",
+                    );
+                    return None;
+                }
+                let rule = NetworkRule { id: 0, pos, cidr: cidr?, ports: ports?, protocol: protocol?, action: action? };
+                Some(Destination::Cidr(rule))
+            }
+            (None, Some(pattern)) => {
+                let allow_private = r.allow_private.as_ref().is_some_and(|f| f.value);
+                if allow_private && action == Some(Action::Deny) {
+                    self.report(
+                        Pos::of(r.allow_private.as_ref()?),
+                        at("allow_private"),
+                        "`allow_private: true` on a deny rule: a denied name is never resolved, so it has no \
+                         answers to keep; remove it",
+                    );
+                    return None;
+                }
+                Some(Destination::Domain(DomainRule {
+                    id: 0,
+                    pos,
+                    pattern: pattern?,
+                    ports: ports?,
+                    protocol: protocol?,
+                    action: action?,
+                    allow_private,
+                }))
+            }
+            (Some(_), Some(_)) => {
+                let domain = r.domain.as_ref()?;
+                self.report(
+                    Pos::of(domain),
+                    at("domain"),
+                    "a network rule has either `cidr` or `domain`, not both: write two rules",
+                );
+                None
+            }
+            (None, None) => {
+                self.report(
+                    pos,
+                    at(""),
+                    "a network rule needs its destination: `cidr` (addresses) or `domain` (a name such as \
+                     example.com)",
+                );
+                None
+            }
+        }
+    }
+
     /// Checks each entry of `rules.<class>` with `check`, which reports
-    /// what is wrong with the entry (`at(field)` names a field of it) and
-    /// returns the rule if nothing is. Returns the valid rules, each with
-    /// its index in the list.
+    /// what is wrong with the entry (`at(field)` names a field of it,
+    /// `at("")` the entry itself) and returns the rule if nothing is.
+    /// Returns the valid rules, each with its index in the list.
     fn rules<D, R>(
         &mut self,
         class: RuleClass,
@@ -284,7 +366,10 @@ impl Checker<'_> {
     ) -> Vec<(usize, R)> {
         let mut out = Vec::new();
         for (i, entry) in entries.unwrap_or_default().iter().enumerate() {
-            let at = |f: &str| format!("rules.{}[{i}].{f}", class.as_str());
+            let at = |f: &str| match f {
+                "" => format!("rules.{}[{i}]", class.as_str()),
+                f => format!("rules.{}[{i}].{f}", class.as_str()),
+            };
             if let Some(rule) = check(self, &at, &entry.value, Pos::of(entry)) {
                 out.push((i, rule));
             }
@@ -295,13 +380,15 @@ impl Checker<'_> {
     /// The port-rule bound is a property of the compiled network entries,
     /// which do not depend on trajectory variables: check it now, not at
     /// open time. Rule ids are placeholders; they do not change counts.
-    fn network_bound(&mut self, policy: &Policy, positions: &[(usize, Pos)]) -> Result<(), Vec<Diagnostic>> {
+    /// `index[i]` is the `rules.network` index of CIDR rule `i`.
+    fn network_bound(&mut self, policy: &Policy, index: &[usize]) -> Result<(), Vec<Diagnostic>> {
         let network_only = ResolvedPolicy {
             name: policy.name.clone(),
             mode: policy.mode,
             defaults: policy.defaults,
             file_rules: Vec::new(),
             exec_rules: Vec::new(),
+            domain_rules: Vec::new(),
             network_rules: policy
                 .network_rules
                 .iter()
@@ -310,8 +397,24 @@ impl Checker<'_> {
                 .collect(),
         };
         if let Err(e) = compile(&network_only) {
-            let (index, pos) = positions[e.rule_index];
-            self.report(pos, format!("rules.network[{index}]"), e.to_string());
+            let pos = policy.network_rules[e.rule_index].pos;
+            self.report(pos, format!("rules.network[{}]", index[e.rule_index]), e.to_string());
+            return Err(std::mem::take(&mut self.diagnostics));
+        }
+        Ok(())
+    }
+
+    /// The same bound for the port rules the resolver attaches to one name:
+    /// which rules match a name is known statically (see
+    /// [`DomainTable::check_bound`]). `index[i]` is the `rules.network`
+    /// index of domain rule `i`.
+    fn domain_bound(&mut self, policy: &Policy, index: &[usize]) -> Result<(), Vec<Diagnostic>> {
+        // Placeholder ids, distinct as the real ones will be.
+        let rules: Vec<DomainRule> =
+            policy.domain_rules.iter().enumerate().map(|(i, r)| DomainRule { id: i as u32 + 1, ..r.clone() }).collect();
+        if let Err(e) = DomainTable::new(&rules, policy.defaults.network).check_bound() {
+            let pos = rules[e.rule_index].pos;
+            self.report(pos, format!("rules.network[{}]", index[e.rule_index]), e.to_string());
             return Err(std::mem::take(&mut self.diagnostics));
         }
         Ok(())
@@ -330,6 +433,12 @@ impl Checker<'_> {
             .collect();
         parsed.into_iter().collect()
     }
+}
+
+/// A valid `rules.network` entry.
+enum Destination {
+    Cidr(NetworkRule),
+    Domain(DomainRule),
 }
 
 fn parse_name(s: &str) -> Result<String, String> {

@@ -24,7 +24,18 @@ pub const GUEST_DIR: &str = "opt/vmtest";
 /// would exec as `/proc/self/exe` with comm `exe`, not as the `cat` the
 /// tests assert on; dash execs the `cat` symlink like a host shell does.
 /// `setpriv`: busybox's lacks `--reuid`/`--regid`/`--clear-groups`.
-const HOST_TOOLS: &[(&str, &str)] = &[("sh", "/bin/dash"), ("setpriv", "/usr/bin/setpriv")];
+/// The domain egress tests (`tests/integration/dns.rs`) need the real
+/// upstream, `dnsmasq`, and clients that resolve through glibc (`curl`,
+/// `getent`) or speak DNS over TCP themselves (`dig`); busybox has none of
+/// them (its `nslookup` is neither glibc's resolver nor TCP).
+const HOST_TOOLS: &[(&str, &str)] = &[
+    ("sh", "/bin/dash"),
+    ("setpriv", "/usr/bin/setpriv"),
+    ("dnsmasq", "/usr/sbin/dnsmasq"),
+    ("dig", "/usr/bin/dig"),
+    ("curl", "/usr/bin/curl"),
+    ("getent", "/usr/bin/getent"),
+];
 
 /// Repository directories the tests read data files from (the shipped
 /// policies, fixtures, the event schema). They find them through
@@ -78,6 +89,9 @@ pub fn build(root: &Path, payload: &Payload, out: &Path) -> Result<()> {
         b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
     )?;
     cpio.file("etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n")?;
+    // A loopback nameserver nothing listens on: a DNS test bind-mounts its
+    // own over it, and no query of any test can leave the guest.
+    cpio.file("etc/resolv.conf", 0o644, b"nameserver 127.0.0.153\n")?;
 
     let exes = [
         ("integration", &payload.integration),

@@ -1,0 +1,120 @@
+//! The kernel maps of DNS egress the resolver reads (who asked) and
+//! writes (learned addresses), and how long a learned address stays.
+
+use std::{net::IpAddr, time::Duration};
+
+use aya::maps::MapError;
+use monitor_common::{
+    maps::DnsSlot,
+    policy::{Learned4Key, Learned6Key, LearnedValue, NetValue, PolicyVerdict, PortRule, MAX_PORT_RULES},
+};
+
+pub use crate::loader::DnsMaps;
+use crate::{clock, domains::Domains};
+
+/// How long a learned address stays allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lifetime {
+    /// Added to the answer's TTL: a client may connect a little after the
+    /// TTL ran out (it looked the name up just before).
+    pub grace: Duration,
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl Lifetime {
+    pub fn of(&self, ttl: u32) -> Duration {
+        (Duration::from_secs(ttl.into()) + self.grace).clamp(self.min, self.max)
+    }
+}
+
+/// The port rules of a learned entry.
+pub struct EntryRules {
+    pub ports: Vec<PortRule>,
+    pub fallback: PolicyVerdict,
+}
+
+impl DnsMaps {
+    pub fn slot(&self, index: u32) -> Result<DnsSlot, MapError> {
+        self.slots.get(&index, 0)
+    }
+
+    /// The slot of a redirected socket the agent had bound to `port`.
+    pub fn bound_slot(&self, protocol: u8, port: u16) -> Result<u32, MapError> {
+        self.bound.get(&(u32::from(protocol) << 16 | u32::from(port)), 0)
+    }
+
+    /// Writes `addr` as learned by `instance` for `name` until `lifetime`
+    /// from now.
+    pub fn learn(
+        &mut self,
+        instance: u32,
+        addr: IpAddr,
+        name: u32,
+        rules: &EntryRules,
+        lifetime: Duration,
+    ) -> Result<(), MapError> {
+        let mut net = NetValue { fallback: rules.fallback, ..NetValue::default() };
+        let n = rules.ports.len().min(MAX_PORT_RULES);
+        net.rules[..n].copy_from_slice(&rules.ports[..n]);
+        net.count = n as u32;
+        let value = LearnedValue {
+            expires_ns: clock::monotonic_ns().saturating_add(lifetime.as_nanos() as u64),
+            name,
+            _pad: 0,
+            net,
+        };
+        match addr {
+            IpAddr::V4(a) => self.learned4.insert(Learned4Key { policy: instance, addr: a.octets() }, value, 0),
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(v4) => self.learned4.insert(Learned4Key { policy: instance, addr: v4.octets() }, value, 0),
+                None => self.learned6.insert(Learned6Key { policy: instance, addr: a.octets() }, value, 0),
+            },
+        }
+    }
+
+    /// Removes entries past their lifetime and those of instances no longer
+    /// live; answers (entries left, entries expired).
+    pub fn sweep(&mut self, domains: &Domains) -> (u64, u64) {
+        let now = clock::monotonic_ns();
+        let mut expired = 0;
+        let mut left = 0;
+        let stale4: Vec<Learned4Key> = self
+            .learned4
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| {
+                let dead = v.expires_ns <= now || !domains.is_live(k.policy);
+                if dead {
+                    expired += u64::from(v.expires_ns <= now);
+                    Some(k)
+                } else {
+                    left += 1;
+                    None
+                }
+            })
+            .collect();
+        for k in stale4 {
+            let _ = self.learned4.remove(&k);
+        }
+        let stale6: Vec<Learned6Key> = self
+            .learned6
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| {
+                let dead = v.expires_ns <= now || !domains.is_live(k.policy);
+                if dead {
+                    expired += u64::from(v.expires_ns <= now);
+                    Some(k)
+                } else {
+                    left += 1;
+                    None
+                }
+            })
+            .collect();
+        for k in stale6 {
+            let _ = self.learned6.remove(&k);
+        }
+        (left, expired)
+    }
+}
