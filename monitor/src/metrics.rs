@@ -212,6 +212,9 @@ impl Metrics {
         for reason in Lost::ALL {
             self.events_lost.with_label_values(&[reason.as_str()]);
         }
+        for transport in ["udp", "tcp"] {
+            self.dns_upstream_failures.with_label_values(&[transport]);
+        }
     }
 
     /// The `agent_monitor_events_lost_total` series of `reason`.

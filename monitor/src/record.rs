@@ -160,9 +160,11 @@ pub enum Body {
         /// policy. Absent for every other connect.
         #[serde(skip_serializing_if = "Option::is_none")]
         redirect: Option<&'static str>,
-        /// The name the agent resolved that made `addr` reachable: the
+        /// The name the agent resolved whose answer held `addr`: the
         /// address was learned from the trajectory's own DNS answer for a
-        /// name a `domain` rule allows. Absent otherwise.
+        /// name a `domain` rule allows, and that name's rules judged the
+        /// connect (allowed, or denied on a port they do not allow).
+        /// Absent otherwise.
         #[serde(skip_serializing_if = "Option::is_none")]
         domain: Option<Arc<str>>,
         /// The daemon's id of `domain`, as the kernel recorded it.

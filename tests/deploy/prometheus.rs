@@ -3,7 +3,9 @@
 //! trajectory causes arrive in Prometheus exactly, the target is up, the
 //! rules load and evaluate, and every query of the Grafana dashboard and of
 //! the alerts runs against the scraped data and names only metrics the
-//! daemon exports.
+//! daemon exports. The trajectory also asks one allowed DNS name of an
+//! upstream that does not answer, so the DNS families a panel or an alert
+//! uses exist (labelled counters appear with their first count).
 
 use std::{
     io::{Read, Write},
@@ -22,6 +24,8 @@ use crate::{
 
 /// Denials the trajectory causes.
 const DENIALS: usize = 7;
+/// The name the trajectory asks, allowed by the policy.
+const NAME: &str = "upstream-down.test";
 
 /// A Prometheus server on loopback, stopped on drop.
 struct Prometheus {
@@ -132,7 +136,10 @@ fn encode(s: &str) -> String {
 fn write_policy(dir: &Path) {
     std::fs::write(
         dir.join("prom-test.yaml"),
-        "name: prom-test\nmode: enforce\ndefaults: {file: allow, exec: allow, network: deny}\n",
+        format!(
+            "name: prom-test\nmode: enforce\ndefaults: {{file: allow, exec: allow, network: deny}}\n\
+             rules:\n  network:\n    - domain: {NAME}\n      action: allow\n"
+        ),
     )
     .unwrap();
 }
@@ -158,9 +165,12 @@ fn metric_names(expr: &str) -> Vec<String> {
 fn prometheus_scrapes_exactly_the_denials_a_trajectory_caused() {
     // The tool first: nothing to clean up if it is missing.
     let binary = tool("prometheus", "prometheus");
+    let dig = tool("dig", "bind9-dnsutils");
     let policies = tempfile::tempdir().unwrap();
     write_policy(policies.path());
-    let d = Daemon::start_with(&["--policy-dir", policies.path().to_str().unwrap()]);
+    // Nothing listens there: every forwarded question fails at once.
+    let upstream = format!("127.0.0.1:{}", free_port());
+    let d = Daemon::start_with(&["--policy-dir", policies.path().to_str().unwrap(), "--dns-upstream", &upstream]);
     let mut prom = Prometheus::start(&binary, d.metrics_port);
     let up = r#"up{job="agent-monitor"}"#;
     let denials = r#"agent_monitor_denials_total{job="agent-monitor",policy="prom-test",class="network",mechanism="cgroup-deny"}"#;
@@ -170,8 +180,14 @@ fn prometheus_scrapes_exactly_the_denials_a_trajectory_caused() {
     assert!(prom.query(denials).is_empty(), "no denial before the trajectory");
 
     let agent = agent_bin();
-    let script =
-        format!("for port in $(seq 1 {DENIALS}); do '{}' connect 127.0.0.2 $port; done; exit 0", agent.display());
+    // dig addresses a nameserver nothing listens on; the redirect takes
+    // the question to the daemon's resolver whatever it names.
+    let script = format!(
+        "for port in $(seq 1 {DENIALS}); do '{}' connect 127.0.0.2 $port; done; \
+         '{}' +time=2 +tries=1 @127.0.0.153 {NAME} >/dev/null 2>&1; exit 0",
+        agent.display(),
+        dig.display()
+    );
     let ws = policies.path().canonicalize().unwrap();
     let out = d.run_policy("prom-denials", "prom-test", &ws, &["sh", "-c", &script]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -197,6 +213,10 @@ fn prometheus_scrapes_exactly_the_denials_a_trajectory_caused() {
         Some(1.0),
         "network rules enforced"
     );
+    let asked = r#"agent_monitor_dns_questions_total{job="agent-monitor",policy="prom-test",decision="allow"}"#;
+    let failed = r#"agent_monitor_dns_upstream_failures_total{job="agent-monitor",transport="udp"}"#;
+    prom.wait(Duration::from_secs(20), "the DNS question", |p| p.value(asked).is_some_and(|n| n >= 1.0));
+    prom.wait(Duration::from_secs(20), "the upstream failure", |p| p.value(failed).is_some_and(|n| n >= 1.0));
 
     // The shipped rules loaded and evaluate without error.
     prom.wait(Duration::from_secs(10), "rule evaluation", |p| {
@@ -208,7 +228,7 @@ fn prometheus_scrapes_exactly_the_denials_a_trajectory_caused() {
             .iter()
             .flat_map(|g| g["rules"].as_array().unwrap().clone())
             .collect();
-        assert_eq!(rules.len(), 6, "{body}");
+        assert_eq!(rules.len(), 7, "{body}");
         for r in &rules {
             assert_ne!(r["health"], "err", "rule {} fails: {}", r["name"], r["lastError"]);
         }

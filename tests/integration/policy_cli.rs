@@ -34,6 +34,9 @@ fn broken_policies_report_file_line_column_and_field() {
         ("unknown_variable.yaml", "unknown_variable.yaml:10:13: rules.file[0].path: unknown variable"),
         ("wrong_type.yaml", "wrong_type.yaml:11:14: rules.network[0].ports:"),
         ("duplicate", "duplicate/b.yaml:3:7: name: duplicate policy name"),
+        ("bad_domain.yaml", "bad_domain.yaml:12:15: rules.network[1].domain: invalid domain \"exa mple.com\""),
+        ("domain_and_cidr.yaml", "domain_and_cidr.yaml:13:15: rules.network[1].domain: a network rule has either"),
+        ("allow_private_on_cidr.yaml", "allow_private_on_cidr.yaml:11:22: rules.network[0].allow_private:"),
     ];
     for (file, expected) in cases {
         let (code, err) = check(&[&format!("tests/fixtures/policies/{file}")]);

@@ -387,6 +387,9 @@ fn learn(shared: &Shared, instance: u32, q: &Question, answer: &Answer, rules: &
             continue;
         }
         shortest = Some(shortest.map_or(lifetime, |s| s.min(lifetime)));
+        // Exact again at the next sweep (an address learned twice counts
+        // twice until then).
+        shared.metrics.dns_learned.inc();
     }
     shortest
 }

@@ -346,7 +346,12 @@ impl Pipeline {
                 self.drain().await;
                 let _ = reply.send(self.step(&trajectory, name, id).await);
             }
-            Command::Publish(d) => self.take(*d),
+            Command::Publish(d) => {
+                // The kernel's records of what led to it (the redirected
+                // connect) come first.
+                self.drain().await;
+                self.take(*d);
+            }
             Command::Owner { cgroup, reply } => {
                 let owner = self.trajectories.values().find(|t| cgroup.starts_with(&t.cgroup));
                 let _ = reply.send(owner.map(|t| t.id.to_string()));
