@@ -24,6 +24,15 @@ fn main() {
             let bind: SocketAddr = if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().unwrap();
             report(UdpSocket::bind(bind).and_then(|s| s.send_to(b"agent", target)).map(drop))
         }
+        // getaddrinfo(3), through std: prints each address.
+        ["resolve", name] => {
+            use std::net::ToSocketAddrs;
+            report((*name, 80).to_socket_addrs().map(|addrs| {
+                for a in addrs {
+                    println!("resolved {}", a.ip());
+                }
+            }))
+        }
         ["open", path] => report(std::fs::File::open(path).map(drop)),
         // A second thread rewrites the path buffer between ALLOWED and
         // DENIED (same length) while this one opens and reads it N times;
@@ -74,7 +83,7 @@ fn main() {
         // "ROUNDS CONNECTED READ": the attempts and how many succeeded.
         ["retry-denied", ip, port, path, stop, out] => retry_denied(addr(ip, port), path, stop, out),
         _ => {
-            eprintln!("usage: test-agent connect|sendto IP PORT | open|write|reopen-opath PATH | race-open ALLOWED DENIED N | double-fork CMD... | sleep MS | tree DEPTH WIDTH OUT | open-flood PATH N | open-until PATH MS STOP | retry-denied IP PORT PATH STOP OUT");
+            eprintln!("usage: test-agent connect|sendto IP PORT | resolve NAME | open|write|reopen-opath PATH | race-open ALLOWED DENIED N | double-fork CMD... | sleep MS | tree DEPTH WIDTH OUT | open-flood PATH N | open-until PATH MS STOP | retry-denied IP PORT PATH STOP OUT");
             exit(2)
         }
     }
