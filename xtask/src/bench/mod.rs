@@ -10,8 +10,13 @@
 //! that a linear drift in the machine's load cancels. The workload binary
 //! (`bench-load`, tests/bench/load.rs) times its own loop, so process
 //! startup is excluded. Then the event pipeline is driven by a generator.
+//!
+//! The DNS workloads (a connect to an address learned from a domain rule,
+//! and the latency of one question through the redirect and the resolver)
+//! use a dnsmasq on a loopback port ([`dns`]) as the daemon's upstream.
 
 mod daemon;
+mod dns;
 mod pipeline;
 mod policies;
 mod report;
@@ -77,6 +82,10 @@ pub struct Env {
     /// The trajectories' workspace, holding the files the workloads open.
     pub work: PathBuf,
     pub cpus: usize,
+    /// The resolv.conf of trajectories that resolve names.
+    pub resolv: PathBuf,
+    /// dnsmasq's `127.0.0.1:PORT`, the monitored daemons' `--dns-upstream`.
+    pub dns_upstream: String,
 }
 
 impl Env {
@@ -92,10 +101,40 @@ impl Env {
 /// Where a workload's monitored half runs.
 #[derive(Debug, Clone)]
 enum Place {
-    /// In a trajectory under this policy.
-    Trajectory(String),
+    /// In a trajectory under `policy`; `resolv`: in a mount namespace whose
+    /// /etc/resolv.conf is [`Env::resolv`], so its lookups are redirected.
+    Trajectory { policy: String, resolv: bool },
     /// With the daemon running, in no trajectory.
     Outside,
+}
+
+impl Place {
+    fn trajectory(policy: String) -> Place {
+        Place::Trajectory { policy, resolv: false }
+    }
+}
+
+/// What one run of a workload yields, and what its pairs compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measure {
+    /// CPU time per operation; the ratio is of times.
+    Cpu,
+    /// Wall time per operation; the ratio is of rates (baseline time /
+    /// monitored time), as for fork+exec, whose cost is in the children.
+    Rate,
+    /// The median wall time of one operation (`median_ns` of bench-load
+    /// `dns`); its target is on the added time, in µs.
+    Latency,
+}
+
+impl Measure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Measure::Cpu => "cpu_time",
+            Measure::Rate => "rate",
+            Measure::Latency => "median_latency",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -103,11 +142,29 @@ pub struct Workload {
     pub key: String,
     pub title: String,
     args: Vec<String>,
+    /// The baseline's arguments when they differ from `args`: the server
+    /// asked directly rather than through the redirect, or no name to
+    /// resolve (outside a trajectory the lookup would go to the host's
+    /// nameserver).
+    baseline: Option<Vec<String>>,
     place: Place,
-    /// Compare rates (baseline time / monitored time, of wall time) instead
-    /// of times (of CPU time).
-    pub rate: bool,
+    pub measure: Measure,
     pub target: Option<Target>,
+}
+
+impl Workload {
+    fn baseline_args(&self) -> &[String] {
+        self.baseline.as_deref().unwrap_or(&self.args)
+    }
+
+    /// The value the target applies to: the median ratio, or for latency
+    /// the median added time in µs.
+    pub fn judged(&self, sum: &stats::Summary) -> f64 {
+        match self.measure {
+            Measure::Cpu | Measure::Rate => sum.ratio,
+            Measure::Latency => sum.added_ns / 1_000.0,
+        }
+    }
 }
 
 /// How many agent-monitor daemons have programs attached on the machine
@@ -146,12 +203,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     std::fs::create_dir_all(&out)?;
     let work = out.join("work");
     std::fs::create_dir_all(&work)?;
+    // Runs (stopped when dropped) until the report is written.
+    let upstream = dns::Upstream::start(&out)?;
     let env = Env {
         bin: root.join("target/release/agent-monitor"),
         load: root.join("target/release/examples/bench-load"),
         policies: out.join("policies"),
         work: work.canonicalize()?,
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        resolv: dns::write_resolv_conf(&out)?,
+        dns_upstream: upstream.addr(),
         out,
     };
     std::fs::write(env.open_file(), "bench\n")?;
@@ -217,16 +278,18 @@ fn workloads(env: &Env, plan: &Plan, host: &Host) -> Vec<Workload> {
             key: "getppid-trajectory".into(),
             title: "getppid, in a trajectory".into(),
             args: vec!["getppid".into(), ms.clone()],
-            place: Place::Trajectory(base_policy.clone()),
-            rate: false,
+            baseline: None,
+            place: Place::trajectory(base_policy.clone()),
+            measure: Measure::Cpu,
             target: Some(getppid_target),
         },
         Workload {
             key: "getppid-outside".into(),
             title: "getppid, outside any trajectory".into(),
             args: vec!["getppid".into(), ms.clone()],
+            baseline: None,
             place: Place::Outside,
-            rate: false,
+            measure: Measure::Cpu,
             target: Some(getppid_target),
         },
     ];
@@ -234,8 +297,9 @@ fn workloads(env: &Env, plan: &Plan, host: &Host) -> Vec<Workload> {
         key: "open-outside".into(),
         title: "openat+close, outside any trajectory".into(),
         args: vec!["open".into(), ms.clone(), open.clone()],
+        baseline: None,
         place: Place::Outside,
-        rate: false,
+        measure: Measure::Cpu,
         target: None,
     });
     for audit in [true, false] {
@@ -248,8 +312,9 @@ fn workloads(env: &Env, plan: &Plan, host: &Host) -> Vec<Workload> {
                     if audit { "audit" } else { "enforce, allowed" }
                 ),
                 args: vec!["open".into(), ms.clone(), open.clone()],
-                place: Place::Trajectory(policies::file_policy_name(audit, rules)),
-                rate: false,
+                baseline: None,
+                place: Place::trajectory(policies::file_policy_name(audit, rules)),
+                measure: Measure::Cpu,
                 target: (rules == 1_000).then_some(Target::AtMost(1.15)),
             });
         }
@@ -258,43 +323,82 @@ fn workloads(env: &Env, plan: &Plan, host: &Host) -> Vec<Workload> {
         key: "exec".into(),
         title: "fork+exec /bin/true (rate ratio)".into(),
         args: vec!["exec".into(), ms.clone(), "/bin/true".into()],
-        place: Place::Trajectory(base_policy),
-        rate: true,
+        baseline: None,
+        place: Place::trajectory(base_policy),
+        measure: Measure::Rate,
         target: Some(Target::AtLeast(0.95)),
     });
     w.push(Workload {
         key: "connect".into(),
         title: format!("loopback TCP connect+accept+close, {} CIDR rules", stats::fmt_num(policies::NET_RULES as f64)),
-        args: vec!["connect".into(), ms],
-        place: Place::Trajectory(policies::net_policy_name()),
-        rate: false,
-        target: Some(Target::AtMost(1.01)),
+        args: vec!["connect".into(), ms.clone()],
+        baseline: None,
+        place: Place::trajectory(policies::net_policy_name()),
+        measure: Measure::Cpu,
+        target: Some(CONNECT_TARGET),
+    });
+    // The same loop, allowed by the address `bench.test` taught the kernel
+    // (bench-load resolves it before the loop, through the redirect).
+    w.push(Workload {
+        key: "connect-learned".into(),
+        title: format!(
+            "loopback TCP connect+accept+close, learned address (domain rule + {} CIDR rules)",
+            stats::fmt_num((policies::NET_RULES - 1) as f64)
+        ),
+        args: vec!["connect".into(), ms.clone(), dns::NAME.into()],
+        baseline: Some(vec!["connect".into(), ms.clone()]),
+        place: Place::Trajectory { policy: policies::learned_policy_name(), resolv: true },
+        measure: Measure::Cpu,
+        target: Some(CONNECT_TARGET),
+    });
+    w.push(Workload {
+        key: "dns".into(),
+        title: format!("DNS question (A {}), through the redirect and the resolver", dns::NAME),
+        args: vec!["dns".into(), ms.clone(), dns::NAMESERVER.into(), dns::NAME.into()],
+        baseline: Some(vec!["dns".into(), ms, env.dns_upstream.clone(), dns::NAME.into()]),
+        place: Place::trajectory(policies::learned_policy_name()),
+        measure: Measure::Latency,
+        target: Some(DNS_TARGET_US),
     });
     w
 }
+
+/// Issue 7's target for a trajectory's loopback connect, by CIDR rule or
+/// by learned address.
+const CONNECT_TARGET: Target = Target::AtMost(1.01);
+/// The domain-egress issue's target for one DNS question through the
+/// redirect and the resolver: added median latency in µs on this machine.
+pub const DNS_TARGET_US: Target = Target::AtMost(200.0);
 
 /// Control pairs: the same baseline run twice, nothing attached.
 fn controls(env: &Env, plan: &Plan) -> Vec<Workload> {
     let ms = plan.run.as_millis().to_string();
     let open = env.open_file().display().to_string();
-    let c = |key: &str, title: &str, args: Vec<String>, rate: bool| Workload {
+    let c = |key: &str, title: &str, args: Vec<String>, measure: Measure| Workload {
         key: key.into(),
         title: title.into(),
         args,
+        baseline: None,
         place: Place::Outside,
-        rate,
+        measure,
         target: None,
     };
     vec![
-        c("control-getppid", "control: getppid vs getppid", vec!["getppid".into(), ms.clone()], false),
-        c("control-open", "control: openat+close vs openat+close", vec!["open".into(), ms.clone(), open], false),
+        c("control-getppid", "control: getppid vs getppid", vec!["getppid".into(), ms.clone()], Measure::Cpu),
+        c("control-open", "control: openat+close vs openat+close", vec!["open".into(), ms.clone(), open], Measure::Cpu),
         c(
             "control-exec",
             "control: fork+exec vs fork+exec (rate ratio)",
             vec!["exec".into(), ms.clone(), "/bin/true".into()],
-            true,
+            Measure::Rate,
         ),
-        c("control-connect", "control: connect vs connect", vec!["connect".into(), ms], false),
+        c("control-connect", "control: connect vs connect", vec!["connect".into(), ms.clone()], Measure::Cpu),
+        c(
+            "control-dns",
+            "control: DNS question vs DNS question, both directly to dnsmasq",
+            vec!["dns".into(), ms, env.dns_upstream.clone(), dns::NAME.into()],
+            Measure::Latency,
+        ),
     ]
 }
 
@@ -343,23 +447,24 @@ fn rounds(env: &Env, plan: &Plan) -> Result<Rounds> {
             others += monitors_attached().unwrap_or(ours).saturating_sub(ours);
             if (phase == 0) != monitored_first {
                 for (i, w) in workloads.iter().enumerate() {
-                    baseline[i] = load_run(env, &w.args, w.rate)?;
+                    baseline[i] = load_run(env, w.baseline_args(), w.measure)?;
                 }
                 for (i, c) in controls.iter().enumerate() {
-                    let (a, b) = (load_run(env, &c.args, c.rate)?, load_run(env, &c.args, c.rate)?);
+                    let (a, b) = (load_run(env, &c.args, c.measure)?, load_run(env, &c.args, c.measure)?);
                     // Alternate which run is the "monitored" half, so an
                     // order effect shows as spread, not as a bias.
                     let pair = if round % 2 == 0 { (a, b) } else { (b, a) };
                     control_results[i].pairs.pairs.push(pair);
                 }
             } else {
-                let mut d = Daemon::start(&env.bin, &env.out, &env.policies)?;
+                let upstream = ["--dns-upstream", env.dns_upstream.as_str()];
+                let mut d = Daemon::start_with(&env.bin, &env.out, &env.policies, &upstream)?;
                 for (i, w) in workloads.iter().enumerate() {
                     let (ns, end) = match &w.place {
-                        Place::Outside => (load_run(env, &w.args, w.rate)?, None),
-                        Place::Trajectory(policy) => {
+                        Place::Outside => (load_run(env, &w.args, w.measure)?, None),
+                        Place::Trajectory { policy, resolv } => {
                             let id = format!("bench-{round}-{}", w.key);
-                            let (ns, end) = trajectory_run(env, &d, &id, policy, w)?;
+                            let (ns, end) = trajectory_run(env, &d, &id, policy, *resolv, w)?;
                             (ns, Some(end))
                         }
                     };
@@ -392,11 +497,13 @@ fn rounds(env: &Env, plan: &Plan) -> Result<Rounds> {
 }
 
 /// Output of one `bench-load` run: operations, and the loop's own wall
-/// time and CPU time.
+/// time and CPU time; the median time of one operation where the loop
+/// times each (`dns`).
 pub struct LoadOutput {
     pub ops: u64,
     pub wall: Duration,
     pub cpu: Duration,
+    pub median: Option<Duration>,
 }
 
 fn parse_load(stdout: &[u8]) -> Result<LoadOutput> {
@@ -408,6 +515,7 @@ fn parse_load(stdout: &[u8]) -> Result<LoadOutput> {
         ops: field("ops")?,
         wall: Duration::from_nanos(field("elapsed_ns")?),
         cpu: Duration::from_nanos(field("cpu_ns")?),
+        median: v["median_ns"].as_u64().map(Duration::from_nanos),
     };
     if out.ops == 0 {
         bail!("bench-load ran no operation");
@@ -418,11 +526,17 @@ fn parse_load(stdout: &[u8]) -> Result<LoadOutput> {
 /// Nanoseconds per operation: of CPU time, so that time other processes of
 /// a shared machine held the CPU does not count (the kernel programs run in
 /// the workload's syscalls and are counted), or of wall time for the rate
-/// workloads (fork+exec: its cost is mostly in the children).
-fn ns_per_op(stdout: &[u8], wall: bool) -> Result<f64> {
+/// workloads (fork+exec: its cost is mostly in the children); for latency,
+/// the median wall time of one operation (a DNS answer is the work of
+/// other processes: the resolver, dnsmasq).
+fn ns_per_op(stdout: &[u8], measure: Measure) -> Result<f64> {
     let out = parse_load(stdout)?;
-    let t = if wall { out.wall } else { out.cpu };
-    Ok(t.as_nanos() as f64 / out.ops as f64)
+    let per_op = |t: Duration| t.as_nanos() as f64 / out.ops as f64;
+    Ok(match measure {
+        Measure::Cpu => per_op(out.cpu),
+        Measure::Rate => per_op(out.wall),
+        Measure::Latency => out.median.context("bench-load printed no median_ns")?.as_nanos() as f64,
+    })
 }
 
 /// A command for a program the bench measures or runs beside a measurement.
@@ -437,17 +551,30 @@ pub fn workload_command(program: &Path) -> Command {
 }
 
 /// `bench-load ARGS`, outside any trajectory: nanoseconds per operation.
-fn load_run(env: &Env, args: &[String], wall: bool) -> Result<f64> {
+fn load_run(env: &Env, args: &[String], measure: Measure) -> Result<f64> {
     let out = workload_command(&env.load).args(args).stderr(Stdio::inherit()).output()?;
     if !out.status.success() {
         bail!("bench-load {} failed ({})", args.join(" "), out.status);
     }
-    ns_per_op(&out.stdout, wall)
+    ns_per_op(&out.stdout, measure)
 }
 
 /// The `agent-monitor run` command placing `bench-load ARGS` in trajectory `id`.
 pub fn trajectory_command(env: &Env, d: &Daemon, id: &str, policy: &str, args: &[String]) -> Command {
-    let mut c = workload_command(&env.bin);
+    run_command(env, d, id, policy, args, false)
+}
+
+/// [`trajectory_command`]; `resolv`: `agent-monitor run` started by
+/// `bench-load resolv`, in a mount namespace whose /etc/resolv.conf is
+/// [`Env::resolv`].
+fn run_command(env: &Env, d: &Daemon, id: &str, policy: &str, args: &[String], resolv: bool) -> Command {
+    let mut c = if resolv {
+        let mut c = workload_command(&env.load);
+        c.arg("resolv").arg(&env.resolv).arg(&env.bin);
+        c
+    } else {
+        workload_command(&env.bin)
+    };
     c.arg("run").arg("--control-socket").arg(&d.socket);
     c.args(["--trajectory", id, "--policy", policy, "--workspace"]).arg(&env.work);
     c.arg("--").arg(&env.load).args(args);
@@ -458,13 +585,13 @@ pub fn trajectory_command(env: &Env, d: &Daemon, id: &str, policy: &str, args: &
 /// `bench-load ARGS` in a new trajectory; waits for the trajectory's end
 /// (so its records are written before the next run) and empties the events
 /// file. Returns nanoseconds per operation and the `trajectory_end` record.
-fn trajectory_run(env: &Env, d: &Daemon, id: &str, policy: &str, w: &Workload) -> Result<(f64, Value)> {
+fn trajectory_run(env: &Env, d: &Daemon, id: &str, policy: &str, resolv: bool, w: &Workload) -> Result<(f64, Value)> {
     let args = &w.args;
-    let out = trajectory_command(env, d, id, policy, args).output()?;
+    let out = run_command(env, d, id, policy, args, resolv).output()?;
     if !out.status.success() {
         bail!("agent-monitor run -- bench-load {} failed ({})", args.join(" "), out.status);
     }
-    let ns = ns_per_op(&out.stdout, w.rate)?;
+    let ns = ns_per_op(&out.stdout, w.measure)?;
     let end = d.wait_end(id, Duration::from_secs(60))?;
     d.truncate_events()?;
     Ok((ns, end))

@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 
 use super::{
     pipeline::{Phase, Pipeline},
-    stats::{fmt_num, Summary, Target},
-    Measured, Plan, Rounds, Workload, PACED_RATE,
+    stats::{fmt_num, Pairs, Summary, Target},
+    Measure, Measured, Plan, Rounds, Workload, DNS_TARGET_US, PACED_RATE,
 };
 
 pub struct Report {
@@ -89,14 +89,11 @@ impl Report {
         .unwrap();
         s.push_str("| workload | baseline ns/op | monitored ns/op | added ns/op | ratio | min | max | records/run | lost | target | met |\n");
         s.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |\n");
-        for (w, m) in self.rounds.workloads.iter().zip(&self.rounds.measured) {
-            let sum = m.pairs.summary(w.rate);
-            let records = super::stats::median(&m.records.iter().map(|&r| r as f64).collect::<Vec<_>>());
-            let records = if m.records.is_empty() { "–".into() } else { fmt_num(records.round()) };
-            row(&mut s, &w.title, &sum, &records, &m.lost.to_string(), w.target);
+        for (w, m) in self.per_op(&self.rounds.workloads, &self.rounds.measured) {
+            row(&mut s, &w.title, &w.summary(m), &records(m), &m.lost.to_string(), w.target);
         }
-        for (c, m) in self.rounds.controls.iter().zip(&self.rounds.control_results) {
-            row(&mut s, &c.title, &m.pairs.summary(c.rate), "–", "–", None);
+        for (c, m) in self.per_op(&self.rounds.controls, &self.rounds.control_results) {
+            row(&mut s, &c.title, &c.summary(m), "–", "–", None);
         }
         s.push_str(
             "\nns/op is CPU time of the workload process per operation (time other processes held the CPU \
@@ -105,6 +102,22 @@ impl Report {
              trajectory's records as `trajectory_end` counts them; lost: the kernel's count over all pairs. \
              Control rows compare two runs with nothing attached: their spread is the noise floor.\n\n",
         );
+        if let Some(l) = self.learned_vs_cidr() {
+            writeln!(
+                s,
+                "Connect to a learned address against a CIDR-allowed one (the monitored halves of each round, \
+                 one daemon): learned − CIDR {} ns/op (median; min {}, max {}), learned / CIDR {} \
+                 (min {}, max {}).\n",
+                fmt_num(l.added_ns),
+                fmt_num(l.added_min),
+                fmt_num(l.added_max),
+                ratio(l.ratio),
+                ratio(l.ratio_min),
+                ratio(l.ratio_max)
+            )
+            .unwrap();
+        }
+        self.latency(&mut s);
 
         let phases = &self.pipeline.phases;
         writeln!(s, "### Event pipeline (a generator in a trajectory; one record per operation)\n").unwrap();
@@ -199,23 +212,27 @@ impl Report {
 
     pub fn json(&self) -> Value {
         let summary = |w: &Workload, m: &Measured| {
-            let sum = m.pairs.summary(w.rate);
+            let sum = w.summary(m);
             json!({
                 "key": w.key,
                 "title": w.title,
                 "args": w.args,
-                "rate_ratio": w.rate,
+                "baseline_args": w.baseline_args(),
+                "measure": w.measure.as_str(),
+                "rate_ratio": w.measure == Measure::Rate,
                 "pairs": m.pairs.pairs.iter().map(|(b, m)| json!({"baseline_ns": b, "monitored_ns": m})).collect::<Vec<_>>(),
                 "baseline_ns_median": sum.baseline_ns,
                 "monitored_ns_median": sum.monitored_ns,
                 "added_ns_median": sum.added_ns,
+                "added_ns_min": sum.added_min,
+                "added_ns_max": sum.added_max,
                 "ratio_median": sum.ratio,
                 "ratio_min": sum.ratio_min,
                 "ratio_max": sum.ratio_max,
                 "records_per_run": m.records,
                 "lost": m.lost,
-                "target": w.target.map(|t| t.describe("")),
-                "met": w.target.map(|t| t.met(sum.ratio)),
+                "target": w.target.map(|t| t.describe(if w.measure == Measure::Latency { " µs added" } else { "" })),
+                "met": w.target.map(|t| t.met(w.judged(&sum))),
             })
         };
         let phase = |ph: &Phase| {
@@ -253,6 +270,14 @@ impl Report {
             "hooks": self.rounds.host.hooks.iter().map(|(h, m)| json!({"hook": h, "mechanism": m})).collect::<Vec<_>>(),
             "workloads": self.rounds.workloads.iter().zip(&self.rounds.measured).map(|(w, m)| summary(w, m)).collect::<Vec<_>>(),
             "controls": self.rounds.controls.iter().zip(&self.rounds.control_results).map(|(w, m)| summary(w, m)).collect::<Vec<_>>(),
+            "connect_learned_vs_cidr": self.learned_vs_cidr().map(|l| json!({
+                "added_ns_median": l.added_ns,
+                "added_ns_min": l.added_min,
+                "added_ns_max": l.added_max,
+                "ratio_median": l.ratio,
+                "ratio_min": l.ratio_min,
+                "ratio_max": l.ratio_max,
+            })),
             "pipeline": {
                 "idle_rss_bytes": self.pipeline.idle.rss,
                 "idle_ring_rss_bytes": self.pipeline.idle.ring,
@@ -268,6 +293,92 @@ impl Report {
             "rounds_s": self.rounds_took.as_secs_f64(),
             "total_s": self.took.as_secs_f64(),
         })
+    }
+}
+
+impl Workload {
+    fn summary(&self, m: &Measured) -> Summary {
+        m.pairs.summary(self.measure == Measure::Rate)
+    }
+}
+
+/// Median records per monitored run, or – when it ran in no trajectory.
+fn records(m: &Measured) -> String {
+    if m.records.is_empty() {
+        return "–".into();
+    }
+    fmt_num(super::stats::median(&m.records.iter().map(|&r| r as f64).collect::<Vec<_>>()).round())
+}
+
+/// Microseconds with one decimal (a value that rounds to zero is "0.0", not "-0.0").
+fn us(ns: f64) -> String {
+    if ns.is_nan() {
+        "n/a".into()
+    } else {
+        format!("{:.1}", (ns / 100.0).round() / 10.0 + 0.0)
+    }
+}
+
+impl Report {
+    /// The workloads (or controls) of the per-operation table, with their
+    /// results: all but the latency ones, which have their own.
+    fn per_op<'a>(&self, w: &'a [Workload], m: &'a [Measured]) -> impl Iterator<Item = (&'a Workload, &'a Measured)> {
+        w.iter().zip(m).filter(|(w, _)| w.measure != Measure::Latency)
+    }
+
+    /// The learned-address connect against the CIDR one, per round: pairs
+    /// of (CIDR monitored, learned monitored).
+    fn learned_vs_cidr(&self) -> Option<Summary> {
+        let r = &self.rounds;
+        let at = |key: &str| r.workloads.iter().position(|w| w.key == key);
+        let (cidr, learned) = (&r.measured[at("connect")?], &r.measured[at("connect-learned")?]);
+        let pairs = cidr.pairs.pairs.iter().zip(&learned.pairs.pairs).map(|(c, l)| (c.1, l.1)).collect();
+        Some(Pairs { pairs }.summary(false))
+    }
+
+    /// The latency table: median time of one question and its answer.
+    fn latency(&self, s: &mut String) {
+        let r = &self.rounds;
+        let rows: Vec<(&Workload, &Measured, bool)> = (r.workloads.iter().zip(&r.measured).map(|(w, m)| (w, m, false)))
+            .chain(r.controls.iter().zip(&r.control_results).map(|(w, m)| (w, m, true)))
+            .filter(|(w, _, _)| w.measure == Measure::Latency)
+            .collect();
+        if rows.is_empty() {
+            return;
+        }
+        writeln!(s, "### DNS resolver latency (median time of one question and its answer)\n").unwrap();
+        s.push_str("| question | baseline µs | monitored µs | added µs | min | max | records/run | target | met |\n");
+        s.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |\n");
+        for (w, m, control) in rows {
+            let sum = w.summary(m);
+            let (records, target) = if control { ("–".into(), None) } else { (records(m), w.target) };
+            writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {records} | {} | {} |",
+                w.title,
+                us(sum.baseline_ns),
+                us(sum.monitored_ns),
+                us(sum.added_ns),
+                us(sum.added_min),
+                us(sum.added_max),
+                target.map(|t| t.describe(" µs added")).unwrap_or_default(),
+                met(target, w.judged(&sum))
+            )
+            .unwrap();
+        }
+        writeln!(
+            s,
+            "\nEach run asks one name's A record over one connected UDP socket, again and again with a new id, \
+             for {} ms; its value is the median time from send to answer. Monitored: in a trajectory, asking \
+             {} (the connect hook redirects it to the daemon's resolver, which forwards it to dnsmasq and \
+             writes the answer's address into the kernel before releasing it); baseline: the same question \
+             directly to dnsmasq, no daemon running. Added is the median over pairs of (monitored − baseline); \
+             the target ({}) is reported, not asserted. The control asks dnsmasq directly in both halves.\n",
+            self.plan.run.as_millis(),
+            super::dns::NAMESERVER,
+            DNS_TARGET_US.describe(" µs")
+        )
+        .unwrap();
     }
 }
 

@@ -37,8 +37,10 @@ pub struct Summary {
     pub n: usize,
     pub baseline_ns: f64,
     pub monitored_ns: f64,
-    /// Median over pairs of (monitored − baseline).
+    /// Median, minimum and maximum over pairs of (monitored − baseline).
     pub added_ns: f64,
+    pub added_min: f64,
+    pub added_max: f64,
     pub ratio: f64,
     pub ratio_min: f64,
     pub ratio_max: f64,
@@ -57,6 +59,8 @@ impl Pairs {
             baseline_ns: median(&b),
             monitored_ns: median(&m),
             added_ns: median(&added),
+            added_min: min(&added),
+            added_max: max(&added),
             ratio: median(&ratios),
             ratio_min: min(&ratios),
             ratio_max: max(&ratios),
@@ -132,7 +136,7 @@ mod tests {
         assert!((s.ratio - 1.1).abs() < 1e-9);
         assert!((s.ratio_min - 1.1).abs() < 1e-9);
         assert!((s.ratio_max - 1.3).abs() < 1e-9);
-        assert_eq!(s.added_ns, 20.0);
+        assert_eq!((s.added_ns, s.added_min, s.added_max), (20.0, 10.0, 30.0));
         let r = Pairs { pairs: vec![(100.0, 125.0)] }.summary(true);
         assert!((r.ratio - 0.8).abs() < 1e-9);
     }
