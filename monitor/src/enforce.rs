@@ -120,9 +120,10 @@ impl Enforcer {
         }
     }
 
-    /// Publishes each instance's domain rules in `domains` from now on.
-    pub fn share_domains(&mut self, domains: Domains) {
+    /// Publishes each instance's domain rules in `domains`.
+    pub fn sharing_domains(mut self, domains: Domains) -> Self {
         self.domains = domains;
+        self
     }
 
     /// Adds `protected` to every instance compiled from now on.

@@ -20,7 +20,7 @@ pub mod config;
 mod control;
 mod daemon;
 pub mod defaults;
-mod dns;
+pub mod dns;
 mod domains;
 mod enforce;
 mod errors;

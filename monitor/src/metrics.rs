@@ -40,17 +40,64 @@ pub struct Metrics {
     pub subscriber_dropped: IntCounter,
     /// Live subscriptions (`agent-monitor events --follow`).
     pub subscribers: IntGauge,
+    pub dns: DnsMetrics,
+}
+
+/// The DNS egress resolver's metrics.
+#[derive(Clone)]
+pub struct DnsMetrics {
     /// DNS questions the resolver answered, by policy and decision.
-    pub dns_questions: IntCounterVec,
+    pub questions: IntCounterVec,
     /// Questions the upstream server did not answer (timeout, refused
     /// connection, malformed reply), by transport.
-    pub dns_upstream_failures: IntCounterVec,
+    pub upstream_failures: IntCounterVec,
     /// Time the upstream server took to answer.
-    pub dns_upstream_latency: Histogram,
+    pub upstream_latency: Histogram,
     /// Entries in the learned-address maps.
-    pub dns_learned: IntGauge,
+    pub learned: IntGauge,
     /// Learned entries removed after their TTL plus grace.
-    pub dns_learned_expired: IntCounter,
+    pub learned_expired: IntCounter,
+}
+
+impl DnsMetrics {
+    fn new(r: &Registrar) -> DnsMetrics {
+        let upstream_failures = r.counter_vec(
+            "agent_monitor_dns_upstream_failures_total",
+            "DNS questions the upstream server did not answer (timeout, refused, malformed), by transport (udp, tcp).",
+            &["transport"],
+        );
+        // Known label values start at zero, so that rate() sees the first
+        // failure.
+        for transport in ["udp", "tcp"] {
+            upstream_failures.with_label_values(&[transport]);
+        }
+        DnsMetrics {
+            questions: r.counter_vec(
+                "agent_monitor_dns_questions_total",
+                "DNS questions of trajectories answered by the resolver, by policy and decision (allow, audit, deny).",
+                &["policy", "decision"],
+            ),
+            upstream_failures,
+            upstream_latency: r.register(
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "agent_monitor_dns_upstream_latency_seconds",
+                        "Time the upstream DNS server took to answer a forwarded question.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                )
+                .expect("valid metric"),
+            ),
+            learned: r.gauge(
+                "agent_monitor_dns_learned_entries",
+                "Addresses learned from allowed names, in the kernel's learned-address maps.",
+            ),
+            learned_expired: r.counter(
+                "agent_monitor_dns_learned_expired_total",
+                "Learned addresses removed after their TTL plus grace.",
+            ),
+        }
+    }
 }
 
 /// Upper bounds of the pipeline latency buckets, in seconds. Records wait
@@ -161,34 +208,7 @@ impl Metrics {
                 "Records a slow subscriber could not take and missed (the file sink and other subscribers are unaffected).",
             ),
             subscribers: r.gauge("agent_monitor_subscribers", "Live record subscriptions on the control socket."),
-            dns_questions: r.counter_vec(
-                "agent_monitor_dns_questions_total",
-                "DNS questions of trajectories answered by the resolver, by policy and decision (allow, audit, deny).",
-                &["policy", "decision"],
-            ),
-            dns_upstream_failures: r.counter_vec(
-                "agent_monitor_dns_upstream_failures_total",
-                "DNS questions the upstream server did not answer (timeout, refused, malformed), by transport (udp, tcp).",
-                &["transport"],
-            ),
-            dns_upstream_latency: r.register(
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "agent_monitor_dns_upstream_latency_seconds",
-                        "Time the upstream DNS server took to answer a forwarded question.",
-                    )
-                    .buckets(LATENCY_BUCKETS.to_vec()),
-                )
-                .expect("valid metric"),
-            ),
-            dns_learned: r.gauge(
-                "agent_monitor_dns_learned_entries",
-                "Addresses learned from allowed names, in the kernel's learned-address maps.",
-            ),
-            dns_learned_expired: r.counter(
-                "agent_monitor_dns_learned_expired_total",
-                "Learned addresses removed after their TTL plus grace.",
-            ),
+            dns: DnsMetrics::new(&r),
             registry: r.0,
         };
         m.start_known_series();
@@ -211,9 +231,6 @@ impl Metrics {
         }
         for reason in Lost::ALL {
             self.events_lost.with_label_values(&[reason.as_str()]);
-        }
-        for transport in ["udp", "tcp"] {
-            self.dns_upstream_failures.with_label_values(&[transport]);
         }
     }
 

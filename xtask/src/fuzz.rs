@@ -1,5 +1,6 @@
 //! `cargo xtask fuzz`: the cargo-fuzz targets in `fuzz/` (policy parser and
-//! compiler, kernel record decoder), each for a bounded time.
+//! compiler, kernel record decoder, the resolver's DNS message handling),
+//! each for a bounded time.
 //!
 //! cargo-fuzz needs nightly compiler flags (`-Z sanitizer=address`, sanitizer
 //! coverage); the machines have only the stable toolchain, whose sysroot
@@ -21,14 +22,15 @@ use anyhow::{bail, Context, Result};
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Each target and the seed corpora (read-only) it starts from.
-const TARGETS: &[(&str, &[&str])] = &[("policy", &["policies", "tests/fixtures/policies", "deploy"]), ("decode", &[])];
+const TARGETS: &[(&str, &[&str])] =
+    &[("policy", &["policies", "tests/fixtures/policies", "deploy"]), ("decode", &[]), ("dns", &[])];
 
 #[derive(clap::Args, Default)]
 pub struct FuzzArgs {
     /// Seconds per target.
     #[arg(long, default_value_t = 60)]
     pub seconds: u64,
-    /// Only this target (`policy` or `decode`).
+    /// Only this target (`policy`, `decode` or `dns`).
     #[arg(long)]
     pub target: Option<String>,
 }
@@ -39,7 +41,7 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
     let targets: Vec<&(&str, &[&str])> =
         TARGETS.iter().filter(|(name, _)| args.target.as_deref().is_none_or(|t| t == *name)).collect();
     if targets.is_empty() {
-        bail!("no fuzz target {:?}; targets: policy, decode", args.target.as_deref().unwrap_or_default());
+        bail!("no fuzz target {:?}; targets: policy, decode, dns", args.target.as_deref().unwrap_or_default());
     }
     for (name, seeds) in targets {
         let corpus = root.join("fuzz/corpus").join(name);

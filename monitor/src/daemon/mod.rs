@@ -33,10 +33,8 @@ use self::{
     services::Services,
     start::KernelSide,
 };
-use monitor_common::maps::RuntimeConfig;
-
 use crate::{
-    config::{DaemonConfig, DNS_CLIENT_NET},
+    config::DaemonConfig,
     control,
     domains::Domains,
     enforce::Enforcer,
@@ -61,9 +59,8 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     let metrics = Metrics::new();
     report::kernel(&loaded, &set, &metrics);
     let policies = Arc::new(RwLock::new(reload::table(&set)));
-    let mut enforcer = Enforcer::new(policy_maps, set);
     let domains = Domains::default();
-    enforcer.share_domains(domains.clone());
+    let mut enforcer = Enforcer::new(policy_maps, set).sharing_domains(domains.clone());
     let protected = report::protected(&config, &prepared, &host.hierarchy.mount_point);
     let keep_on_exit = prepared.pins.is_some() && !config.stop_enforcement_on_exit;
     let mut report = Report::new(&loaded, &protected, &prepared, keep_on_exit);
@@ -79,13 +76,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     report.dns = Some(resolver.status());
     let state = Some(prepared.state.clone());
     let kernel = events::kernel::Kernel::maps(maps)?;
-    let runtime = RuntimeConfig {
-        flags: loaded.runtime_flags,
-        dns_addr: resolver.addr().ip().octets(),
-        dns_port: resolver.addr().port(),
-        dns_client_net: DNS_CLIENT_NET,
-        ..RuntimeConfig::default()
-    };
+    let runtime = start::runtime(&loaded, &resolver);
     let mut core = Pipeline::new(kernel, enforcer, runtime, bus, metrics.clone(), state, keep_on_exit);
     core.name_domains(domains);
     let (watcher, watch_events) = control::watcher::new()?;

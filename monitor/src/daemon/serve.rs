@@ -225,7 +225,7 @@ pub fn spawn_clients(services: &mut Services, config: &DaemonConfig, c: Clients)
         default_policy: config.default_policy.clone(),
         hub: c.hub,
         dns: c.report.dns,
-        dns_learned: c.metrics.dns_learned.clone(),
+        dns_learned: c.metrics.dns.learned.clone(),
     });
     services.spawn(Service::Control, control::server::serve(c.listeners.control, ctx, stop.clone()));
     let mut metrics_stop = stop;

@@ -5,7 +5,10 @@
 
 use std::{fs::File, io, path::PathBuf, sync::Arc};
 
-use monitor_common::{maps::KernelOffsets, tamper::TamperConfig};
+use monitor_common::{
+    maps::{KernelOffsets, RuntimeConfig},
+    tamper::TamperConfig,
+};
 use tokio::net::{TcpListener, UnixListener};
 
 use super::error::DaemonError;
@@ -216,4 +219,16 @@ pub async fn resolver(
         "DNS resolver ready"
     );
     Ok(resolver)
+}
+
+/// What the kernel's runtime config holds besides the trajectory levels:
+/// the flags chosen at load and where the resolver listens.
+pub fn runtime(loaded: &Loaded, resolver: &Resolver) -> RuntimeConfig {
+    RuntimeConfig {
+        flags: loaded.runtime_flags,
+        dns_addr: resolver.addr().ip().octets(),
+        dns_port: resolver.addr().port(),
+        dns_client_net: DNS_CLIENT_NET,
+        ..RuntimeConfig::default()
+    }
 }

@@ -177,8 +177,8 @@ impl Resolver {
                 _ = sweep.tick() => {
                     let domains = self.shared.domains.clone();
                     let (left, expired) = self.shared.maps.lock().expect("not poisoned").sweep(&domains);
-                    self.shared.metrics.dns_learned.set(left as i64);
-                    self.shared.metrics.dns_learned_expired.inc_by(expired);
+                    self.shared.metrics.dns.learned.set(left as i64);
+                    self.shared.metrics.dns.learned_expired.inc_by(expired);
                 }
             }
         }
@@ -273,7 +273,7 @@ async fn answer(shared: &Shared, query: &[u8], src: SocketAddr, transport: Trans
         return message::refusal(query, Refusal::Refused).ok();
     };
     let plan = plan(&inst, &question.name);
-    shared.metrics.dns_questions.with_label_values(&[&inst.policy, plan.decision]).inc();
+    shared.metrics.dns.questions.with_label_values(&[&inst.policy, plan.decision]).inc();
     let mut outcome = Outcome::default();
     let reply = if plan.forward { forward(shared, query, transport, &mut outcome).await } else { None };
     let reply = match reply {
@@ -291,7 +291,7 @@ async fn answer(shared: &Shared, query: &[u8], src: SocketAddr, transport: Trans
                 }
                 Err(e) => {
                     tracing::debug!("upstream reply for {}: {e}", question.name);
-                    shared.metrics.dns_upstream_failures.with_label_values(&[transport.as_str()]).inc();
+                    shared.metrics.dns.upstream_failures.with_label_values(&[transport.as_str()]).inc();
                     message::refusal(query, Refusal::ServFail).ok()?
                 }
             }
@@ -326,7 +326,7 @@ async fn forward(shared: &Shared, query: &[u8], transport: Transport, outcome: &
     match result {
         Ok(Ok(reply)) => {
             let took = started.elapsed();
-            shared.metrics.dns_upstream_latency.observe(took.as_secs_f64());
+            shared.metrics.dns.upstream_latency.observe(took.as_secs_f64());
             outcome.upstream = Some(took);
             Some(reply)
         }
@@ -336,7 +336,7 @@ async fn forward(shared: &Shared, query: &[u8], transport: Transport, outcome: &
                 _ => "timed out".to_owned(),
             };
             tracing::warn!("DNS upstream {upstream} ({}): {why}", transport.as_str());
-            shared.metrics.dns_upstream_failures.with_label_values(&[transport.as_str()]).inc();
+            shared.metrics.dns.upstream_failures.with_label_values(&[transport.as_str()]).inc();
             None
         }
     }
@@ -389,7 +389,7 @@ fn learn(shared: &Shared, instance: u32, q: &Question, answer: &Answer, rules: &
         shortest = Some(shortest.map_or(lifetime, |s| s.min(lifetime)));
         // Exact again at the next sweep (an address learned twice counts
         // twice until then).
-        shared.metrics.dns_learned.inc();
+        shared.metrics.dns.learned.inc();
     }
     shortest
 }
