@@ -78,6 +78,16 @@ pub struct DnsSlot {
 }
 assert_size!(DnsSlot, 96 + 24);
 
+/// Key of [`crate::names::MAP_DNS_BOUND`]: protocol, source address
+/// (network byte order; 0 for a socket bound to the wildcard address) and
+/// source port of a redirected socket that was already bound, so its
+/// source address could not name a slot: one the agent bound itself (dig
+/// does), or one connected before (its source is an earlier slot's, which
+/// this entry overrides).
+pub const fn dns_bound_key(protocol: u8, addr: [u8; 4], port: u16) -> u64 {
+    (protocol as u64) << 48 | (port as u64) << 32 | u32::from_ne_bytes(addr) as u64
+}
+
 /// The destination a redirected DNS socket asked for, by socket cookie:
 /// what `recvmsg4` and `getpeername4` show the agent instead of the
 /// resolver's address.

@@ -38,8 +38,8 @@ pub const PROG_GETPEERNAME4: &str = "getpeername4";
 pub const MAP_DNS_SLOTS: &str = "DNS_SLOTS";
 /// Per-CPU slot counter.
 pub const MAP_DNS_NEXT: &str = "DNS_NEXT";
-/// Redirected sockets the agent had bound itself, LRU hash: protocol << 16 |
-/// source port -> slot index.
+/// Redirected sockets that were already bound, LRU hash:
+/// [`crate::maps::dns_bound_key`] -> slot index.
 pub const MAP_DNS_BOUND: &str = "DNS_BOUND";
 /// Redirected sockets, LRU hash: socket cookie -> [`crate::maps::DnsPeer`].
 pub const MAP_DNS_PEERS: &str = "DNS_PEERS";

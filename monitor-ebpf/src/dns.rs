@@ -113,11 +113,12 @@ pub fn redirect4(ctx: &SockAddrContext, cfg: &RuntimeConfig, member: &Membership
             if sk.is_null() {
                 return Redirect::Failed;
             }
-            let src_port = unsafe { (*sk).src_port };
+            let (src_ip, src_port) = unsafe { ((*sk).src_ip4, (*sk).src_port) };
             if src_port == 0 || src_port > 0xffff {
                 return Redirect::Failed;
             }
-            if DNS_BOUND.insert(&bound_key(protocol as u8, src_port as u16), &slot, 0).is_err() {
+            let key = monitor_common::maps::dns_bound_key(protocol as u8, src_ip.to_ne_bytes(), src_port as u16);
+            if DNS_BOUND.insert(&key, &slot, 0).is_err() {
                 return Redirect::Failed;
             }
         }
@@ -132,12 +133,6 @@ pub fn redirect4(ctx: &SockAddrContext, cfg: &RuntimeConfig, member: &Membership
         (*sa).user_port = u32::from(cfg.dns_port.to_be());
     }
     Redirect::Done
-}
-
-/// Key of [`DNS_BOUND`]: protocol and the bound socket's source port.
-#[inline(always)]
-fn bound_key(protocol: u8, port: u16) -> u32 {
-    u32::from(protocol) << 16 | u32::from(port)
 }
 
 /// The next slot of this CPU's share.

@@ -71,10 +71,10 @@ pub static DNS_SLOTS: Array<DnsSlot> = Array::with_max_entries(DNS_SLOT_COUNT, 0
 #[map]
 pub static DNS_NEXT: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
-/// Slots of redirected sockets the agent had bound itself: protocol << 16
-/// | source port -> slot.
+/// Slots of redirected sockets the agent had bound itself (or connected
+/// before): `dns_bound_key` -> slot.
 #[map]
-pub static DNS_BOUND: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+pub static DNS_BOUND: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);
 
 #[map]
 pub static DNS_PEERS: LruHashMap<u64, DnsPeer> = LruHashMap::with_max_entries(16384, 0);

@@ -145,9 +145,8 @@ pub struct PipelineMaps {
 /// The kernel maps of DNS egress the resolver uses (`dns::learn`).
 pub struct DnsMaps {
     pub slots: Array<MapData, DnsSlot>,
-    /// protocol << 16 | source port -> slot, for sockets bound before the
-    /// redirect.
-    pub bound: HashMap<MapData, u32, u32>,
+    /// `dns_bound_key` -> slot, for sockets bound before the redirect.
+    pub bound: HashMap<MapData, u64, u32>,
     pub learned4: HashMap<MapData, Learned4Key, LearnedValue>,
     pub learned6: HashMap<MapData, Learned6Key, LearnedValue>,
 }

@@ -33,6 +33,13 @@ fn main() {
                 }
             }))
         }
+        // A query for NAME A over a TCP socket that is not bound first
+        // (glibc's fallback after a truncated answer): prints the answer's
+        // IPv4 addresses.
+        ["dns-tcp", ip, name] => report(dns_tcp(addr(ip, "53"), name)),
+        // One UDP socket connected to FIRST:53, asked NAME, then connected
+        // again to SECOND:53 and asked again: prints both answers.
+        ["dns-reconnect", first, second, name] => report(dns_reconnect(addr(first, "53"), addr(second, "53"), name)),
         ["open", path] => report(std::fs::File::open(path).map(drop)),
         // A second thread rewrites the path buffer between ALLOWED and
         // DENIED (same length) while this one opens and reads it N times;
@@ -83,7 +90,7 @@ fn main() {
         // "ROUNDS CONNECTED READ": the attempts and how many succeeded.
         ["retry-denied", ip, port, path, stop, out] => retry_denied(addr(ip, port), path, stop, out),
         _ => {
-            eprintln!("usage: test-agent connect|sendto IP PORT | resolve NAME | open|write|reopen-opath PATH | race-open ALLOWED DENIED N | double-fork CMD... | sleep MS | tree DEPTH WIDTH OUT | open-flood PATH N | open-until PATH MS STOP | retry-denied IP PORT PATH STOP OUT");
+            eprintln!("usage: test-agent connect|sendto IP PORT | resolve NAME | dns-tcp IP NAME | dns-reconnect IP IP NAME | open|write|reopen-opath PATH | race-open ALLOWED DENIED N | double-fork CMD... | sleep MS | tree DEPTH WIDTH OUT | open-flood PATH N | open-until PATH MS STOP | retry-denied IP PORT PATH STOP OUT");
             exit(2)
         }
     }
@@ -240,4 +247,71 @@ fn retry_denied(target: SocketAddr, path: &str, stop: &str, out: &str) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A DNS query for `name` A with id `id`, recursion desired.
+fn dns_query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+/// Prints the IPv4 addresses of the A records in `reply`: each is the
+/// four bytes after `type A, class IN, TTL, rdlength 4`.
+fn print_answer(reply: &[u8], id: u16) -> std::io::Result<()> {
+    if reply.len() < 12 || reply[..2] != id.to_be_bytes() {
+        return Err(std::io::Error::other("not the answer to the query"));
+    }
+    let mut addrs = Vec::new();
+    for i in 12..reply.len().saturating_sub(13) {
+        if reply[i..i + 4] == [0, 1, 0, 1] && reply[i + 8..i + 10] == [0, 4] {
+            addrs.push(std::net::Ipv4Addr::new(reply[i + 10], reply[i + 11], reply[i + 12], reply[i + 13]).to_string());
+        }
+    }
+    println!("answer rcode={} {}", reply[3] & 0xf, addrs.join(" "));
+    Ok(())
+}
+
+fn dns_tcp(server: SocketAddr, name: &str) -> std::io::Result<()> {
+    use std::io::Read;
+    let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let q = dns_query(0x7a7a, name);
+    let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&q);
+    s.write_all(&framed)?;
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len)?;
+    let mut reply = vec![0u8; u16::from_be_bytes(len).into()];
+    s.read_exact(&mut reply)?;
+    println!("peer {}", s.peer_addr()?);
+    print_answer(&reply, 0x7a7a)
+}
+
+fn dns_reconnect(first: SocketAddr, second: SocketAddr, name: &str) -> std::io::Result<()> {
+    use std::os::fd::FromRawFd;
+    // Not bound before the first connect, as glibc's resolver does it
+    // (std's UdpSocket always binds first).
+    // SAFETY: a plain socket(2); the descriptor is owned by `s` below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh UDP socket nothing else owns.
+    let s = unsafe { UdpSocket::from_raw_fd(fd) };
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut buf = [0u8; 1500];
+    for (id, server) in [(0x5151u16, first), (0x5252, second)] {
+        s.connect(server)?;
+        s.send(&dns_query(id, name))?;
+        let n = s.recv(&mut buf)?;
+        println!("peer {}", s.peer_addr()?);
+        print_answer(&buf[..n], id)?;
+    }
+    Ok(())
 }

@@ -261,7 +261,10 @@ fn domain_rules_resolve_allowed_names_refuse_others_and_learn_only_theirs() {
          echo tcp; dig +tcp +short +time=5 +tries=1 @{NAMESERVER} allowed.test; \
          echo rebind; dig +short +time=5 +tries=1 @{NAMESERVER} rebind.test; \
          echo cidr; curl -sS -m 10 http://cidr-denied.test:{port}/; echo rc=$?; \
-         echo ahosts; {agent} resolve allowed.test; {py}"
+         echo ahosts; {agent} resolve allowed.test; \
+         echo tcp-unbound; {agent} dns-tcp {NAMESERVER} allowed.test; \
+         echo reconnect; {agent} dns-reconnect {NAMESERVER} 127.0.0.154 www.chain.test; \
+         echo end; {py}"
     );
     let out = lab.run("dns-main", "dns", &script);
     let text = stdout(&out);
@@ -305,16 +308,30 @@ fn domain_rules_resolve_allowed_names_refuse_others_and_learn_only_theirs() {
     );
     // An explicit CIDR deny beats the learned address.
     assert!(text.contains("cidr") && cidr_denied.hits() == 0, "127.0.0.6 is denied by CIDR:\n{text}");
+    // TCP from a socket not bound first (glibc's fallback after a
+    // truncated answer): redirected with a source that names its slot; the
+    // peer it sees is the server it asked.
+    let tcp = text.split("tcp-unbound").nth(1).unwrap().split("reconnect").next().unwrap();
+    assert!(tcp.contains(&format!("peer {NAMESERVER}:53\nanswer rcode=0 127.0.0.2")), "{text}");
+    // A UDP socket connected again to another nameserver: both answered,
+    // each peer shown as asked, each question attributed (two dns records).
+    let again = text.split("reconnect").nth(1).unwrap().split("end").next().unwrap();
+    let expected =
+        format!("peer {NAMESERVER}:53\nanswer rcode=0 127.0.0.4\npeer 127.0.0.154:53\nanswer rcode=0 127.0.0.4");
+    assert!(again.contains(&expected), "{text}");
+    let servers: Vec<&Value> = dns_records(&recs, "www.chain.test").into_iter().map(|r| &r["server"]).collect();
+    assert!(servers.contains(&&Value::from("127.0.0.154:53")), "the second server is recorded: {servers:?}");
     let ahosts = text.split("ahosts").nth(1).unwrap();
     assert!(ahosts.contains("resolved 127.0.0.2"), "getaddrinfo must resolve:\n{text}");
     if python {
         assert!(text.contains("py ['127.0.0.2']"), "socket.getaddrinfo must resolve through the redirect:\n{text}");
     }
 
-    // Every question was redirected: the agent addressed its nameserver,
+    // Every question was redirected: the agent addressed its nameservers,
     // the daemon asked dnsmasq.
     for r in of_kind(&recs, "dns") {
-        assert_eq!(r["server"], format!("{NAMESERVER}:53"), "{r}");
+        let server = r["server"].as_str().unwrap();
+        assert!(server == format!("{NAMESERVER}:53") || server == "127.0.0.154:53", "{r}");
         assert!(r["pid"].is_u64() && r["exec_id"].is_string(), "a dns record names the process: {r}");
     }
     assert!(lab.upstream.queries().contains("query[A] allowed.test"), "{}", lab.upstream.queries());

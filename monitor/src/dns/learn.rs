@@ -1,11 +1,14 @@
 //! The kernel maps of DNS egress the resolver reads (who asked) and
 //! writes (learned addresses), and how long a learned address stays.
 
-use std::{net::IpAddr, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
 
 use aya::maps::MapError;
 use monitor_common::{
-    maps::DnsSlot,
+    maps::{dns_bound_key, DnsSlot},
     policy::{Learned4Key, Learned6Key, LearnedValue, NetValue, PolicyVerdict, PortRule, MAX_PORT_RULES},
 };
 
@@ -39,9 +42,12 @@ impl DnsMaps {
         self.slots.get(&index, 0)
     }
 
-    /// The slot of a redirected socket the agent had bound to `port`.
-    pub fn bound_slot(&self, protocol: u8, port: u16) -> Result<u32, MapError> {
-        self.bound.get(&(u32::from(protocol) << 16 | u32::from(port)), 0)
+    /// The slot of a redirected socket that was already bound to
+    /// `addr:port` when it was redirected; with `wildcard`, also one bound
+    /// to the wildcard address and `port`.
+    pub fn bound_slot(&self, protocol: u8, addr: Ipv4Addr, port: u16, wildcard: bool) -> Option<u32> {
+        let exact = self.bound.get(&dns_bound_key(protocol, addr.octets(), port), 0).ok();
+        exact.or_else(|| wildcard.then(|| self.bound.get(&dns_bound_key(protocol, [0; 4], port), 0).ok()).flatten())
     }
 
     /// Writes `addr` as learned by `instance` for `name` until `lifetime`

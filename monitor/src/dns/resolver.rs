@@ -206,18 +206,24 @@ async fn serve_tcp(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr)
     }
 }
 
-/// Who asked: the slot named by the source address of a redirected packet,
-/// or, for a socket the agent had bound itself, by its source port.
+/// Who asked: for a socket that was already bound when the hook redirected
+/// it, the slot the hook filed under its address and port; otherwise the
+/// slot its source address names.
 fn asker(shared: &Shared, src: SocketAddr, transport: Transport) -> Option<DnsSlot> {
     let SocketAddr::V4(src) = src else { return None };
     let o = src.ip().octets();
-    let maps = shared.maps.lock().expect("not poisoned");
-    let index = if o[0] == 127 && o[1] == shared.settings.client_net {
-        u32::from(o[2]) << 8 | u32::from(o[3])
-    } else if o[0] == 127 {
-        maps.bound_slot(transport.protocol(), src.port()).ok()?
-    } else {
+    if o[0] != 127 {
         return None;
+    }
+    // A source in the slot network was chosen by the hook (or, for a
+    // socket connected again, filed under it); any other loopback source is
+    // a socket bound before, possibly to the wildcard address.
+    let in_slot_net = o[1] == shared.settings.client_net;
+    let maps = shared.maps.lock().expect("not poisoned");
+    let index = match maps.bound_slot(transport.protocol(), *src.ip(), src.port(), !in_slot_net) {
+        Some(index) => index,
+        None if in_slot_net => u32::from(o[2]) << 8 | u32::from(o[3]),
+        None => return None,
     };
     let slot = maps.slot(index).ok()?;
     (slot.header.trajectory_cgroup != 0 && slot.protocol == transport.protocol()).then_some(slot)
