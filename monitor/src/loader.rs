@@ -494,6 +494,12 @@ fn attach(
                 hook,
                 prog.attach(cgroup, CgroupAttachMode::default()).map_err(attach_err)?,
             ));
+            if [names::PROG_RECVMSG4, names::PROG_GETPEERNAME4].contains(&hook.program) {
+                // Judges nothing: shows a redirected DNS socket the
+                // nameserver it asked (docs/architecture.md, "Domain egress").
+                let detail = "cgroup sock_addr hook; restores the nameserver's address on redirected DNS sockets";
+                return Ok(HookState::new(hook, Mechanism::Observe, detail.into()));
+            }
             let detail = "cgroup sock_addr hook on the trajectory parent cgroup; refuses with EPERM";
             Ok(HookState::new(hook, Mechanism::CgroupDeny, detail.into()))
         }

@@ -128,6 +128,11 @@ fn status_reports_every_hook_and_open_trajectories() {
         let h = hooks.iter().find(|h| h["hook"] == hook).unwrap_or_else(|| panic!("{hook} missing: {status}"));
         assert_eq!(h["mechanism"], "cgroup-deny", "{h}");
     }
+    // The DNS redirect's restoring hooks judge nothing: they never claim to.
+    for hook in ["connect:recvmsg4", "connect:getpeername4"] {
+        let h = hooks.iter().find(|h| h["hook"] == hook).unwrap_or_else(|| panic!("{hook} missing: {status}"));
+        assert_eq!(h["mechanism"], "observe", "{h}");
+    }
     // File and exec: the LSM hooks enforce, or they say why not and the
     // tracepoints kill.
     let lsm = hooks.iter().find(|h| h["hook"] == "lsm:file_open").expect("lsm:file_open listed");
