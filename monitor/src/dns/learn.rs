@@ -6,7 +6,10 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::MapError;
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, MapError},
+    Pod,
+};
 use monitor_common::{
     maps::{dns_bound_key, DnsSlot},
     policy::{Learned4Key, Learned6Key, LearnedValue, NetValue, PolicyVerdict, PortRule, MAX_PORT_RULES},
@@ -83,44 +86,32 @@ impl DnsMaps {
     /// live; answers (entries left, entries expired).
     pub fn sweep(&mut self, domains: &Domains) -> (u64, u64) {
         let now = clock::monotonic_ns();
-        let mut expired = 0;
-        let mut left = 0;
-        let stale4: Vec<Learned4Key> = self
-            .learned4
-            .iter()
-            .filter_map(Result::ok)
-            .filter_map(|(k, v)| {
-                let dead = v.expires_ns <= now || !domains.is_live(k.policy);
-                if dead {
-                    expired += u64::from(v.expires_ns <= now);
-                    Some(k)
-                } else {
-                    left += 1;
-                    None
-                }
-            })
-            .collect();
-        for k in stale4 {
-            let _ = self.learned4.remove(&k);
-        }
-        let stale6: Vec<Learned6Key> = self
-            .learned6
-            .iter()
-            .filter_map(Result::ok)
-            .filter_map(|(k, v)| {
-                let dead = v.expires_ns <= now || !domains.is_live(k.policy);
-                if dead {
-                    expired += u64::from(v.expires_ns <= now);
-                    Some(k)
-                } else {
-                    left += 1;
-                    None
-                }
-            })
-            .collect();
-        for k in stale6 {
-            let _ = self.learned6.remove(&k);
-        }
-        (left, expired)
+        let (left4, expired4) = sweep_map(&mut self.learned4, now, |k| domains.is_live(k.policy));
+        let (left6, expired6) = sweep_map(&mut self.learned6, now, |k| domains.is_live(k.policy));
+        (left4 + left6, expired4 + expired6)
     }
+}
+
+/// [`DnsMaps::sweep`] of one learned-address map.
+fn sweep_map<K: Pod>(
+    map: &mut BpfHashMap<MapData, K, LearnedValue>,
+    now: u64,
+    live: impl Fn(&K) -> bool,
+) -> (u64, u64) {
+    let (mut left, mut expired) = (0, 0);
+    let mut stale = Vec::new();
+    for (k, v) in map.iter().filter_map(Result::ok) {
+        if v.expires_ns <= now {
+            expired += 1;
+            stale.push(k);
+        } else if !live(&k) {
+            stale.push(k);
+        } else {
+            left += 1;
+        }
+    }
+    for k in stale {
+        let _ = map.remove(&k);
+    }
+    (left, expired)
 }
