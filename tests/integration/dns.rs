@@ -360,14 +360,16 @@ fn domain_rules_resolve_allowed_names_refuse_others_and_learn_only_theirs() {
 
 #[test]
 fn a_learned_address_is_denied_again_after_its_ttl_plus_grace() {
-    // TTL 1 s, grace 1 s: the address is allowed for 2 s after the answer.
-    let lab = Lab::start(1, &["--dns-ttl-grace", "1s", "--dns-ttl-min", "1s"]);
+    // TTL 2 s, grace 2 s: the address is allowed for 4 s after the answer
+    // (room for starting test-agent under TCG), denied 6 s after the
+    // connect that follows it.
+    let lab = Lab::start(2, &["--dns-ttl-grace", "2s", "--dns-ttl-min", "1s"]);
     let port = free_port();
     let listener = Listener::start("127.0.0.2", port);
     let agent = crate::harness::agent_bin();
     let agent = agent.display();
     let script = format!(
-        "getent hosts allowed.test; {agent} connect 127.0.0.2 {port}; sleep 3; \
+        "getent hosts allowed.test; {agent} connect 127.0.0.2 {port}; sleep 6; \
          echo expired; {agent} connect 127.0.0.2 {port}; \
          echo again; getent hosts allowed.test; {agent} connect 127.0.0.2 {port}"
     );
@@ -380,7 +382,7 @@ fn a_learned_address_is_denied_again_after_its_ttl_plus_grace() {
     assert_eq!(listener.hits(), 2);
     let recs = lab.daemon.trajectory("dns-ttl");
     let learned: Vec<&Value> = dns_records(&recs, "allowed.test").into_iter().filter(|r| r["qtype"] == "A").collect();
-    assert!(learned.len() == 2 && learned.iter().all(|r| r["learned_for_s"] == 2), "{learned:?}");
+    assert!(learned.len() == 2 && learned.iter().all(|r| r["learned_for_s"] == 4), "{learned:?}");
     lab.daemon.wait_metric("agent_monitor_dns_learned_expired_total", 1.0);
 }
 
