@@ -344,6 +344,12 @@ impl StoppedSink {
         StoppedSink { tid }
     }
 
+    /// Lets the sink thread run again.
+    fn resume(self) {
+        // SAFETY: a plain ptrace request on the thread we stopped.
+        unsafe { assert_eq!(libc::ptrace(libc::PTRACE_DETACH, self.tid, 0, 0), 0) };
+    }
+
     /// SIGKILLs the daemon; reaps the traced thread, without which the
     /// daemon's exit is never reported.
     fn kill_daemon(self, d: &mut Daemon) {
@@ -369,8 +375,23 @@ impl StoppedSink {
 fn records_a_killed_daemon_numbered_but_did_not_write_are_counted() {
     let l = Lab::new();
     let (mut d, mut agent) = l.start_keeping("cont-4");
-    let sink = StoppedSink::stop(&d);
-    l.wait_rounds(10, &mut agent, "with the daemon's sink stopped");
+    // The sink thread is stopped wherever it happens to be. Stopped while
+    // it holds a lock the pipeline needs too (the allocator's, in the
+    // middle of a malloc), the pipeline stalls and numbers nothing: then
+    // let it go and stop it again, until the pipeline numbers on.
+    let mut tries = 0;
+    let sink = loop {
+        let sink = StoppedSink::stop(&d);
+        let before = next_seq(&d, "cont-4");
+        l.wait_rounds(10, &mut agent, "with the daemon's sink stopped");
+        if next_seq(&d, "cont-4") >= before + 10 {
+            break sink;
+        }
+        tries += 1;
+        assert!(tries < 5, "the pipeline stalled each of {tries} times the sink thread was stopped");
+        sink.resume();
+        l.wait_rounds(5, &mut agent, "with the sink running again");
+    };
     sink.kill_daemon(&mut d);
     d.restart(&["--policy-dir", l.policy_dir()], true);
     d.status();
@@ -391,6 +412,27 @@ fn records_a_killed_daemon_numbered_but_did_not_write_are_counted() {
     let counted = metric_value(&d.metrics(), series).unwrap_or_else(|| panic!("no {series}"));
     assert_eq!(counted as u64, unwritten, "{series}");
     assert!(d.stop().success());
+}
+
+/// The next `seq` the daemon's pipeline saved for `trajectory` (its
+/// `<id>.seq` state file, below the daemon's state directory).
+fn next_seq(d: &Daemon, trajectory: &str) -> u64 {
+    fn find(dir: &std::path::Path, name: &str) -> Option<PathBuf> {
+        for e in std::fs::read_dir(dir).ok()?.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                if let Some(found) = find(&p, name) {
+                    return Some(found);
+                }
+            } else if p.file_name().is_some_and(|f| f == name) {
+                return Some(p);
+            }
+        }
+        None
+    }
+    let path = find(&d.state_dir(), &format!("{trajectory}.seq")).expect("the trajectory's .seq state file");
+    let bytes = std::fs::read(&path).unwrap();
+    u64::from_le_bytes(bytes[..8].try_into().unwrap())
 }
 
 /// The only directory under the daemon's pin directory: its layout's.
