@@ -275,6 +275,18 @@ impl Daemon {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// Waits until the daemon's log contains `needle`. A line logged after
+    /// the daemon has published a record may reach the log after the record
+    /// reaches the sink, so a test that has seen the record waits for the
+    /// line rather than reading the log once.
+    pub fn wait_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(HANG_GUARD_SECS);
+        while !self.stderr().contains(needle) {
+            assert!(Instant::now() < deadline, "{needle:?} not logged within {HANG_GUARD_SECS} s:\n{}", self.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `agent-monitor run [--trajectory id] -- cmd...`, waited for.
     pub fn run(&self, trajectory: Option<&str>, cmd: &[&str]) -> Output {
         let mut c = Command::new(monitor_bin());

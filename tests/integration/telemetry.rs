@@ -273,7 +273,8 @@ fn adopts_cgroups_matching_a_pattern() {
     let id = start["trajectory"].as_str().unwrap().to_owned();
     assert_eq!(start["cgroup"], scope.to_str().unwrap());
     let ws = std::fs::canonicalize(workspace.path()).unwrap();
-    assert!(d.stderr().contains(&format!("\"WORKSPACE\": \"{}\"", ws.display())), "workspace from the cwd");
+    // The adoption is logged after the trajectory opens: wait for the line.
+    d.wait_log(&format!("\"WORKSPACE\": \"{}\"", ws.display()));
     let procs = wait_for(&d, |r| r["trajectory"] == id.as_str() && r["kind"] == "process");
     assert_eq!(procs["pid"], sleeper.id());
     assert_eq!(procs["source"], "procfs");
