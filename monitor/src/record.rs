@@ -210,14 +210,23 @@ pub enum Body {
     Tamper {
         /// What was attempted: `bpf`, `ptrace`, `process_vm`, `pidfd_open`,
         /// `clone_into_cgroup`, `cgroup_mkdir`, `cgroup_rmdir`, `io_uring`,
-        /// `open_by_handle_at`, `mount`, `signal`.
+        /// `open_by_handle_at`, `mount`, `signal`, `socket`, `clone_escape`,
+        /// or `control` (a control socket request, refused by the daemon).
         op: &'static str,
         /// The target process of a ptrace-style access or a signal.
         #[serde(skip_serializing_if = "Option::is_none")]
         target_pid: Option<u32>,
         /// Per op: the bpf command, the ptrace request or access mode, the
-        /// clone or mount flags, the signal number.
+        /// clone or mount flags, the signal number; 0 for `control`.
         arg: u64,
+        /// `control`: the refused request's `op` (`open_trajectory`,
+        /// `status`, `events`, `step`). Absent from kernel records.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request: Option<&'static str>,
+        /// `control`: the trajectory the request named, when it named a
+        /// valid trajectory id. Absent otherwise.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        target_trajectory: Option<String>,
     },
     TrajectoryStart {
         cgroup: String,

@@ -207,7 +207,8 @@ fn assert_step_order(recs: &[Value]) -> usize {
 
 /// The control socket from inside a trajectory: `step` for its own
 /// trajectory only; no status, no new trajectory (a laxer policy), no
-/// annotating someone else's stream.
+/// annotating someone else's stream. Each refusal is a `tamper` record of
+/// op `control` in the caller's own stream, naming the process that asked.
 #[test]
 fn agents_may_only_annotate_their_own_trajectory() {
     let d = Daemon::start();
@@ -249,6 +250,30 @@ fn agents_may_only_annotate_their_own_trajectory() {
     let attacker = d.trajectory("attacker");
     assert_eq!(of_kind(&attacker, "step").len(), 1);
     assert!(d.stderr().contains("agent request refused"), "the refusals are logged");
+    assert_control_refusals(&attacker);
+}
+
+/// The attacker's four refused requests as `tamper` records: each denied by
+/// the built-in rule, made by the `agent-monitor` process that sent it (its
+/// exec record has the same pid and subcommand).
+fn assert_control_refusals(recs: &[Value]) {
+    crate::schema::assert_matches_schema(recs);
+    let refusals: Vec<&Value> = of_kind(recs, "tamper").into_iter().filter(|r| r["op"] == "control").collect();
+    let mut seen: Vec<(&str, Option<&str>)> =
+        refusals.iter().map(|r| (r["request"].as_str().unwrap(), r["target_trajectory"].as_str())).collect();
+    seen.sort();
+    let expected = [("events", None), ("open_trajectory", Some("nested")), ("status", None), ("step", Some("victim"))];
+    assert_eq!(seen, expected, "{refusals:#?}");
+    for r in refusals {
+        assert_eq!((r["decision"].as_str(), r["rule"].as_str()), (Some("deny"), Some("builtin:tamper")), "{r}");
+        assert!(r.get("mechanism").is_none() && r["policy"].is_string(), "{r}");
+        let subcommand = match r["request"].as_str().unwrap() {
+            "open_trajectory" => "run",
+            other => other,
+        };
+        let sender = of_kind(recs, "exec").into_iter().find(|e| e["pid"] == r["pid"] && e["argv"][1] == subcommand);
+        assert!(sender.is_some(), "the refusal names the process that asked: {r}");
+    }
 }
 
 /// A cgroup made by hand under a configured pattern is adopted with its

@@ -179,6 +179,28 @@ pub mod monostate {
     literal!(False, false);
 }
 
+impl Request {
+    /// Its `op` on the wire.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::OpenTrajectory { .. } => "open_trajectory",
+            Request::Status => "status",
+            Request::Step { .. } => "step",
+            Request::Events { .. } => "events",
+        }
+    }
+
+    /// The trajectory it names, if any.
+    pub fn trajectory(&self) -> Option<&str> {
+        match self {
+            Request::OpenTrajectory { trajectory, .. }
+            | Request::Step { trajectory, .. }
+            | Request::Events { trajectory, .. } => trajectory.as_deref(),
+            Request::Status => None,
+        }
+    }
+}
+
 impl Response {
     pub fn error(msg: impl Into<String>) -> Self {
         Response::Error { ok: monostate::False, error: msg.into() }
@@ -251,5 +273,20 @@ mod tests {
         }
         let err: Response = serde_json::from_str(r#"{"ok":false,"error":"no"}"#).unwrap();
         assert_eq!(err, Response::error("no"));
+    }
+
+    #[test]
+    fn op_and_trajectory_are_the_wire_fields() {
+        for line in [
+            r#"{"op":"open_trajectory","trajectory":"t1"}"#,
+            r#"{"op":"open_trajectory"}"#,
+            r#"{"op":"status"}"#,
+            r#"{"op":"step","trajectory":"t2","name":"x"}"#,
+            r#"{"op":"events"}"#,
+        ] {
+            let wire: serde_json::Value = serde_json::from_str(line).unwrap();
+            let r: Request = serde_json::from_str(line).unwrap();
+            assert_eq!((Some(r.op()), r.trajectory()), (wire["op"].as_str(), wire["trajectory"].as_str()), "{line}");
+        }
     }
 }

@@ -18,15 +18,23 @@ use tokio::{
     sync::watch,
 };
 
+use monitor_common::{policy::RULE_BUILTIN_TAMPER, tamper::TamperOp};
+
 use super::{
     protocol::{monostate, ClassEnforcement, DnsStatus, HookStatus, ProtectionStatus, Request, Response, Status},
     watcher::Watcher,
 };
 use crate::{
     cgroup::{self, Hierarchy},
+    clock,
     enforce::Binding,
-    events::{handle::PipelineHandle, pipeline::OpenSpec, process},
-    record::{Bytes, Process},
+    events::{
+        decode::{Decoded, RawVerdict},
+        handle::PipelineHandle,
+        pipeline::{OpenSpec, Owner},
+        process,
+    },
+    record::{Body, Bytes, Process},
     reload::PolicyTable,
     sinks::{subscribe::Item, Filter, Hub},
     trajectory,
@@ -119,26 +127,50 @@ pub async fn serve(listener: UnixListener, ctx: Arc<Context>, mut shutdown: watc
     }
 }
 
+/// The process at the other end of a connection, from `SO_PEERCRED`.
+#[derive(Clone, Copy, Debug)]
+struct Peer {
+    pid: u32,
+    uid: u32,
+    gid: u32,
+}
+
+impl Peer {
+    /// The process as a record's `process` part.
+    fn process(self) -> Process {
+        match process::read_proc(self.pid) {
+            Some(p) => p.process,
+            None => Process {
+                pid: Some(self.pid),
+                tid: Some(self.pid),
+                uid: Some(self.uid),
+                gid: Some(self.gid),
+                ..Process::default()
+            },
+        }
+    }
+}
+
 async fn handle(stream: UnixStream, ctx: &Context) -> io::Result<()> {
     let cred = stream.peer_cred()?;
     let (read, mut write) = stream.into_split();
-    let pid = cred.pid().filter(|&p| p > 0).map(|p| p as u32);
+    let peer = cred.pid().filter(|&p| p > 0).map(|p| Peer { pid: p as u32, uid: cred.uid(), gid: cred.gid() });
     let response = if cred.uid() != 0 {
         Response::error("the control socket is for root only")
     } else {
         let mut line = String::new();
         let mut reader = BufReader::new(read).take(MAX_REQUEST as u64);
         reader.read_line(&mut line).await?;
-        match (serde_json::from_str::<Request>(&line), pid) {
+        match (serde_json::from_str::<Request>(&line), peer) {
             (Err(e), _) => Response::error(format!("invalid request: {e}")),
             (Ok(_), None) => Response::error("cannot identify the requesting process"),
-            (Ok(request), Some(pid)) => {
-                match route(&ctx.pipeline, cgroup::of_process(&ctx.hierarchy, pid), request).await {
+            (Ok(request), Some(peer)) => {
+                match route(&ctx.pipeline, cgroup::of_process(&ctx.hierarchy, peer.pid), request, peer).await {
                     Route::Answered(response) => response,
                     Route::Operator(Request::Events { trajectory, kinds, follow }) => {
                         return subscribe(ctx, Filter { trajectory, kinds }, follow, write).await;
                     }
-                    Route::Operator(request) => operator_request(ctx, request, pid, cred.uid(), cred.gid()).await,
+                    Route::Operator(request) => operator_request(ctx, request, peer).await,
                 }
             }
         }
@@ -161,11 +193,12 @@ enum Route {
     Operator(Request),
 }
 
-/// Routes a request from a process in cgroup `caller` (`None`: unreadable).
-async fn route(pipeline: &PipelineHandle, caller: Option<PathBuf>, request: Request) -> Route {
+/// Routes a request of `peer`, a process in cgroup `caller` (`None`:
+/// unreadable).
+async fn route(pipeline: &PipelineHandle, caller: Option<PathBuf>, request: Request, peer: Peer) -> Route {
     match caller_trajectory(pipeline, caller).await {
         Err(response) => Route::Answered(response),
-        Ok(Some(own)) => Route::Answered(agent_request(pipeline, own, request).await),
+        Ok(Some(own)) => Route::Answered(agent_request(pipeline, own, request, peer).await),
         Ok(None) => Route::Operator(request),
     }
 }
@@ -174,7 +207,7 @@ async fn route(pipeline: &PipelineHandle, caller: Option<PathBuf>, request: Requ
 /// `/proc/<pid>/cgroup` while it is connected; a process in a trajectory
 /// cannot move out of it (cgroupfs is closed to it by the built-in
 /// protection), so what was read is where it is.
-async fn caller_trajectory(pipeline: &PipelineHandle, caller: Option<PathBuf>) -> Result<Option<String>, Response> {
+async fn caller_trajectory(pipeline: &PipelineHandle, caller: Option<PathBuf>) -> Result<Option<Owner>, Response> {
     let Some(path) = caller else {
         return Err(Response::error("cannot read the requesting process's cgroup"));
     };
@@ -184,29 +217,63 @@ async fn caller_trajectory(pipeline: &PipelineHandle, caller: Option<PathBuf>) -
 /// A process inside a trajectory may only annotate its own trajectory's
 /// steps: anything else would let the agent open a trajectory under a
 /// laxer policy, read other sessions' records, or learn what is enforced.
-async fn agent_request(pipeline: &PipelineHandle, own: String, request: Request) -> Response {
-    match request {
-        Request::Step { trajectory, name, id } if trajectory.as_deref().is_none_or(|t| t == own) => {
-            step(pipeline, own, name, id).await
+/// Each refusal is a `tamper` record in the trajectory's stream.
+async fn agent_request(pipeline: &PipelineHandle, own: Owner, request: Request, peer: Peer) -> Response {
+    let refusal = match request {
+        Request::Step { trajectory, name, id } if trajectory.as_deref().is_none_or(|t| t == own.id) => {
+            return step(pipeline, own.id, name, id).await;
         }
-        Request::Step { trajectory: Some(other), .. } => {
-            tracing::warn!(trajectory = %own, target = %other, "agent tried to annotate another trajectory");
-            Response::error(format!("a process in trajectory {own} may only annotate its own steps, not {other}"))
+        Request::Step { trajectory: Some(ref other), .. } => {
+            format!("a process in trajectory {} may only annotate its own steps, not {other}", own.id)
         }
-        other => {
-            let op = serde_json::to_value(&other).ok().and_then(|v| v["op"].as_str().map(str::to_owned));
-            tracing::warn!(trajectory = %own, op = op.as_deref().unwrap_or("?"), "agent request refused");
-            Response::error(format!("requests from inside trajectory {own} are limited to `step` for that trajectory"))
-        }
+        _ => format!("requests from inside trajectory {} are limited to `step` for that trajectory", own.id),
+    };
+    tracing::warn!(
+        trajectory = %own.id,
+        op = request.op(),
+        target = request.trajectory().unwrap_or("-"),
+        pid = peer.pid,
+        "agent request refused"
+    );
+    pipeline.publish(refusal_record(&own, &request, peer)).await;
+    Response::error(refusal)
+}
+
+/// The `tamper` record of a request refused to `peer` in trajectory `own`:
+/// `op: control`, denied by the built-in tamper rule under the
+/// trajectory's policy. The request named as an agent sent it: its `op`,
+/// and its trajectory only if that is a valid id (an agent's string is
+/// not written into the stream unchecked).
+fn refusal_record(own: &Owner, request: &Request, peer: Peer) -> Decoded {
+    let target = request.trajectory().filter(|t| trajectory::validate_id(t).is_ok());
+    Decoded {
+        ts_boot_ns: clock::boottime_ns(),
+        trajectory_cgroup: own.cgroup_id,
+        step: own.step,
+        process: peer.process(),
+        body: Body::Tamper {
+            op: TamperOp::Control.as_str(),
+            target_pid: None,
+            arg: 0,
+            request: Some(request.op()),
+            target_trajectory: target.map(str::to_owned),
+        },
+        verdict: RawVerdict {
+            policy: own.instance,
+            rule_id: RULE_BUILTIN_TAMPER,
+            action: Some("deny"),
+            decision: Some("deny"),
+            mechanism: None,
+        },
     }
 }
 
-async fn operator_request(ctx: &Context, request: Request, pid: u32, uid: u32, gid: u32) -> Response {
+async fn operator_request(ctx: &Context, request: Request, peer: Peer) -> Response {
     match request {
         Request::Status => status(ctx).await,
         Request::OpenTrajectory { trajectory, command, policy, vars } => {
             let binding = Binding { policy: policy.unwrap_or_else(|| ctx.default_policy.clone()), vars };
-            open_trajectory(ctx, trajectory, command, binding, pid, uid, gid).await
+            open_trajectory(ctx, trajectory, command, binding, peer).await
         }
         Request::Step { trajectory: Some(t), name, id } => step(&ctx.pipeline, t, name, id).await,
         Request::Step { trajectory: None, .. } => {
@@ -274,10 +341,9 @@ async fn open_trajectory(
     requested: Option<String>,
     command: Vec<String>,
     binding: Binding,
-    pid: u32,
-    uid: u32,
-    gid: u32,
+    peer: Peer,
 ) -> Response {
+    let pid = peer.pid;
     let id = match requested {
         Some(id) => match trajectory::validate_id(&id) {
             Ok(()) => id,
@@ -312,7 +378,7 @@ async fn open_trajectory(
         cgroup_id,
         level,
         command: command.iter().map(|s| Bytes::from(s.as_str())).collect(),
-        client: client_process(pid, uid, gid),
+        client: peer.process(),
         binding: binding.clone(),
         origin: Origin::Run,
     };
@@ -351,14 +417,6 @@ async fn status(ctx: &Context) -> Response {
     }
 }
 
-/// The requesting process as a record's `process` part.
-fn client_process(pid: u32, uid: u32, gid: u32) -> Process {
-    match process::read_proc(pid) {
-        Some(p) => p.process,
-        None => Process { pid: Some(pid), tid: Some(pid), uid: Some(uid), gid: Some(gid), ..Process::default() },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::{
@@ -372,7 +430,26 @@ mod tests {
     /// The cgroup of the one trajectory the fake pipeline has open, `t1`.
     const T1: &str = "/sys/fs/cgroup/agent-monitor/t1";
 
-    type Log = Arc<Mutex<Vec<&'static str>>>;
+    /// `t1` as the fake pipeline answers its owner: at step 2, under
+    /// policy instance 3.
+    fn t1() -> Owner {
+        Owner { id: "t1".to_owned(), cgroup_id: 11, instance: 3, step: 2 }
+    }
+
+    /// The test process, as the peer of every request.
+    fn me() -> Peer {
+        Peer { pid: std::process::id(), uid: 0, gid: 0 }
+    }
+
+    /// What the fake pipeline got: each command by name, and the records
+    /// published.
+    #[derive(Default)]
+    struct Seen {
+        commands: Vec<&'static str>,
+        published: Vec<Decoded>,
+    }
+
+    type Log = Arc<Mutex<Seen>>;
 
     /// A pipeline with trajectory `t1` open: it answers ownership and
     /// steps (every step is number 7), and logs each command it gets.
@@ -383,16 +460,25 @@ mod tests {
         tokio::spawn(async move {
             // Logged before the answer: a caller that has its answer
             // finds its command in the log.
-            let note = |name| seen.lock().expect("not poisoned").push(name);
+            let note = |name| seen.lock().expect("not poisoned").commands.push(name);
             while let Some(cmd) = rx.recv().await {
                 match cmd {
                     Command::Owner { cgroup, reply } => {
                         note("owner");
-                        let _ = reply.send(cgroup.starts_with(T1).then(|| "t1".to_owned()));
+                        let _ = reply.send(cgroup.starts_with(T1).then(t1));
                     }
                     Command::Step { trajectory, reply, .. } => {
                         note("step");
                         let _ = reply.send(if trajectory == "t1" { Ok(7) } else { Err(PipelineError::Stopped) });
+                    }
+                    Command::Publish(d) => {
+                        note("publish");
+                        seen.lock().expect("not poisoned").published.push(*d);
+                    }
+                    // Not logged: the tests' barrier, answered once what was
+                    // queued before it (a publish is not waited for) is in.
+                    Command::List { reply } => {
+                        let _ = reply.send(Vec::new());
                     }
                     // Anything else reaching the pipeline from an agent is
                     // the failure the tests look for; no answer is needed.
@@ -401,6 +487,11 @@ mod tests {
             }
         });
         (handle, log)
+    }
+
+    /// Waits until the fake pipeline has handled every command sent so far.
+    async fn settle(pipeline: &PipelineHandle) {
+        pipeline.list().await.expect("the fake pipeline runs");
     }
 
     /// How many kinds of request there are, numbered by [`kind`].
@@ -417,11 +508,12 @@ mod tests {
         }
     }
 
-    /// What a process inside `t1` is answered.
+    /// What a process inside `t1` is answered: a step, or a refusal (its
+    /// error, and the trajectory its `tamper` record names).
     #[derive(Debug, PartialEq)]
     enum Expect {
         Stepped,
-        Refused(&'static str),
+        Refused(&'static str, Option<&'static str>),
     }
 
     /// Every kind of request, as a process in `t1` might make it.
@@ -444,13 +536,15 @@ mod tests {
             follow: true,
         };
         vec![
-            (open(None), Expect::Refused(limited)),
-            (open(Some("t2")), Expect::Refused(limited)),
-            (Request::Status, Expect::Refused(limited)),
-            (events(None), Expect::Refused(limited)),
-            (events(Some("t1")), Expect::Refused(limited)),
-            (events(Some("t2")), Expect::Refused(limited)),
-            (step(Some("t2")), Expect::Refused("may only annotate its own steps, not t2")),
+            (open(None), Expect::Refused(limited, None)),
+            (open(Some("t2")), Expect::Refused(limited, Some("t2"))),
+            (Request::Status, Expect::Refused(limited, None)),
+            (events(None), Expect::Refused(limited, None)),
+            (events(Some("t1")), Expect::Refused(limited, Some("t1"))),
+            (events(Some("t2")), Expect::Refused(limited, Some("t2"))),
+            // Not an id: not written into the stream.
+            (events(Some("../t2\n")), Expect::Refused(limited, None)),
+            (step(Some("t2")), Expect::Refused("may only annotate its own steps, not t2", Some("t2"))),
             (step(Some("t1")), Expect::Stepped),
             (step(None), Expect::Stepped),
         ]
@@ -464,29 +558,54 @@ mod tests {
 
     /// The agent's side of the trust boundary: from inside a trajectory
     /// (here a cgroup below `t1`'s), only a step of its own trajectory
-    /// reaches the pipeline; every other request is refused before it does.
+    /// reaches the pipeline; every other request is refused before it does,
+    /// and the refusal is a `tamper` record in `t1`'s stream.
     #[tokio::test]
     async fn inside_a_trajectory_every_request_but_its_own_step_is_refused() {
         let (pipeline, log) = fake_pipeline();
         for (request, expect) in samples() {
-            log.lock().unwrap().clear();
+            *log.lock().unwrap() = Seen::default();
             let caller = Some(PathBuf::from(T1).join("worker"));
-            let Route::Answered(response) = route(&pipeline, caller, request.clone()).await else {
+            let Route::Answered(response) = route(&pipeline, caller, request.clone(), me()).await else {
                 panic!("{request:?} from inside t1 was routed as the operator's");
             };
-            let sent = log.lock().unwrap().clone();
+            settle(&pipeline).await;
+            let seen = std::mem::take(&mut *log.lock().unwrap());
             match (expect, response) {
                 (Expect::Stepped, Response::Stepped { trajectory, step, .. }) => {
                     assert_eq!((trajectory.as_str(), step), ("t1", 7), "{request:?}");
-                    assert_eq!(sent, ["owner", "step"], "{request:?}");
+                    assert_eq!(seen.commands, ["owner", "step"], "{request:?}");
                 }
-                (Expect::Refused(why), Response::Error { error, .. }) => {
+                (Expect::Refused(why, target), Response::Error { error, .. }) => {
                     assert!(error.contains("trajectory t1") && error.contains(why), "{request:?}: {error}");
-                    assert_eq!(sent, ["owner"], "{request:?} reached the pipeline");
+                    assert_eq!(seen.commands, ["owner", "publish"], "{request:?} reached the pipeline");
+                    assert_refusal_record(&seen.published[0], &request, target);
                 }
                 (expect, response) => panic!("{request:?}: expected {expect:?}, got {response:?}"),
             }
         }
+    }
+
+    /// A refusal's record: `t1`'s, at its step, by the requesting process,
+    /// denied by the built-in tamper rule of `t1`'s policy instance.
+    fn assert_refusal_record(d: &Decoded, request: &Request, target: Option<&str>) {
+        let body = Body::Tamper {
+            op: "control",
+            target_pid: None,
+            arg: 0,
+            request: Some(request.op()),
+            target_trajectory: target.map(str::to_owned),
+        };
+        assert_eq!(d.body, body, "{request:?}");
+        assert_eq!((d.trajectory_cgroup, d.step, d.process.pid), (11, 2, Some(std::process::id())));
+        let deny = RawVerdict {
+            policy: 3,
+            rule_id: RULE_BUILTIN_TAMPER,
+            action: Some("deny"),
+            decision: Some("deny"),
+            mechanism: None,
+        };
+        assert_eq!(d.verdict, deny);
     }
 
     /// Outside every trajectory each request is the operator's, untouched;
@@ -497,20 +616,21 @@ mod tests {
         let (pipeline, log) = fake_pipeline();
         for (request, _) in samples() {
             let outside = Some(PathBuf::from("/sys/fs/cgroup/user.slice"));
-            match route(&pipeline, outside, request.clone()).await {
+            match route(&pipeline, outside, request.clone(), me()).await {
                 Route::Operator(routed) => assert_eq!(routed, request),
                 Route::Answered(response) => panic!("{request:?} from outside answered {response:?}"),
             }
-            let Route::Answered(Response::Error { error, .. }) = route(&pipeline, None, request.clone()).await else {
+            let Route::Answered(Response::Error { error, .. }) = route(&pipeline, None, request.clone(), me()).await
+            else {
                 panic!("{request:?} from an unknown cgroup was not refused");
             };
             assert!(error.contains("cannot read the requesting process's cgroup"), "{error}");
         }
-        assert!(log.lock().unwrap().iter().all(|c| *c == "owner"));
+        assert!(log.lock().unwrap().commands.iter().all(|c| *c == "owner"));
         let (stopped, rx) = PipelineHandle::channel();
         drop(rx);
         let Route::Answered(Response::Error { error, .. }) =
-            route(&stopped, Some(PathBuf::from(T1)), Request::Status).await
+            route(&stopped, Some(PathBuf::from(T1)), Request::Status, me()).await
         else {
             panic!("a stopped pipeline answered");
         };

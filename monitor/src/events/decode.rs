@@ -225,7 +225,13 @@ fn connect(e: &ConnectEvent) -> Result<Body, DecodeError> {
 
 fn tamper(e: &TamperEvent) -> Result<Body, DecodeError> {
     let op = TamperOp::from_u32(e.op).ok_or(DecodeError::Field { field: "op", value: e.op })?;
-    Ok(Body::Tamper { op: op.as_str(), target_pid: (e.target_pid != 0).then_some(e.target_pid), arg: e.arg })
+    Ok(Body::Tamper {
+        op: op.as_str(),
+        target_pid: (e.target_pid != 0).then_some(e.target_pid),
+        arg: e.arg,
+        request: None,
+        target_trajectory: None,
+    })
 }
 
 #[cfg(test)]
@@ -388,10 +394,11 @@ mod tests {
         let mut e =
             TamperEvent { header: header(EventKind::Tamper), op: TamperOp::Ptrace as u32, target_pid: 77, arg: 2 };
         let d = decode(&bytes_of(&e)).unwrap();
-        assert_eq!(d.body, Body::Tamper { op: "ptrace", target_pid: Some(77), arg: 2 });
+        let tamper = |op, target_pid| Body::Tamper { op, target_pid, arg: 2, request: None, target_trajectory: None };
+        assert_eq!(d.body, tamper("ptrace", Some(77)));
         e.op = TamperOp::Bpf as u32;
         e.target_pid = 0;
-        assert_eq!(decode(&bytes_of(&e)).unwrap().body, Body::Tamper { op: "bpf", target_pid: None, arg: 2 });
+        assert_eq!(decode(&bytes_of(&e)).unwrap().body, tamper("bpf", None));
         e.op = 0;
         assert_eq!(decode(&bytes_of(&e)), Err(DecodeError::Field { field: "op", value: 0 }));
     }

@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     decode::Decoded,
-    pipeline::{Command, OpenSpec, PipelineError, TrajectoryStatus},
+    pipeline::{Command, OpenSpec, Owner, PipelineError, TrajectoryStatus},
 };
 use crate::{policy::PolicySet, vocab::EndReason};
 
@@ -55,15 +55,15 @@ impl PipelineHandle {
         self.ask(|reply| Command::List { reply }).await
     }
 
-    /// Publishes a record made outside the kernel (the DNS resolver's) in
-    /// its trajectory's stream. Queued, not waited for; dropped once the
+    /// Publishes a record made outside the kernel (the DNS resolver's, the
+    /// control server's) in its trajectory's stream. Queued, not waited for; dropped once the
     /// pipeline has stopped.
     pub async fn publish(&self, record: Decoded) {
         let _ = self.commands.send(Command::Publish(Box::new(record))).await;
     }
 
     /// The open trajectory whose cgroup is `cgroup` or an ancestor of it.
-    pub async fn owner(&self, cgroup: PathBuf) -> Result<Option<String>, PipelineError> {
+    pub async fn owner(&self, cgroup: PathBuf) -> Result<Option<Owner>, PipelineError> {
         self.ask(|reply| Command::Owner { cgroup, reply }).await
     }
 
@@ -89,7 +89,12 @@ mod tests {
                         let _ = reply.send(if name == "bad" { Err(PipelineError::Step("bad".into())) } else { Ok(3) });
                     }
                     Command::Owner { cgroup, reply } => {
-                        let _ = reply.send(cgroup.ends_with("t1").then(|| "t1".to_owned()));
+                        let _ = reply.send(cgroup.ends_with("t1").then(|| Owner {
+                            id: "t1".to_owned(),
+                            cgroup_id: 5,
+                            instance: 2,
+                            step: 0,
+                        }));
                     }
                     Command::List { reply } => {
                         let _ = reply.send(Vec::new());
@@ -101,7 +106,7 @@ mod tests {
         });
         assert_eq!(handle.step("t1".into(), "ok".into(), None).await.unwrap(), 3);
         assert!(matches!(handle.step("t1".into(), "bad".into(), None).await, Err(PipelineError::Step(_))));
-        assert_eq!(handle.owner("/cg/t1".into()).await.unwrap().as_deref(), Some("t1"));
+        assert_eq!(handle.owner("/cg/t1".into()).await.unwrap().map(|o| o.id).as_deref(), Some("t1"));
         assert_eq!(handle.owner("/cg/other".into()).await.unwrap(), None);
         assert!(handle.list().await.unwrap().is_empty());
         assert!(handle.close(7, EndReason::Exited).await.is_ok());

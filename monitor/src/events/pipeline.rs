@@ -97,6 +97,17 @@ pub struct TrajectoryStatus {
     pub policy: String,
 }
 
+/// The open trajectory a cgroup belongs to ([`Command::Owner`]), with what
+/// a record the daemon makes for it carries: its policy instance, to name
+/// the verdict, and its current step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub id: String,
+    pub cgroup_id: u64,
+    pub instance: u32,
+    pub step: u32,
+}
+
 /// A trajectory to open.
 #[derive(Debug)]
 pub struct OpenSpec {
@@ -149,12 +160,13 @@ pub enum Command {
         reply: oneshot::Sender<Result<u32, PipelineError>>,
     },
     /// A record made outside the kernel for a trajectory's process (the
-    /// DNS resolver's `dns` records), published like a kernel record.
+    /// DNS resolver's `dns` records, the control server's `tamper` records
+    /// of refused requests), published like a kernel record.
     Publish(Box<Decoded>),
     /// Which open trajectory contains this cgroup (itself or an ancestor)?
     Owner {
         cgroup: PathBuf,
-        reply: oneshot::Sender<Option<String>>,
+        reply: oneshot::Sender<Option<Owner>>,
     },
 }
 
@@ -353,8 +365,13 @@ impl Pipeline {
                 self.take(*d);
             }
             Command::Owner { cgroup, reply } => {
-                let owner = self.trajectories.values().find(|t| cgroup.starts_with(&t.cgroup));
-                let _ = reply.send(owner.map(|t| t.id.to_string()));
+                let owner = self.trajectories.iter().find(|(_, t)| cgroup.starts_with(&t.cgroup));
+                let _ = reply.send(owner.map(|(&cgroup_id, t)| Owner {
+                    id: t.id.to_string(),
+                    cgroup_id,
+                    instance: t.instance,
+                    step: t.step,
+                }));
             }
             Command::List { reply } => {
                 let mut list: Vec<TrajectoryStatus> = self.trajectories.values().map(Trajectory::status).collect();

@@ -7,7 +7,7 @@ use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
 use monitor_common::{
     maps::{RuntimeConfig, TrajectoryValue},
-    policy::RULE_DEFAULT,
+    policy::{RULE_BUILTIN_TAMPER, RULE_DEFAULT},
 };
 use tokio::{
     sync::{mpsc, watch},
@@ -18,7 +18,7 @@ use super::{
     decode::{Decoded, RawVerdict},
     fake::FakeKernel,
     handle::PipelineHandle,
-    pipeline::{OpenSpec, Pipeline, PipelineError},
+    pipeline::{OpenSpec, Owner, Pipeline, PipelineError},
     resume::{plan_resume, Fate, Survey},
     state::{Found, Progress, Saved, STATE_FORMAT},
 };
@@ -225,6 +225,54 @@ async fn reload_rebinds_every_trajectory_to_a_new_instance() {
     let execs: Vec<&Record> = records.iter().filter(|r| r.body.kind() == "exec").collect();
     assert_eq!(execs.len(), 2);
     assert!(execs.iter().all(|r| r.verdict.as_ref().unwrap().policy.as_deref() == Some("p")));
+}
+
+/// A record the daemon makes for a trajectory (here the control server's
+/// refusal) is built from what `owner` answers for a cgroup below it, and
+/// published in its order with the verdict named like a kernel record's.
+#[tokio::test]
+async fn a_daemon_record_for_the_owner_of_a_cgroup_joins_its_stream() {
+    let p = Running::start();
+    p.open("t1", 42).await;
+    p.handle.step("t1".into(), "build".into(), None).await.unwrap();
+    let below = PathBuf::from("/nonexistent/agent-monitor-unit/t1/worker");
+    let owner = p.handle.owner(below).await.unwrap().expect("t1 owns the cgroups below its own");
+    let bound = p.kernel.state().bindings[&42];
+    assert_eq!(owner, Owner { id: "t1".into(), cgroup_id: 42, instance: bound.policy, step: 1 });
+    assert_eq!(p.handle.owner("/nonexistent/agent-monitor-unit/t10".into()).await.unwrap(), None);
+    p.handle
+        .publish(Decoded {
+            ts_boot_ns: crate::clock::boottime_ns(),
+            trajectory_cgroup: owner.cgroup_id,
+            step: owner.step,
+            process: Process { pid: Some(7), ..Process::default() },
+            body: Body::Tamper {
+                op: "control",
+                target_pid: None,
+                arg: 0,
+                request: Some("status"),
+                target_trajectory: None,
+            },
+            verdict: RawVerdict {
+                policy: owner.instance,
+                rule_id: RULE_BUILTIN_TAMPER,
+                action: Some("deny"),
+                decision: Some("deny"),
+                mechanism: None,
+            },
+        })
+        .await;
+    p.handle.list().await.unwrap();
+    let records = p.stop().await;
+    assert_eq!(
+        kinds(&records, "t1")[..3],
+        [(1, "trajectory_start", None), (2, "step", Some(1)), (3, "tamper", Some(1))]
+    );
+    let verdict = records[2].verdict.as_ref().unwrap();
+    assert_eq!(
+        (verdict.decision, verdict.policy.as_deref(), verdict.rule.as_deref()),
+        (Some("deny"), Some("p"), Some("builtin:tamper"))
+    );
 }
 
 /// Without pins kept, stopping the pipeline ends every trajectory.
