@@ -164,8 +164,12 @@ pub struct KernelOffsets {
     /// `task_struct::start_boottime`: what `/proc/<pid>/stat` reports as the
     /// start time, so process ids from events and from `/proc` agree.
     pub task_start_boottime: u64,
+    pub file_f_inode: u64,
+    /// `inode::i_nlink`: 0 for a file no directory names (memfd,
+    /// `O_TMPFILE`, deleted).
+    pub inode_i_nlink: u64,
 }
-assert_size!(KernelOffsets, 25 * 8);
+assert_size!(KernelOffsets, 27 * 8);
 
 /// Per-CPU counters of the BPF LSM programs' invocations, indexed by
 /// [`LsmProbe`]: how the daemon tells an attached LSM program that runs from

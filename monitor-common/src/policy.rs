@@ -66,6 +66,14 @@ pub const RULE_DEFAULT: u32 = 0;
 /// with this id blocks even under a policy in `audit` mode.
 pub const RULE_BUILTIN_TAMPER: u32 = 0xffff_fffe;
 
+/// Rule id of a verdict `defaults.exec_unnamed` decided: the exec or
+/// executable mapping of a file no directory names.
+pub const RULE_EXEC_UNNAMED: u32 = 0xffff_fffd;
+
+/// Rule id of a verdict `defaults.raw_sockets` decided: a socket the
+/// network rules cannot judge.
+pub const RULE_RAW_SOCKETS: u32 = 0xffff_fffc;
+
 /// An action and the rule that decided it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -90,7 +98,13 @@ pub struct PolicyConfig {
     pub exec_default: u8,
     /// Action on a network lookup miss.
     pub network_default: u8,
-    pub _pad: u32,
+    /// Action on the exec (or executable mapping) of a file no directory
+    /// names: a memfd, an `O_TMPFILE` file, a deleted file.
+    pub exec_unnamed: u8,
+    /// Action on creating a socket the network rules cannot judge (raw,
+    /// packet, ICMP, SCTP, vsock, ...: `docs/security.md`).
+    pub raw_sockets: u8,
+    pub _pad: [u8; 2],
 }
 assert_size!(PolicyConfig, 8);
 

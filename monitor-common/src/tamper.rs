@@ -32,6 +32,61 @@ pub enum TamperOp {
     /// A signal to the daemon (`kill`, `tkill`, `tgkill`,
     /// `pidfd_send_signal`, `rt_sigqueueinfo`).
     Signal = 11,
+    /// A socket the network rules cannot judge (raw, packet, ICMP, SCTP,
+    /// vsock, ...; `docs/security.md` has the table) under a policy that
+    /// does not allow them. `arg`: [`socket_arg`].
+    Socket = 12,
+    /// A child a trajectory process created outside the trajectory's
+    /// cgroup (`clone3(CLONE_INTO_CGROUP)` whose flags changed after the
+    /// entry check), killed before it ran. `target_pid`: the child.
+    CloneEscape = 13,
+    /// A control request from inside a trajectory other than its own
+    /// `step` (written by the daemon, not a kernel hook).
+    Control = 14,
+}
+
+/// Socket families, types and protocols of [`judged_socket`].
+pub mod sock {
+    pub const AF_UNIX: u64 = 1;
+    pub const AF_INET: u64 = 2;
+    pub const AF_INET6: u64 = 10;
+    pub const AF_NETLINK: u64 = 16;
+    pub const AF_ALG: u64 = 38;
+    pub const SOCK_STREAM: u64 = 1;
+    pub const SOCK_DGRAM: u64 = 2;
+    /// The type without `SOCK_NONBLOCK`/`SOCK_CLOEXEC`.
+    pub const SOCK_TYPE_MASK: u64 = 0xf;
+    pub const IPPROTO_TCP: u64 = 6;
+    pub const IPPROTO_UDP: u64 = 17;
+    pub const IPPROTO_MPTCP: u64 = 262;
+}
+
+/// Whether a socket of this family, type and protocol is one the policy
+/// can judge or one that reaches nothing the network rules protect, and so
+/// is created without asking `defaults.raw_sockets`: TCP (and MPTCP, whose
+/// first subflow passes the connect hook) and UDP over IPv4/IPv6, judged by
+/// the cgroup connect and sendmsg hooks; unix sockets (local IPC, judged
+/// apart); netlink (the kernel's own configuration interface, which
+/// `getaddrinfo` uses) and `AF_ALG` (kernel crypto). Everything else can put
+/// bytes on a wire or reach a peer without passing a judged hook
+/// (`docs/security.md`, "Sockets").
+pub const fn judged_socket(family: u64, ty: u64, protocol: u64) -> bool {
+    use sock::*;
+    match family {
+        AF_UNIX | AF_NETLINK | AF_ALG => true,
+        AF_INET | AF_INET6 => match ty & SOCK_TYPE_MASK {
+            SOCK_STREAM => protocol == 0 || protocol == IPPROTO_TCP || protocol == IPPROTO_MPTCP,
+            SOCK_DGRAM => protocol == 0 || protocol == IPPROTO_UDP,
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// `TamperEvent::arg` of a [`TamperOp::Socket`] record: family, type (with
+/// its flags) and protocol of the refused socket.
+pub const fn socket_arg(family: u64, ty: u64, protocol: u64) -> u64 {
+    (family & 0xffff) | (ty & 0xffff_ffff) << 16 | (protocol & 0xffff) << 48
 }
 
 impl TamperOp {
@@ -48,6 +103,9 @@ impl TamperOp {
             9 => Some(Self::OpenByHandle),
             10 => Some(Self::Mount),
             11 => Some(Self::Signal),
+            12 => Some(Self::Socket),
+            13 => Some(Self::CloneEscape),
+            14 => Some(Self::Control),
             _ => None,
         }
     }
@@ -65,6 +123,9 @@ impl TamperOp {
             Self::OpenByHandle => "open_by_handle_at",
             Self::Mount => "mount",
             Self::Signal => "signal",
+            Self::Socket => "socket",
+            Self::CloneEscape => "clone_escape",
+            Self::Control => "control",
         }
     }
 }

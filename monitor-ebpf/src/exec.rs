@@ -24,6 +24,7 @@ use monitor_common::{
 };
 
 use crate::{
+    file,
     kernel::SIGKILL,
     maps::{offsets, runtime_flags},
     pathres, policy, record, trajectory,
@@ -44,11 +45,9 @@ fn on_exec(ctx: &TracePointContext) {
     let Some(member) = trajectory::current() else {
         return;
     };
-    let resolved = exe_file().and_then(pathres::file_path);
-    let verdict = match &resolved {
-        Some(r) => policy::exec(member.policy, pathres::key_from_resolved(r, member.policy)),
-        // Unresolvable (deeper than the walk's bound): the policy default.
-        None => policy::exec_default(member.policy),
+    let (verdict, resolved) = match exe_file() {
+        Some(file) => file::judge_exec(&member, file),
+        None => (policy::exec_default(member.policy), None),
     };
     let kill = verdict.blocks() && runtime_flags() & runtime::LSM_EXEC == 0;
     if kill {

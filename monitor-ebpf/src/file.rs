@@ -1,9 +1,12 @@
 //! The verdict on an opened `struct file`, the one check both file-open
 //! paths make (the LSM `file_open` hook and the open tracepoints' exit):
 //! built-in tamper protection first, then the policy's file rules on the
-//! path resolved from the file's dentries.
+//! path resolved from the file's dentries. And the verdict on executing a
+//! file, which the exec hooks share.
 
 use crate::{
+    kernel::read_u64,
+    maps::offsets,
     pathres::{self, Resolved},
     policy::{self, Access, Verdict},
     tamper,
@@ -25,4 +28,34 @@ pub fn judge(member: &Membership, file: u64, access: Access) -> (Verdict, Option
         None => policy::file_default(member.policy),
     };
     (verdict, resolved)
+}
+
+/// Judges the exec of `file` by `member` on the exec rules; a file no
+/// directory names (memfd, `O_TMPFILE`, deleted: `i_nlink` is 0) is also
+/// judged by `defaults.exec_unnamed`, and the stronger verdict stands (a
+/// deleted file's dentry still carries its old name, which a rule may name).
+/// Also returns the resolved path, which the caller's record carries.
+#[inline(always)]
+pub fn judge_exec(member: &Membership, file: u64) -> (Verdict, Option<Resolved>) {
+    let unnamed = file != 0 && unnamed(file);
+    let resolved = pathres::file_path(file);
+    let by_path = match &resolved {
+        Some(r) => policy::exec(member.policy, pathres::key_from_resolved(r, member.policy)),
+        // Unresolvable (deeper than the walk's bound): the policy default.
+        None => policy::exec_default(member.policy),
+    };
+    if !unnamed {
+        return (by_path, resolved);
+    }
+    let by_name = policy::exec_unnamed(member.policy);
+    (if by_name.action > by_path.action { by_name } else { by_path }, resolved)
+}
+
+/// Whether no directory names `file`'s inode any more.
+#[inline(always)]
+fn unnamed(file: u64) -> bool {
+    let off = offsets();
+    let inode = read_u64(file + off.file_f_inode);
+    // `i_nlink` is an `unsigned int`.
+    inode != 0 && read_u64(inode + off.inode_i_nlink) & 0xffff_ffff == 0
 }

@@ -104,11 +104,7 @@ pub fn lsm_bprm_check(ctx: LsmContext) -> i32 {
 #[inline(always)]
 fn on_bprm_check(member: &Membership, bprm: u64) -> i32 {
     let file = read_u64(bprm + offsets().bprm_file);
-    let resolved = pathres::file_path(file);
-    let verdict = match &resolved {
-        Some(r) => policy::exec(member.policy, pathres::key_from_resolved(r, member.policy)),
-        None => policy::exec_default(member.policy),
-    };
+    let (verdict, resolved) = file::judge_exec(member, file);
     if !verdict.blocks() {
         // Allowed: `sched_process_exec` records it, with its argv.
         return 0;

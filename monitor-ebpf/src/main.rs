@@ -19,6 +19,7 @@ mod open;
 mod pathres;
 mod policy;
 mod record;
+mod socket;
 mod tamper;
 mod trajectory;
 

@@ -85,6 +85,12 @@ pub static LEARNED4: LruHashMap<Learned4Key, LearnedValue> = LruHashMap::with_ma
 #[map]
 pub static LEARNED6: LruHashMap<Learned6Key, LearnedValue> = LruHashMap::with_max_entries(MAX_LEARNED, 0);
 
+/// Children a trajectory process created outside the trajectory's cgroup
+/// (`tamper::sched_process_fork`), keyed by their `task_struct` address,
+/// each killed on its way out of the fork (`tamper::escaped_child`).
+#[map]
+pub static ESCAPED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
+
 /// What `sys_enter_open*` saw, kept for the matching `sys_exit_open*`.
 #[repr(C)]
 pub struct OpenEntry {
@@ -157,6 +163,8 @@ pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     bprm_file: 0,
     task_group_leader: 0,
     task_start_boottime: 0,
+    file_f_inode: 0,
+    inode_i_nlink: 0,
 };
 
 /// Unconsumed bytes in [`EVENTS`] above which a submit wakes the daemon.

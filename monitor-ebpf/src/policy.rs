@@ -7,7 +7,7 @@ use monitor_common::{
     event::{decision, EventHeader},
     policy::{
         action, mode, FileValue, Learned4Key, Learned6Key, LearnedValue, NetValue, PathKey, PolicyConfig,
-        PolicyVerdict, MAX_PORT_RULES, RULE_BUILTIN_TAMPER, RULE_DEFAULT,
+        PolicyVerdict, MAX_PORT_RULES, RULE_BUILTIN_TAMPER, RULE_DEFAULT, RULE_EXEC_UNNAMED, RULE_RAW_SOCKETS,
     },
 };
 
@@ -152,6 +152,30 @@ pub fn file_default(policy: u32) -> Verdict {
 pub fn exec_default(policy: u32) -> Verdict {
     match config(policy) {
         Some(cfg) => outcome(policy, &cfg, default(cfg.exec_default)),
+        None => Verdict::NONE,
+    }
+}
+
+/// Judges the exec (or executable mapping) of a file no directory names:
+/// `defaults.exec_unnamed` alone decides, no path rule can name it.
+#[inline(always)]
+pub fn exec_unnamed(policy: u32) -> Verdict {
+    match config(policy) {
+        Some(cfg) => {
+            outcome(policy, &cfg, PolicyVerdict { rule_id: RULE_EXEC_UNNAMED, action: cfg.exec_unnamed, _pad: [0; 3] })
+        }
+        None => Verdict::NONE,
+    }
+}
+
+/// Judges creating a socket the network rules cannot judge
+/// (`defaults.raw_sockets`).
+#[inline(always)]
+pub fn raw_socket(policy: u32) -> Verdict {
+    match config(policy) {
+        Some(cfg) => {
+            outcome(policy, &cfg, PolicyVerdict { rule_id: RULE_RAW_SOCKETS, action: cfg.raw_sockets, _pad: [0; 3] })
+        }
         None => Verdict::NONE,
     }
 }

@@ -29,9 +29,13 @@
 //! namespaces).
 
 use aya_ebpf::{
-    helpers::{bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_send_signal},
-    macros::{lsm, tracepoint},
-    programs::{LsmContext, TracePointContext},
+    helpers::{
+        bpf_probe_read_kernel, bpf_probe_read_user,
+        generated::{bpf_get_current_task, bpf_send_signal},
+    },
+    macros::{lsm, raw_tracepoint, tracepoint},
+    programs::{LsmContext, RawTracePointContext, TracePointContext},
+    EbpfContext,
 };
 use monitor_common::{
     event::{decision, mechanism, EventKind},
@@ -40,8 +44,8 @@ use monitor_common::{
 };
 
 use crate::{
-    kernel::{lsm_ret, read_u64, syscall_arg, EPERM, SIGKILL},
-    maps::offsets,
+    kernel::{lsm_ret, read_u64, syscall_arg, EPERM, SIGKILL, SYSCALL_RET},
+    maps::{offsets, ESCAPED},
     policy::{self, Verdict},
     record,
     trajectory::{self, Membership},
@@ -83,12 +87,19 @@ pub fn verdict(member: &Membership) -> Verdict {
 
 #[inline(always)]
 fn record(member: &Membership, op: TamperOp, target_pid: u32, arg: u64, how: u8) {
+    record_verdict(member, &verdict(member), op, target_pid, arg, how);
+}
+
+/// A `tamper` record of `op` with the verdict that decided it (the
+/// built-in deny, or a policy default such as `defaults.raw_sockets`).
+#[inline(always)]
+pub fn record_verdict(member: &Membership, verdict: &Verdict, op: TamperOp, target_pid: u32, arg: u64, how: u8) {
     let Some(mut rec) = record::reserve::<TamperEvent>(member) else {
         return;
     };
     let ev = rec.as_mut_ptr();
     unsafe {
-        record::fill_header(&raw mut (*ev).header, EventKind::Tamper, member, &verdict(member), how);
+        record::fill_header(&raw mut (*ev).header, EventKind::Tamper, member, verdict, how);
         (*ev).op = op as u32;
         (*ev).target_pid = target_pid;
         (*ev).arg = arg;
@@ -117,6 +128,20 @@ fn sb_protected(sb: u64) -> bool {
     }
     let m = read_u64(sb + config().super_block_s_magic) & 0xffff_ffff;
     m == magic::CGROUP || m == magic::CGROUP2 || m == magic::BPF_FS
+}
+
+/// The id of `task`'s cgroup v2 (0 if unreadable).
+#[inline(always)]
+fn cgroup_id_of(task: u64) -> u64 {
+    let c = config();
+    let css_set = read_u64(task + c.task_cgroups);
+    let cgroup = if css_set == 0 { 0 } else { read_u64(css_set + c.css_set_dfl_cgrp) };
+    let kn = if cgroup == 0 { 0 } else { read_u64(cgroup + c.cgroup_kn) };
+    if kn == 0 {
+        0
+    } else {
+        read_u64(kn + c.kernfs_node_id)
+    }
 }
 
 /// Whether `task` sits in the cgroup `trajectory` or below it.
@@ -343,6 +368,44 @@ pub fn tamper_sys_enter_clone3(ctx: TracePointContext) -> u32 {
     let flags: u64 = unsafe { bpf_probe_read_user(uargs as *const u64) }.unwrap_or(0);
     if flags & CLONE_INTO_CGROUP != 0 {
         kill(&member, TamperOp::CloneIntoCgroup, 0, flags);
+    }
+    0
+}
+
+/// `sched_process_fork(parent, child)`, in the parent, after the child was
+/// placed in its cgroup and before it first runs. A child of a trajectory
+/// process that is not in the trajectory got there by a
+/// `clone3(CLONE_INTO_CGROUP)` whose flags changed after
+/// [`tamper_sys_enter_clone3`] read them: it is recorded here and marked,
+/// and [`escaped_child`] kills it before its first instruction.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
+    let Some(member) = trajectory::current() else {
+        return 0;
+    };
+    // SAFETY: the tracepoint's two arguments are task pointers.
+    let child: u64 = unsafe { *(ctx.as_ptr() as *const u64).add(1) };
+    if child == 0 || task_in(child, member.cgroup) {
+        return 0;
+    }
+    let _ = ESCAPED.insert(&child, &member.cgroup, 0);
+    record(&member, TamperOp::CloneEscape, tgid_of(child), cgroup_id_of(child), mechanism::KILL);
+    0
+}
+
+/// `clone3`'s exit in the child (a new task leaves the fork through the
+/// syscall exit path, with its parent's syscall number): a child
+/// [`sched_process_fork`] marked dies here, before it returns to user space.
+#[tracepoint]
+pub fn escaped_child(ctx: TracePointContext) -> u32 {
+    let ret = unsafe { ctx.read_at::<i64>(SYSCALL_RET) }.unwrap_or(-1);
+    if ret != 0 {
+        return 0;
+    }
+    let task = unsafe { bpf_get_current_task() };
+    if ESCAPED.get_ptr(&task).is_some() {
+        let _ = ESCAPED.remove(&task);
+        unsafe { bpf_send_signal(SIGKILL) };
     }
     0
 }

@@ -198,6 +198,8 @@ fn offsets_in(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         bprm_file: field_offset(btf, "linux_binprm", "file")?,
         task_group_leader: field_offset(btf, "task_struct", "group_leader")?,
         task_start_boottime: field_offset(btf, "task_struct", "start_boottime")?,
+        file_f_inode: field_offset(btf, "file", "f_inode")?,
+        inode_i_nlink: field_offset(btf, "inode", "i_nlink")?,
     })
 }
 

@@ -23,7 +23,10 @@ use std::{
 use aya::maps::lpm_trie::Key;
 use monitor_common::{
     names,
-    policy::{mode, PathKey, PolicyConfig, MAX_POLICIES, RULE_BUILTIN_TAMPER, RULE_DEFAULT},
+    policy::{
+        mode, PathKey, PolicyConfig, MAX_POLICIES, RULE_BUILTIN_TAMPER, RULE_DEFAULT, RULE_EXEC_UNNAMED,
+        RULE_RAW_SOCKETS,
+    },
 };
 
 use crate::{
@@ -220,6 +223,10 @@ impl Enforcer {
             "default".into()
         } else if rule_id == RULE_BUILTIN_TAMPER {
             TAMPER_RULE.into()
+        } else if rule_id == RULE_EXEC_UNNAMED {
+            "defaults.exec_unnamed".into()
+        } else if rule_id == RULE_RAW_SOCKETS {
+            "defaults.raw_sockets".into()
         } else {
             inst.set
                 .as_ref()

@@ -37,8 +37,13 @@ impl HookClass {
 pub enum Attach {
     /// A tracepoint under tracefs `events/<category>/<name>`.
     Tracepoint { category: &'static str, name: &'static str },
+    /// A raw tracepoint (`raw_tracepoint/<name>`): the kernel's own
+    /// arguments, with no tracefs record format to depend on.
+    RawTracepoint { name: &'static str },
     /// A cgroup sock_addr hook on the daemon's trajectory parent cgroup.
     CgroupSockAddr,
+    /// The cgroup `sock_create` hook on the daemon's trajectory parent cgroup.
+    CgroupSock,
     /// A BPF LSM hook (`security_<name>`).
     Lsm { name: &'static str },
 }
@@ -86,6 +91,14 @@ pub const HOOKS: &[Hook] = &[
     // DNS egress: a redirected socket sees the server it asked for.
     sock("connect:recvmsg4", names::PROG_RECVMSG4),
     sock("connect:getpeername4", names::PROG_GETPEERNAME4),
+    // IPv4/IPv6 sockets the connect hooks cannot judge (raw, ICMP, SCTP).
+    Hook {
+        name: "socket:sock_create",
+        class: HookClass::Connect,
+        program: names::PROG_SOCK_CREATE,
+        attach: Attach::CgroupSock,
+        optional: false,
+    },
 ];
 
 /// BPF LSM enforcement of file and exec rules.
@@ -145,6 +158,10 @@ const fn tamper_tp(name: &'static str, program: &'static str, tp: &'static str) 
     syscall(name, HookClass::Tamper, program, tp, true)
 }
 
+const fn tamper_raw_tp(name: &'static str, program: &'static str, tp: &'static str) -> Hook {
+    Hook { name, class: HookClass::Tamper, program, attach: Attach::RawTracepoint { name: tp }, optional: false }
+}
+
 /// The built-in protections besides the file-write protection (which the
 /// file hooks carry, see `crate::policy::builtin`).
 pub const PROTECTIONS: &[Protection] = &[
@@ -181,9 +198,24 @@ pub const PROTECTIONS: &[Protection] = &[
         name: "cgroup-escape",
         lsm: &[tamper_lsm("tamper:lsm:task_alloc", names::PROG_LSM_TASK_ALLOC, "task_alloc")],
         lsm_scope: "clone3(CLONE_INTO_CGROUP) fails with EPERM",
-        fallback: &[tamper_tp("tamper:clone3", names::PROG_TP_CLONE3, "sys_enter_clone3")],
-        fallback_scope: "clone3(CLONE_INTO_CGROUP) kills the caller before the child exists (flags read from user \
-                         memory: racy)",
+        fallback: &[
+            tamper_tp("tamper:clone3", names::PROG_TP_CLONE3, "sys_enter_clone3"),
+            tamper_raw_tp("tamper:fork", names::PROG_RAW_FORK, "sched_process_fork"),
+            tamper_tp("tamper:clone3/exit", names::PROG_TP_ESCAPED_CHILD, "sys_exit_clone3"),
+        ],
+        fallback_scope: "clone3(CLONE_INTO_CGROUP) kills the caller before the child exists; a child that still \
+                         lands outside the trajectory (flags changed after they were read) is killed on its way out \
+                         of the fork, before its first instruction",
+    },
+    Protection {
+        name: "sockets",
+        lsm: &[tamper_lsm("tamper:lsm:socket_create", names::PROG_LSM_SOCKET_CREATE, "socket_create")],
+        lsm_scope: "sockets of families the network rules cannot judge (packet, vsock, XDP, ...) fail with EPERM \
+                    unless defaults.raw_sockets allows them; IPv4/IPv6 ones at the cgroup sock_create hook",
+        fallback: &[tamper_tp("tamper:socket", names::PROG_TP_SOCKET, "sys_enter_socket")],
+        fallback_scope: "socket(2) of a family the network rules cannot judge (packet, vsock, XDP, ...) kills the \
+                         caller before the socket exists unless defaults.raw_sockets allows it; IPv4/IPv6 ones fail \
+                         with EPERM at the cgroup sock_create hook",
     },
     Protection {
         name: "cgroup-mkdir",

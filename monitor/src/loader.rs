@@ -11,11 +11,13 @@ use std::{
 use aya::{
     maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
+        cgroup_sock::CgroupSockLinkId,
         cgroup_sock_addr::CgroupSockAddrLinkId,
         links::{FdLink, PinnedLink},
         lsm::LsmLinkId,
+        raw_trace_point::RawTracePointLinkId,
         trace_point::TracePointLinkId,
-        CgroupAttachMode, CgroupSockAddr, Lsm, ProgramError, TracePoint,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, Lsm, ProgramError, RawTracePoint, TracePoint,
     },
     Btf, Ebpf, EbpfError, EbpfLoader,
 };
@@ -503,6 +505,22 @@ fn attach(
             let detail = "cgroup sock_addr hook on the trajectory parent cgroup; refuses with EPERM";
             Ok(HookState::new(hook, Mechanism::CgroupDeny, detail.into()))
         }
+        Attach::RawTracepoint { name } => {
+            let tp: &mut RawTracePoint = program.try_into().map_err(load_err)?;
+            tp.load().map_err(load_err)?;
+            links.push(LinkRef::RawTracePoint(hook, tp.attach(name).map_err(attach_err)?));
+            Ok(HookState::new(hook, Mechanism::Observe, format!("raw tracepoint {name}")))
+        }
+        Attach::CgroupSock => {
+            let prog: &mut CgroupSock = program.try_into().map_err(load_err)?;
+            prog.load().map_err(load_err)?;
+            links
+                .push(LinkRef::CgroupSock(hook, prog.attach(cgroup, CgroupAttachMode::default()).map_err(attach_err)?));
+            let detail = "cgroup sock_create hook on the trajectory parent cgroup; refuses IPv4/IPv6 sockets the \
+                          network rules cannot judge (raw, ICMP, SCTP) with EPERM unless defaults.raw_sockets allows \
+                          them";
+            Ok(HookState::new(hook, Mechanism::CgroupDeny, detail.into()))
+        }
         Attach::Lsm { .. } => unreachable!("LSM hooks are attached by attach_lsm"),
     }
 }
@@ -522,6 +540,8 @@ enum LinkRef {
     TracePoint(&'static Hook, TracePointLinkId),
     Lsm(&'static Hook, LsmLinkId),
     CgroupSockAddr(&'static Hook, CgroupSockAddrLinkId),
+    RawTracePoint(&'static Hook, RawTracePointLinkId),
+    CgroupSock(&'static Hook, CgroupSockLinkId),
 }
 
 /// Pins every link still attached. A link taken from its program but not
@@ -562,6 +582,18 @@ fn pin_links(ebpf: &mut Ebpf, links: Vec<LinkRef>, pins: &PinDir) -> (Vec<Pinned
                     hook,
                     fd.transpose().and_then(|l| l.map(|l| FdLink::try_from(l).map_err(|e| e.to_string())).transpose()),
                 )
+            }
+            LinkRef::CgroupSock(hook, id) => {
+                let p: Option<&mut CgroupSock> = ebpf.program_mut(hook.program).and_then(|p| p.try_into().ok());
+                let fd = p.map(|p| p.take_link(id).map_err(|e| e.to_string()));
+                (
+                    hook,
+                    fd.transpose().and_then(|l| l.map(|l| FdLink::try_from(l).map_err(|e| e.to_string())).transpose()),
+                )
+            }
+            LinkRef::RawTracePoint(hook, id) => {
+                let p: Option<&mut RawTracePoint> = ebpf.program_mut(hook.program).and_then(|p| p.try_into().ok());
+                (hook, Ok(p.and_then(|p| p.take_link(id).ok()).map(FdLink::from)))
             }
         };
         match fd {

@@ -48,6 +48,24 @@ fn main() {
         // clone3(CLONE_INTO_CGROUP) into DIR; the child writes its
         // /proc/self/cgroup into MARKER.
         ["clone-into-cgroup", dir, marker] => clone_into_cgroup(dir, marker),
+        // The same, with `struct clone_args` on a file page mapped but never
+        // touched: a probe of user memory from a tracepoint cannot fault it
+        // in, so an entry check reads nothing, while the kernel's own copy
+        // faults it in and sees CLONE_INTO_CGROUP.
+        ["clone-unfaulted", dir, marker, scratch] => clone_unfaulted(dir, marker, scratch),
+        // For SECONDS: one thread calls clone3 in a loop while another flips
+        // CLONE_INTO_CGROUP in its arguments. Each child that runs appends
+        // `in` or `out` (its cgroup against the caller's) to MARKER.
+        ["clone-race", dir, marker, seconds] => clone_race(dir, marker, seconds.parse().expect("seconds")),
+        // socket(FAMILY, TYPE, PROTOCOL), numbers as the kernel takes them.
+        ["socket", family, ty, protocol] => {
+            let n = |s: &str| s.parse::<i32>().expect("number");
+            check(unsafe { libc::socket(n(family), n(ty), n(protocol)) });
+            println!("ok");
+        }
+        // A UDP datagram to 127.0.0.1:PORT built by hand on a raw IPv4
+        // socket: no connect or sendmsg hook of the UDP stack sees it.
+        ["raw-udp", port] => raw_udp(port.parse().expect("port")),
         // bpf(BPF_MAP_GET_NEXT_ID): the first step of finding the daemon's maps.
         ["bpf"] => {
             let mut attr = [0u32; 32];
@@ -131,7 +149,8 @@ fn main() {
         _ => {
             eprintln!(
                 "usage: attacker write-str PATH TEXT | create PATH | mkdir PATH | rmdir PATH | clone-into-cgroup DIR \
-                 MARKER | bpf | ptrace-seize PID | vm-read PID | pidfd-open PID | uring-open PATH | handle-open PATH DIR | \
+                 MARKER | clone-unfaulted DIR MARKER SCRATCH | clone-race DIR MARKER SECONDS | socket FAMILY TYPE \
+                 PROTOCOL | raw-udp PORT | bpf | ptrace-seize PID | vm-read PID | pidfd-open PID | uring-open PATH | handle-open PATH DIR | \
                  openat2 PATH | execveat PATH ARGV... | memfd-exec PATH ARGV... | recv-fd SOCKET | bind-read SRC DST FILE"
             );
             exit(2)
@@ -181,11 +200,35 @@ fn clone_into_cgroup(dir: &str, marker: &str) {
     // struct clone_args (v2): flags, pidfd, child_tid, parent_tid,
     // exit_signal, stack, stack_size, tls, set_tid, set_tid_size, cgroup.
     let mut args = [0u64; 11];
-    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
     args[0] = CLONE_INTO_CGROUP;
     args[4] = libc::SIGCHLD as u64;
     args[10] = cg as u64;
     let pid = unsafe { libc::syscall(libc::SYS_clone3, args.as_mut_ptr(), std::mem::size_of_val(&args)) };
+    child_reports(pid, marker);
+}
+
+fn clone_unfaulted(dir: &str, marker: &str, scratch: &str) {
+    let cg = check(unsafe { libc::open(c(dir).as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) });
+    let mut args = [0u64; 11];
+    args[0] = CLONE_INTO_CGROUP;
+    args[4] = libc::SIGCHLD as u64;
+    args[10] = cg as u64;
+    let bytes: Vec<u8> = args.iter().flat_map(|a| a.to_ne_bytes()).collect();
+    std::fs::write(scratch, &bytes).unwrap_or_else(|e| fail(e));
+    let fd = check(unsafe { libc::open(c(scratch).as_ptr(), libc::O_RDONLY) });
+    let page = unsafe { libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ, libc::MAP_SHARED, fd, 0) };
+    if page == libc::MAP_FAILED {
+        fail(std::io::Error::last_os_error());
+    }
+    let pid = unsafe { libc::syscall(libc::SYS_clone3, page, bytes.len()) };
+    child_reports(pid, marker);
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// In the child (`pid` 0): append its cgroup to MARKER and exit; in the
+/// caller: wait for it and print `ok`.
+fn child_reports(pid: i64, marker: &str) {
     if pid == 0 {
         let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         let _ = std::fs::write(marker, cgroup);
@@ -194,6 +237,84 @@ fn clone_into_cgroup(dir: &str, marker: &str) {
     let pid = check(pid as i32);
     let mut status = 0;
     unsafe { libc::waitpid(pid, &mut status, 0) };
+    println!("ok");
+}
+
+fn clone_race(dir: &str, marker: &str, seconds: u64) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    let cg = check(unsafe { libc::open(c(dir).as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) });
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    // Shared with the flipping thread, which the race needs; the atomics
+    // only keep the compiler from caching the flags.
+    static FLAGS: [AtomicU64; 11] = [const { AtomicU64::new(0) }; 11];
+    static STOP: AtomicBool = AtomicBool::new(false);
+    FLAGS[4].store(libc::SIGCHLD as u64, Relaxed);
+    FLAGS[10].store(cg as u64, Relaxed);
+    let flipper = std::thread::spawn(|| {
+        // Windows of random length with and without the flag, so that
+        // some fall between the entry check and the kernel's copy.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        while !STOP.load(Relaxed) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            FLAGS[0].store(CLONE_INTO_CGROUP, Relaxed);
+            for _ in 0..(x & 0xff) {
+                std::hint::spin_loop();
+            }
+            FLAGS[0].store(0, Relaxed);
+            for _ in 0..(x >> 8 & 0xfff) {
+                std::hint::spin_loop();
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    let mut attempts = 0u64;
+    while std::time::Instant::now() < deadline {
+        attempts += 1;
+        let pid = unsafe { libc::syscall(libc::SYS_clone3, FLAGS.as_ptr(), 88usize) };
+        if pid == 0 {
+            let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+            let line: &[u8] = if cgroup == own { b"in\n" } else { b"out\n" };
+            let f = std::fs::OpenOptions::new().append(true).create(true).open(marker);
+            let _ = f.and_then(|mut f| f.write_all(line));
+            unsafe { libc::_exit(0) };
+        }
+        if pid > 0 {
+            let mut status = 0;
+            unsafe { libc::waitpid(pid as i32, &mut status, 0) };
+        }
+    }
+    STOP.store(true, Relaxed);
+    let _ = flipper.join();
+    println!("ok attempts={attempts}");
+}
+
+fn raw_udp(port: u16) {
+    let fd = check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP) });
+    // UDP header (checksum 0: none) and payload; the kernel adds the IP header.
+    let payload = b"RAW-DATAGRAM";
+    let len = (8 + payload.len()) as u16;
+    let mut pkt = Vec::new();
+    pkt.extend_from_slice(&40000u16.to_be_bytes());
+    pkt.extend_from_slice(&port.to_be_bytes());
+    pkt.extend_from_slice(&len.to_be_bytes());
+    pkt.extend_from_slice(&[0, 0]);
+    pkt.extend_from_slice(payload);
+    let mut to: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    to.sin_family = libc::AF_INET as u16;
+    to.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+    let sent = unsafe {
+        libc::sendto(
+            fd,
+            pkt.as_ptr().cast(),
+            pkt.len(),
+            0,
+            (&raw const to).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        )
+    };
+    check(sent as i32);
     println!("ok");
 }
 

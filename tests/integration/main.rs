@@ -11,6 +11,7 @@ mod confined;
 mod continuity;
 mod dns;
 mod enforce;
+mod escape;
 mod harness;
 mod observe;
 mod operator_errors;

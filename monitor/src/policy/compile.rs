@@ -240,7 +240,9 @@ pub fn compile(policy: &ResolvedPolicy) -> Result<CompiledPolicy, TooManyPortRul
         file_default: d.file.to_abi(),
         exec_default: d.exec.to_abi(),
         network_default: d.network.to_abi(),
-        _pad: 0,
+        exec_unnamed: d.exec_unnamed.to_abi(),
+        raw_sockets: d.raw_sockets.to_abi(),
+        _pad: [0; 2],
     };
     let file = resolve_paths(
         policy

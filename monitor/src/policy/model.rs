@@ -425,6 +425,13 @@ pub struct Defaults {
     pub file: Action,
     pub exec: Action,
     pub network: Action,
+    /// Executing (or mapping executable) a file no directory names: a
+    /// memfd, an `O_TMPFILE` file, a deleted file. No path rule can name
+    /// one, so this action decides it alone.
+    pub exec_unnamed: Action,
+    /// Creating a socket the network rules cannot judge: raw and packet
+    /// sockets, ICMP, SCTP and the families `docs/security.md` lists.
+    pub raw_sockets: Action,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -34,6 +34,12 @@ pub struct DefaultsDoc {
     pub file: Str,
     pub exec: Str,
     pub network: Str,
+    /// Exec of a file no rule can name; absent means `allow`.
+    #[serde(default)]
+    pub exec_unnamed: Option<Str>,
+    /// Sockets the network rules cannot judge; absent means `deny`.
+    #[serde(default)]
+    pub raw_sockets: Option<Str>,
 }
 
 /// Each list is `None` when absent or empty (`exec:` with nothing after it).

@@ -233,6 +233,14 @@ impl Checker<'_> {
         let file_default = self.field("defaults.file", &doc.defaults.file, Action::parse);
         let exec_default = self.field("defaults.exec", &doc.defaults.exec, Action::parse);
         let network_default = self.field("defaults.network", &doc.defaults.network, Action::parse);
+        let exec_unnamed = match &doc.defaults.exec_unnamed {
+            Some(a) => self.field("defaults.exec_unnamed", a, Action::parse),
+            None => Some(Action::Allow),
+        };
+        let raw_sockets = match &doc.defaults.raw_sockets {
+            Some(a) => self.field("defaults.raw_sockets", a, Action::parse),
+            None => Some(Action::Deny),
+        };
 
         let rules = doc.rules.unwrap_or_default();
         let file_rules = self.rules(RuleClass::File, rules.file.as_deref(), |c, at, r, pos| {
@@ -251,8 +259,8 @@ impl Checker<'_> {
         });
         let destinations = self.rules(RuleClass::Network, rules.network.as_deref(), Self::network_rule);
 
-        let (Some(name), Some(mode), Some(file), Some(exec), Some(network)) =
-            (name, mode, file_default, exec_default, network_default)
+        let (Some(name), Some(mode), Some(file), Some(exec), Some(network), Some(exec_unnamed), Some(raw_sockets)) =
+            (name, mode, file_default, exec_default, network_default, exec_unnamed, raw_sockets)
         else {
             return Err(self.diagnostics);
         };
@@ -278,7 +286,7 @@ impl Checker<'_> {
             name,
             file: self.file.to_owned(),
             mode,
-            defaults: Defaults { file, exec, network },
+            defaults: Defaults { file, exec, network, exec_unnamed, raw_sockets },
             file_rules: file_rules.into_iter().map(|(_, r)| r).collect(),
             exec_rules: exec_rules.into_iter().map(|(_, r)| r).collect(),
             network_rules,
