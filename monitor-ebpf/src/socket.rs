@@ -85,12 +85,17 @@ pub fn lsm_socket_create(ctx: LsmContext) -> i32 {
     lsm_ret(if judge(&member, family, ty, protocol, mechanism::LSM).blocks() { -EPERM } else { 0 })
 }
 
+/// `SOCK_PACKET`: an `AF_INET` socket of this obsolete type is created as
+/// an `AF_PACKET` one, which the cgroup hook never sees.
+const SOCK_PACKET: u64 = 10;
+
 /// `socket(family, type, protocol)` entry, where BPF LSM does not run.
 #[tracepoint]
 pub fn sys_enter_socket(ctx: TracePointContext) -> u32 {
     let arg = |n| unsafe { ctx.read_at::<u64>(syscall_arg(n)) }.unwrap_or(0) & 0xffff_ffff;
     let (family, ty, protocol) = (arg(0), arg(1), arg(2));
-    if inet(family) || judged_socket(family, ty, protocol) {
+    let by_cgroup_hook = inet(family) && ty & sock::SOCK_TYPE_MASK != SOCK_PACKET;
+    if by_cgroup_hook || judged_socket(family, ty, protocol) {
         return 0;
     }
     let Some(member) = trajectory::current() else {

@@ -139,6 +139,12 @@ fn sockets_below_the_network_hooks_are_refused_unless_the_policy_allows_them() {
     let out = lab.attack("packet", "net", &["socket", "17", "3", "768"]);
     assert_stopped(&out, &mechanism);
     assert_socket_record(&lab, "packet", "deny", Some(&mechanism), (17, 3, 768));
+    // The obsolete AF_INET/SOCK_PACKET, which the kernel turns into a
+    // packet socket before the IPv4 code (and its cgroup hook) sees it.
+    let out = lab.attack("sock-packet", "net", &["socket", "2", "10", "768"]);
+    assert_stopped(&out, &mechanism);
+    let r = &socket_records(&lab, "sock-packet")[0];
+    assert_eq!(r["decision"], "deny", "{r}");
 
     // An ICMP ("ping") socket: SOCK_DGRAM with IPPROTO_ICMP. The kernel
     // itself refuses it first (EACCES) when the caller's group is outside
