@@ -49,6 +49,9 @@ pub mod flags {
     /// Resolving the path from the kernel's dentries stopped early (deeper
     /// than the walk's bound); `path` holds no usable value.
     pub const PATH_UNRESOLVED: u32 = 1 << 4;
+    /// An exec record of an executable mapping (`mmap`/`mprotect` with
+    /// `PROT_EXEC`) of the file, not of an `execve`.
+    pub const EXEC_MAPPING: u32 = 1 << 5;
 }
 
 /// `EventHeader::decision`: what happened to the operation.

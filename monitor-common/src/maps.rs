@@ -168,8 +168,11 @@ pub struct KernelOffsets {
     /// `inode::i_nlink`: 0 for a file no directory names (memfd,
     /// `O_TMPFILE`, deleted).
     pub inode_i_nlink: u64,
+    pub vma_vm_file: u64,
+    pub vma_vm_end: u64,
+    pub vma_vm_flags: u64,
 }
-assert_size!(KernelOffsets, 27 * 8);
+assert_size!(KernelOffsets, 30 * 8);
 
 /// Per-CPU counters of the BPF LSM programs' invocations, indexed by
 /// [`LsmProbe`]: how the daemon tells an attached LSM program that runs from

@@ -106,3 +106,11 @@ pub const PROG_TP_MOUNT: &str = "tamper_sys_enter_mount";
 pub const PROG_TP_MOVE_MOUNT: &str = "tamper_sys_enter_move_mount";
 pub const PROG_TP_OPEN_TREE: &str = "tamper_sys_enter_open_tree";
 pub const PROG_TP_FSMOUNT: &str = "tamper_sys_enter_fsmount";
+
+/// Executable mappings (`monitor-ebpf/src/mapping.rs`).
+pub const PROG_LSM_MMAP_FILE: &str = "lsm_mmap_file";
+pub const PROG_LSM_FILE_MPROTECT: &str = "lsm_file_mprotect";
+pub const PROG_SYS_ENTER_MMAP: &str = "sys_enter_mmap";
+pub const PROG_SYS_EXIT_MMAP: &str = "sys_exit_mmap";
+pub const PROG_SYS_ENTER_MPROTECT: &str = "sys_enter_mprotect";
+pub const PROG_SYS_EXIT_MPROTECT: &str = "sys_exit_mprotect";

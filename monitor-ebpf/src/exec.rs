@@ -27,7 +27,10 @@ use crate::{
     file,
     kernel::SIGKILL,
     maps::{offsets, runtime_flags},
-    pathres, policy, record, trajectory,
+    pathres,
+    policy::{self, Verdict},
+    record,
+    trajectory::{self, Membership},
 };
 
 /// Offset of `__data_loc char[] filename` in the tracepoint record (after the
@@ -91,6 +94,45 @@ fn on_exec(ctx: &TracePointContext) {
         }
     }
     record::submit(entry);
+}
+
+/// Records an exec that got no new image: one BPF LSM refused, or an
+/// executable mapping (`extra_flags`: `flags::EXEC_MAPPING`). No argv; the
+/// filename is the resolved path.
+#[inline(always)]
+pub fn record_without_image(
+    member: &Membership,
+    verdict: &Verdict,
+    resolved: &Option<pathres::Resolved>,
+    how: u8,
+    extra_flags: u32,
+) {
+    let Some(mut rec) = record::reserve::<ExecEvent>(member) else {
+        return;
+    };
+    let ev = rec.as_mut_ptr();
+    unsafe {
+        record::fill_header(&raw mut (*ev).header, EventKind::Exec, member, verdict, how);
+        (*ev).header.flags |= extra_flags;
+        write_path(&raw mut (*ev).header.flags, &raw mut (*ev).path_len, &raw mut (*ev).path, resolved);
+        let n = (*ev).path_len as usize;
+        let n = if n < FILENAME_LEN - 1 { n } else { FILENAME_LEN - 1 };
+        bpf_probe_read_kernel_buf_raw((&raw mut (*ev).filename).cast(), n, (&raw const (*ev).path).cast());
+        (*ev).filename[n & (FILENAME_LEN - 1)] = 0;
+        (*ev).filename_len = n as u32;
+        if n == FILENAME_LEN - 1 {
+            (*ev).header.flags |= flags::PATH_TRUNCATED;
+        }
+        (*ev).args_len = 0;
+    }
+    record::submit(rec);
+}
+
+#[inline(always)]
+unsafe fn bpf_probe_read_kernel_buf_raw(dst: *mut u8, n: usize, src: *const u8) {
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(dst.cast(), (n & (FILENAME_LEN - 1)) as u32, src.cast());
+    }
 }
 
 /// Records a resolved path (or marks it unresolved) in a record.

@@ -12,12 +12,12 @@
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use monitor_common::{
-    event::{flags, mechanism, EventKind, ExecEvent, OpenEvent, OpenSyscall, AT_FDCWD, FILENAME_LEN},
+    event::{mechanism, EventKind, OpenEvent, OpenSyscall, AT_FDCWD},
     maps::{runtime, LsmProbe},
 };
 
 use crate::{
-    exec::write_path,
+    exec::{self, write_path},
     file,
     kernel::{lsm_ret, read_u64, EPERM},
     maps::{offsets, runtime_flags, LSM_PROBE},
@@ -109,28 +109,6 @@ fn on_bprm_check(member: &Membership, bprm: u64) -> i32 {
         // Allowed: `sched_process_exec` records it, with its argv.
         return 0;
     }
-    if let Some(mut rec) = record::reserve::<ExecEvent>(member) {
-        let ev = rec.as_mut_ptr();
-        unsafe {
-            record::fill_header(&raw mut (*ev).header, EventKind::Exec, member, &verdict, mechanism::LSM);
-            write_path(&raw mut (*ev).header.flags, &raw mut (*ev).path_len, &raw mut (*ev).path, &resolved);
-            // The refused exec never gets an argv or a new image; its
-            // filename is the resolved path.
-            let n = (*ev).path_len as usize;
-            let n = if n < FILENAME_LEN - 1 { n } else { FILENAME_LEN - 1 };
-            aya_ebpf::helpers::generated::bpf_probe_read_kernel(
-                (&raw mut (*ev).filename).cast(),
-                (n & (FILENAME_LEN - 1)) as u32,
-                (&raw const (*ev).path).cast(),
-            );
-            (*ev).filename[n & (FILENAME_LEN - 1)] = 0;
-            (*ev).filename_len = n as u32;
-            if n == FILENAME_LEN - 1 {
-                (*ev).header.flags |= flags::PATH_TRUNCATED;
-            }
-            (*ev).args_len = 0;
-        }
-        record::submit(rec);
-    }
+    exec::record_without_image(member, &verdict, &resolved, mechanism::LSM, 0);
     -EPERM
 }

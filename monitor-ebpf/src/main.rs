@@ -14,6 +14,7 @@ mod exec;
 mod file;
 mod kernel;
 mod lsm;
+mod mapping;
 mod maps;
 mod open;
 mod pathres;

@@ -91,6 +91,11 @@ pub static LEARNED6: LruHashMap<Learned6Key, LearnedValue> = LruHashMap::with_ma
 #[map]
 pub static ESCAPED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
 
+/// An `mmap` (`[fd, 0]`) or `mprotect` (`[start, end]`) that asked for
+/// `PROT_EXEC`, kept by thread for the syscall's exit (`mapping`).
+#[map]
+pub static MAPPING_INFLIGHT: LruHashMap<u32, [u64; 2]> = LruHashMap::with_max_entries(4096, 0);
+
 /// What `sys_enter_open*` saw, kept for the matching `sys_exit_open*`.
 #[repr(C)]
 pub struct OpenEntry {
@@ -165,6 +170,9 @@ pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     task_start_boottime: 0,
     file_f_inode: 0,
     inode_i_nlink: 0,
+    vma_vm_file: 0,
+    vma_vm_end: 0,
+    vma_vm_flags: 0,
 };
 
 /// Unconsumed bytes in [`EVENTS`] above which a submit wakes the daemon.

@@ -151,7 +151,7 @@ fn on_enter(syscall: OpenSyscall, dfd: i32, path: u64, open_flags: u32, mode: u3
 
 /// `current->files->fdt->fd[fd]`, or 0.
 #[inline(always)]
-fn fd_file(fd: i64) -> u64 {
+pub fn fd_file(fd: i64) -> u64 {
     let off = offsets();
     unsafe {
         let task = bpf_get_current_task();

@@ -200,6 +200,9 @@ fn offsets_in(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         task_start_boottime: field_offset(btf, "task_struct", "start_boottime")?,
         file_f_inode: field_offset(btf, "file", "f_inode")?,
         inode_i_nlink: field_offset(btf, "inode", "i_nlink")?,
+        vma_vm_file: field_offset(btf, "vm_area_struct", "vm_file")?,
+        vma_vm_end: field_offset(btf, "vm_area_struct", "vm_end")?,
+        vma_vm_flags: field_offset(btf, "vm_area_struct", "vm_flags")?,
     })
 }
 

@@ -117,6 +117,21 @@ pub const LSM_HOOKS: &[Hook] = &[
         attach: Attach::Lsm { name: "bprm_check_security" },
         optional: true,
     },
+    // Executable mappings are judged by the exec rules.
+    Hook {
+        name: "lsm:mmap_file",
+        class: HookClass::Exec,
+        program: names::PROG_LSM_MMAP_FILE,
+        attach: Attach::Lsm { name: "mmap_file" },
+        optional: true,
+    },
+    Hook {
+        name: "lsm:file_mprotect",
+        class: HookClass::Exec,
+        program: names::PROG_LSM_FILE_MPROTECT,
+        attach: Attach::Lsm { name: "file_mprotect" },
+        optional: true,
+    },
 ];
 
 /// Open observation and kill enforcement where BPF LSM does not run:
@@ -131,6 +146,23 @@ pub const OPEN_TRACEPOINTS: &[Hook] = &[
     syscall("open:openat2/exit", HookClass::Open, names::PROG_SYS_EXIT_OPEN_ANY, "sys_exit_openat2", true),
     syscall("open:open/exit", HookClass::Open, names::PROG_SYS_EXIT_OPEN_ANY, "sys_exit_open", true),
     syscall("open:creat/exit", HookClass::Open, names::PROG_SYS_EXIT_OPEN_ANY, "sys_exit_creat", true),
+];
+
+/// Executable mappings where BPF LSM does not run: entry keeps what was
+/// asked, exit judges the mapping the kernel made and kills.
+pub const MAPPING_TRACEPOINTS: &[Hook] = &[
+    syscall("mapping:mmap", HookClass::Exec, names::PROG_SYS_ENTER_MMAP, "sys_enter_mmap", false),
+    syscall("mapping:mmap/exit", HookClass::Exec, names::PROG_SYS_EXIT_MMAP, "sys_exit_mmap", false),
+    syscall("mapping:mprotect", HookClass::Exec, names::PROG_SYS_ENTER_MPROTECT, "sys_enter_mprotect", false),
+    syscall("mapping:mprotect/exit", HookClass::Exec, names::PROG_SYS_EXIT_MPROTECT, "sys_exit_mprotect", false),
+    syscall("mapping:pkey_mprotect", HookClass::Exec, names::PROG_SYS_ENTER_MPROTECT, "sys_enter_pkey_mprotect", true),
+    syscall(
+        "mapping:pkey_mprotect/exit",
+        HookClass::Exec,
+        names::PROG_SYS_EXIT_MPROTECT,
+        "sys_exit_pkey_mprotect",
+        true,
+    ),
 ];
 
 /// A built-in tamper protection (`monitor-ebpf/src/tamper.rs`) and the

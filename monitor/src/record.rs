@@ -116,6 +116,10 @@ pub enum Body {
         filename_truncated: bool,
         #[serde(skip_serializing_if = "is_false")]
         argv_truncated: bool,
+        /// An executable mapping (`mmap`/`mprotect` with `PROT_EXEC`) of
+        /// the file, judged by the exec rules, not an `execve`.
+        #[serde(skip_serializing_if = "is_false")]
+        mapping: bool,
     },
     Open {
         /// `openat`, `openat2`, `open`, `creat`, or `lsm` (BPF LSM

@@ -55,7 +55,8 @@ fn main() {
         ["clone-unfaulted", dir, marker, scratch] => clone_unfaulted(dir, marker, scratch),
         // For SECONDS: one thread calls clone3 in a loop while another flips
         // CLONE_INTO_CGROUP in its arguments. Each child that runs appends
-        // `in` or `out` (its cgroup against the caller's) to MARKER.
+        // `in` or `out` (its cgroup against the caller's) to MARKER, each
+        // refused call `refused`.
         ["clone-race", dir, marker, seconds] => clone_race(dir, marker, seconds.parse().expect("seconds")),
         // socket(FAMILY, TYPE, PROTOCOL), numbers as the kernel takes them.
         ["socket", family, ty, protocol] => {
@@ -135,6 +136,20 @@ fn main() {
             std::mem::forget(f);
             exec_fd(fd, argv);
         }
+        // Map PATH executable without executing it: mmap with PROT_EXEC, or
+        // mmap readable then mprotect to PROT_EXEC (what a loader does).
+        ["map-exec", path, how] => {
+            let fd = check(unsafe { libc::open(c(path).as_ptr(), libc::O_RDONLY) });
+            let prot = if *how == "mmap" { libc::PROT_READ | libc::PROT_EXEC } else { libc::PROT_READ };
+            let addr = unsafe { libc::mmap(std::ptr::null_mut(), 4096, prot, libc::MAP_PRIVATE, fd, 0) };
+            if addr == libc::MAP_FAILED {
+                fail(std::io::Error::last_os_error());
+            }
+            if *how == "mprotect" {
+                check(unsafe { libc::mprotect(addr, 4096, libc::PROT_READ | libc::PROT_EXEC) });
+            }
+            println!("ok");
+        }
         // Receive a descriptor over the unix socket at PATH and read it.
         ["recv-fd", path] => recv_fd(path),
         // In a new mount namespace, bind-mount SRC on DST and read DST/FILE.
@@ -150,7 +165,7 @@ fn main() {
             eprintln!(
                 "usage: attacker write-str PATH TEXT | create PATH | mkdir PATH | rmdir PATH | clone-into-cgroup DIR \
                  MARKER | clone-unfaulted DIR MARKER SCRATCH | clone-race DIR MARKER SECONDS | socket FAMILY TYPE \
-                 PROTOCOL | raw-udp PORT | bpf | ptrace-seize PID | vm-read PID | pidfd-open PID | uring-open PATH | handle-open PATH DIR | \
+                 PROTOCOL | raw-udp PORT | map-exec PATH mmap|mprotect | bpf | ptrace-seize PID | vm-read PID | pidfd-open PID | uring-open PATH | handle-open PATH DIR | \
                  openat2 PATH | execveat PATH ARGV... | memfd-exec PATH ARGV... | recv-fd SOCKET | bind-read SRC DST FILE"
             );
             exit(2)
@@ -283,6 +298,10 @@ fn clone_race(dir: &str, marker: &str, seconds: u64) {
         if pid > 0 {
             let mut status = 0;
             unsafe { libc::waitpid(pid as i32, &mut status, 0) };
+        } else {
+            // Refused (BPF LSM judges the kernel's copy of the flags).
+            let f = std::fs::OpenOptions::new().append(true).create(true).open(marker);
+            let _ = f.and_then(|mut f| f.write_all(b"refused\n"));
         }
     }
     STOP.store(true, Relaxed);

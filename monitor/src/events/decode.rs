@@ -156,6 +156,7 @@ fn exec(e: &ExecEvent) -> Body {
         argv,
         filename_truncated: e.header.flags & flags::PATH_TRUNCATED != 0,
         argv_truncated: e.header.flags & flags::ARGS_TRUNCATED != 0,
+        mapping: e.header.flags & flags::EXEC_MAPPING != 0,
     }
 }
 
@@ -314,6 +315,7 @@ mod tests {
                 argv: vec![Bytes::from("cat"), Bytes::from("/etc/hostname")],
                 filename_truncated: false,
                 argv_truncated: false,
+                mapping: false,
             }
         );
     }

@@ -152,6 +152,7 @@ mod tests {
             argv: vec![],
             filename_truncated: false,
             argv_truncated: false,
+            mapping: false,
         };
         t.add(&record(exec("/usr/bin/make"), Some("allow"), 1));
         t.add(&record(exec("/usr/bin/make"), Some("allow"), 2));

@@ -92,6 +92,7 @@ impl Running {
                 argv: vec![argv0.into()],
                 filename_truncated: false,
                 argv_truncated: false,
+                mapping: false,
             },
             verdict: RawVerdict {
                 policy: bound.policy,
