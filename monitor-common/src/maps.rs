@@ -171,8 +171,11 @@ pub struct KernelOffsets {
     pub vma_vm_file: u64,
     pub vma_vm_end: u64,
     pub vma_vm_flags: u64,
+    /// `task_struct::thread_info.status` (x86: `TS_COMPAT` marks a 32-bit
+    /// syscall in progress); 0 where the kernel has no such field.
+    pub task_ti_status: u64,
 }
-assert_size!(KernelOffsets, 30 * 8);
+assert_size!(KernelOffsets, 31 * 8);
 
 /// Per-CPU counters of the BPF LSM programs' invocations, indexed by
 /// [`LsmProbe`]: how the daemon tells an attached LSM program that runs from

@@ -94,6 +94,7 @@ pub const PROG_TP_PIDFD_OPEN: &str = "tamper_sys_enter_pidfd_open";
 pub const PROG_TP_CLONE3: &str = "tamper_sys_enter_clone3";
 pub const PROG_RAW_FORK: &str = "sched_process_fork";
 pub const PROG_TP_ESCAPED_CHILD: &str = "escaped_child";
+pub const PROG_RAW_COMPAT: &str = "compat_syscall";
 pub const PROG_SOCK_CREATE: &str = "sock_create";
 pub const PROG_LSM_SOCKET_CREATE: &str = "lsm_socket_create";
 pub const PROG_TP_SOCKET: &str = "sys_enter_socket";

@@ -43,6 +43,10 @@ pub enum TamperOp {
     /// A control request from inside a trajectory other than its own
     /// `step` (written by the daemon, not a kernel hook).
     Control = 14,
+    /// A 32-bit syscall (`int 0x80`, or a 32-bit program) where BPF LSM
+    /// does not run: the syscall tracepoints never see one, so nothing it
+    /// opens or creates would be judged (fallback hook). `arg`: its number.
+    CompatSyscall = 15,
 }
 
 /// Socket families, types and protocols of [`judged_socket`].
@@ -106,6 +110,7 @@ impl TamperOp {
             12 => Some(Self::Socket),
             13 => Some(Self::CloneEscape),
             14 => Some(Self::Control),
+            15 => Some(Self::CompatSyscall),
             _ => None,
         }
     }
@@ -126,6 +131,7 @@ impl TamperOp {
             Self::Socket => "socket",
             Self::CloneEscape => "clone_escape",
             Self::Control => "control",
+            Self::CompatSyscall => "compat_syscall",
         }
     }
 }

@@ -410,6 +410,35 @@ pub fn escaped_child(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// `TS_COMPAT` in x86's `thread_info.status`: a 32-bit syscall is running.
+const TS_COMPAT: u64 = 0x2;
+
+/// Every syscall's entry (`raw_syscalls:sys_enter(regs, id)`), where BPF
+/// LSM does not run. The `syscalls:*` tracepoints skip 32-bit syscalls
+/// (`int 0x80` works from any x86-64 process), so an open, socket, mmap or
+/// clone3 made that way would pass every fallback hook: under an enforcing
+/// policy the caller is killed before the first one runs.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn compat_syscall(ctx: RawTracePointContext) -> i32 {
+    let at = offsets().task_ti_status;
+    if at == 0 {
+        return 0;
+    }
+    let task = unsafe { bpf_get_current_task() };
+    if read_u64(task + at) & TS_COMPAT == 0 {
+        return 0;
+    }
+    let Some(member) = trajectory::current() else {
+        return 0;
+    };
+    if policy::enforcing(member.policy) {
+        // SAFETY: the tracepoint's second argument is the syscall number.
+        let nr: u64 = unsafe { *(ctx.as_ptr() as *const u64).add(1) };
+        kill(&member, TamperOp::CompatSyscall, 0, nr);
+    }
+    0
+}
+
 /// Opens through io_uring or by handle pass no open tracepoint: under an
 /// enforcing policy the process is stopped before it can use them.
 #[inline(always)]

@@ -203,6 +203,10 @@ fn offsets_in(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         vma_vm_file: field_offset(btf, "vm_area_struct", "vm_file")?,
         vma_vm_end: field_offset(btf, "vm_area_struct", "vm_end")?,
         vma_vm_flags: field_offset(btf, "vm_area_struct", "vm_flags")?,
+        // x86 only; elsewhere 0, and the compat hook does nothing.
+        task_ti_status: field_offset(btf, "task_struct", "thread_info")
+            .and_then(|ti| Ok(ti + field_offset(btf, "thread_info", "status")?))
+            .unwrap_or(0),
     })
 }
 

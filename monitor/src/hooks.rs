@@ -277,6 +277,14 @@ pub const PROTECTIONS: &[Protection] = &[
                          that killed it has taken effect",
     },
     Protection {
+        name: "compat-syscalls",
+        lsm: &[],
+        lsm_scope: "BPF LSM hooks judge 32-bit syscalls like any other",
+        fallback: &[tamper_raw_tp("tamper:compat", names::PROG_RAW_COMPAT, "sys_enter")],
+        fallback_scope: "under an enforcing policy, a 32-bit syscall (int 0x80, or a 32-bit program), which no \
+                         syscall tracepoint sees, kills the caller at entry",
+    },
+    Protection {
         name: "unjudged-opens",
         lsm: &[],
         lsm_scope: "BPF LSM file_open judges opens made through io_uring and open_by_handle_at",

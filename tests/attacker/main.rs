@@ -150,6 +150,33 @@ fn main() {
             }
             println!("ok");
         }
+        // The 32-bit syscall ABI from this 64-bit process (`int 0x80`):
+        // socket(AF_PACKET, SOCK_RAW, ETH_P_ALL), or open(PATH) and read,
+        // with PATH copied below 4 GiB where a 32-bit pointer reaches it.
+        ["compat-socket"] => {
+            check(int80(359, 17, 3, 768) as i32);
+            println!("ok");
+        }
+        ["compat-open", path] => {
+            let low = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+                    -1,
+                    0,
+                )
+            };
+            if low == libc::MAP_FAILED {
+                fail(std::io::Error::last_os_error());
+            }
+            let name = c(path);
+            let bytes = name.as_bytes_with_nul();
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), low.cast::<u8>(), bytes.len()) };
+            // i386 open = 5, O_RDONLY.
+            read_out(check(int80(5, low as u64, 0, 0) as i32));
+        }
         // Receive a descriptor over the unix socket at PATH and read it.
         ["recv-fd", path] => recv_fd(path),
         // In a new mount namespace, bind-mount SRC on DST and read DST/FILE.
@@ -165,7 +192,7 @@ fn main() {
             eprintln!(
                 "usage: attacker write-str PATH TEXT | create PATH | mkdir PATH | rmdir PATH | clone-into-cgroup DIR \
                  MARKER | clone-unfaulted DIR MARKER SCRATCH | clone-race DIR MARKER SECONDS | socket FAMILY TYPE \
-                 PROTOCOL | raw-udp PORT | map-exec PATH mmap|mprotect | bpf | ptrace-seize PID | vm-read PID | pidfd-open PID | uring-open PATH | handle-open PATH DIR | \
+                 PROTOCOL | raw-udp PORT | map-exec PATH mmap|mprotect | compat-socket | compat-open PATH | bpf | ptrace-seize PID | vm-read PID | pidfd-open PID | uring-open PATH | handle-open PATH DIR | \
                  openat2 PATH | execveat PATH ARGV... | memfd-exec PATH ARGV... | recv-fd SOCKET | bind-read SRC DST FILE"
             );
             exit(2)
@@ -335,6 +362,31 @@ fn raw_udp(port: u16) {
     };
     check(sent as i32);
     println!("ok");
+}
+
+/// A 32-bit syscall through `int 0x80`; the kernel's result, errors as
+/// `-errno` turned into -1 with `errno` set, like libc.
+fn int80(nr: u64, a: u64, b: u64, c: u64) -> i64 {
+    let r: i64;
+    // rbx is reserved by the compiler: swap the first argument through it.
+    unsafe {
+        std::arch::asm!(
+            "xchg {a}, rbx",
+            "int 0x80",
+            "xchg {a}, rbx",
+            a = inout(reg) a => _,
+            inlateout("rax") nr as i64 => r,
+            in("rcx") b,
+            in("rdx") c,
+        );
+    }
+    // The result is a 32-bit int.
+    let r = r as i32 as i64;
+    if r < 0 && r > -4096 {
+        unsafe { *libc::__errno_location() = -r as i32 };
+        return -1;
+    }
+    r
 }
 
 fn handle_open(path: &str, dir: &str) {

@@ -260,3 +260,35 @@ fn code_without_a_name_is_refused_under_exec_unnamed_deny() {
     let default = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/default.yaml")).unwrap();
     assert!(default.contains("exec_unnamed: deny"), "the shipped default policy sets exec_unnamed: deny");
 }
+
+/// Attacker: the 32-bit syscall ABI (`int 0x80`, available to any x86-64
+/// process where the kernel has IA-32 emulation): no `syscalls:*`
+/// tracepoint sees such a syscall, so without BPF LSM a packet socket or
+/// an open of the denied file made that way passed every fallback hook.
+/// Now the fallback kills the caller at its first 32-bit syscall; BPF LSM
+/// judges them like any other.
+#[test]
+fn the_32_bit_syscall_abi_passes_no_hook_unjudged() {
+    let lab = Lab::with(&[("net", &net_policy("net", "enforce", None))]);
+    let key = lab.ws.join("secret/key");
+    let out = lab.attack("compat-open", "test", &["compat-open", key.to_str().unwrap()]);
+    assert!(!stdout(&out).contains("SECRET-CONTENT"), "read through int 0x80: {out:?}");
+    let out2 = lab.attack("compat-socket", "net", &["compat-socket"]);
+    match lab.protection("compat-syscalls").as_str() {
+        "kill" => {
+            assert_stopped(&out, "kill");
+            assert_stopped(&out2, "kill");
+            assert_tamper_record(&lab.d, "compat-open", "compat_syscall", "kill");
+            assert_tamper_record(&lab.d, "compat-socket", "compat_syscall", "kill");
+        }
+        "lsm-deny" => {
+            assert_stopped(&out, "lsm-deny");
+            assert_stopped(&out2, "lsm-deny");
+            let recs = lab.d.trajectory("compat-open");
+            let r = crate::harness::open_of(&recs, &key);
+            assert_eq!((r["decision"].as_str(), r["mechanism"].as_str()), (Some("deny"), Some("lsm-deny")), "{r}");
+            assert_socket_record(&lab, "compat-socket", "deny", Some("lsm-deny"), (17, 3, 768));
+        }
+        other => panic!("compat-syscalls: unexpected mechanism {other}"),
+    }
+}
