@@ -160,6 +160,12 @@ pub enum OpenSyscall {
     /// The BPF LSM `file_open` hook: any open, whatever the syscall (or
     /// io_uring); `dfd`, `mode` and `requested` are not known there.
     Lsm = 5,
+    /// BPF LSM `path_link`: a hard link made to the file (`path`), judged
+    /// as a read-write access of it.
+    Link = 6,
+    /// BPF LSM `path_rename`: the file (`path`) renamed, judged as a
+    /// read-write access of it.
+    Rename = 7,
 }
 
 impl OpenSyscall {
@@ -170,6 +176,8 @@ impl OpenSyscall {
             3 => Some(Self::Open),
             4 => Some(Self::Creat),
             5 => Some(Self::Lsm),
+            6 => Some(Self::Link),
+            7 => Some(Self::Rename),
             _ => None,
         }
     }

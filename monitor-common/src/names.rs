@@ -115,3 +115,5 @@ pub const PROG_SYS_ENTER_MMAP: &str = "sys_enter_mmap";
 pub const PROG_SYS_EXIT_MMAP: &str = "sys_exit_mmap";
 pub const PROG_SYS_ENTER_MPROTECT: &str = "sys_enter_mprotect";
 pub const PROG_SYS_EXIT_MPROTECT: &str = "sys_exit_mprotect";
+pub const PROG_LSM_PATH_LINK: &str = "lsm_path_link";
+pub const PROG_LSM_PATH_RENAME: &str = "lsm_path_rename";

@@ -56,6 +56,16 @@ pub fn file_path(file: u64) -> Option<Resolved> {
     walk(mnt, dentry)
 }
 
+/// Resolves the path of `dentry` on the mount `vfsmnt` (a `struct
+/// vfsmount *`).
+#[inline(always)]
+pub fn dentry_path(vfsmnt: u64, dentry: u64) -> Option<Resolved> {
+    if vfsmnt == 0 || dentry == 0 {
+        return None;
+    }
+    walk(vfsmnt, dentry)
+}
+
 /// Walks from `dentry` on the mount of `vfsmnt` up to the root.
 #[inline(always)]
 fn walk(vfsmnt: u64, mut dentry: u64) -> Option<Resolved> {

@@ -117,6 +117,21 @@ pub const LSM_HOOKS: &[Hook] = &[
         attach: Attach::Lsm { name: "bprm_check_security" },
         optional: true,
     },
+    // A denied file gets no other name.
+    Hook {
+        name: "lsm:path_link",
+        class: HookClass::Open,
+        program: names::PROG_LSM_PATH_LINK,
+        attach: Attach::Lsm { name: "path_link" },
+        optional: true,
+    },
+    Hook {
+        name: "lsm:path_rename",
+        class: HookClass::Open,
+        program: names::PROG_LSM_PATH_RENAME,
+        attach: Attach::Lsm { name: "path_rename" },
+        optional: true,
+    },
     // Executable mappings are judged by the exec rules.
     Hook {
         name: "lsm:mmap_file",

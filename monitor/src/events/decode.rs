@@ -172,9 +172,11 @@ fn open(e: &OpenEvent) -> Result<Body, DecodeError> {
         Some(OpenSyscall::Open) => "open",
         Some(OpenSyscall::Creat) => "creat",
         Some(OpenSyscall::Lsm) => "lsm",
+        Some(OpenSyscall::Link) => "link",
+        Some(OpenSyscall::Rename) => "rename",
         None => return Err(DecodeError::Field { field: "syscall", value: e.syscall }),
     };
-    let lsm = e.syscall == OpenSyscall::Lsm as u32;
+    let lsm = e.syscall >= OpenSyscall::Lsm as u32;
     Ok(Body::Open {
         syscall,
         path: resolved(e.header.flags, &e.path, e.path_len),
