@@ -220,14 +220,7 @@ unsafe extern "C" fn on_vma(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_vo
 #[inline(always)]
 fn vma_at(addr: u64) -> Option<Vma> {
     let mut found = Vma { file: 0, end: 0, flags: 0 };
-    let r = unsafe {
-        bpf_find_vma(
-            bpf_get_current_task_btf(),
-            addr,
-            on_vma as *mut c_void,
-            (&raw mut found).cast(),
-            0,
-        )
-    };
+    let r =
+        unsafe { bpf_find_vma(bpf_get_current_task_btf(), addr, on_vma as *mut c_void, (&raw mut found).cast(), 0) };
     (r == 0 && found.end > addr).then_some(found)
 }

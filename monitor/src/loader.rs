@@ -29,7 +29,9 @@ use monitor_common::{
 
 use crate::{
     errors::chain,
-    hooks::{Attach, Hook, HookClass, Protection, HOOKS, LSM_HOOKS, MAPPING_TRACEPOINTS, OPEN_TRACEPOINTS, PROTECTIONS},
+    hooks::{
+        Attach, Hook, HookClass, Protection, HOOKS, LSM_HOOKS, MAPPING_TRACEPOINTS, OPEN_TRACEPOINTS, PROTECTIONS,
+    },
     mounts,
     pins::{PinDir, PINNED_MAPS},
     vocab::{Mechanism, RuleClass},

@@ -81,7 +81,10 @@ fn a_hard_link_or_rename_of_a_denied_file_is_refused_where_bpf_lsm_runs() {
             // rename(2) are not judged, and the alias is judged by its own
             // path. The test asserts it so it fails the day that changes.
             "kill" => {
-                assert!(stdout(&out).contains("SECRET-CONTENT"), "{id} no longer leaks: update docs/security.md: {out:?}");
+                assert!(
+                    stdout(&out).contains("SECRET-CONTENT"),
+                    "{id} no longer leaks: update docs/security.md: {out:?}"
+                );
                 let r = opens_of(&recs, &alias);
                 assert_eq!(r.len(), 1, "{recs:#?}");
                 assert_eq!(r[0]["decision"], "allow", "{}", r[0]);

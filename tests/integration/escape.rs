@@ -198,7 +198,9 @@ fn mappings_of(lab: &Lab, id: &str, path: &std::path::Path) -> Vec<Value> {
 
 fn assert_denied_mapping(lab: &Lab, id: &str, path: &std::path::Path, mechanism: &str) {
     let recs = mappings_of(lab, id, path);
-    let r = recs.first().unwrap_or_else(|| panic!("{id}: no mapping record of {}: {:#?}", path.display(), lab.d.trajectory(id)));
+    let r = recs
+        .first()
+        .unwrap_or_else(|| panic!("{id}: no mapping record of {}: {:#?}", path.display(), lab.d.trajectory(id)));
     assert_eq!((r["decision"].as_str(), r["mechanism"].as_str()), (Some("deny"), Some(mechanism)), "{r}");
 }
 
