@@ -307,6 +307,21 @@ fn every_semantic_error_of_a_file_is_reported() {
 }
 
 #[test]
+fn exec_unnamed_and_raw_sockets_default_to_allow_and_deny_and_compile_to_the_config() {
+    let f = Fixture::new("name: p\nmode: enforce\ndefaults: {file: allow, exec: allow, network: deny}\n");
+    assert_eq!((f.resolved.defaults.exec_unnamed, f.resolved.defaults.raw_sockets), (Action::Allow, Action::Deny));
+    let yaml = "name: p\nmode: enforce\ndefaults:\n  file: allow\n  exec: allow\n  network: deny\n  \
+                exec_unnamed: deny\n  raw_sockets: audit\n";
+    let c = compile(&Fixture::new(yaml).resolved).unwrap().config;
+    assert_eq!((c.exec_unnamed, c.raw_sockets), (Action::Deny.to_abi(), Action::Audit.to_abi()));
+    let bad = "name: p\nmode: enforce\ndefaults:\n  file: allow\n  exec: allow\n  network: deny\n  \
+               exec_unnamed: never\n  raw_sockets: yes\n";
+    let diags = validate_file("x.yaml".as_ref(), bad).unwrap_err();
+    let at: Vec<(&str, u32)> = diags.iter().map(|d| (d.field.as_str(), d.line)).collect();
+    assert_eq!(at, [("defaults.exec_unnamed", 7), ("defaults.raw_sockets", 8)]);
+}
+
+#[test]
 fn every_domain_rule_error_names_its_field() {
     let text = "name: p\nmode: enforce\ndefaults: {file: allow, exec: allow, network: deny}\nrules:\n  network:\n\
                 \x20   - domain: \"*foo.example.com\"\n      action: allow\n\
