@@ -104,7 +104,11 @@ pub struct PolicyConfig {
     /// Action on creating a socket the network rules cannot judge (raw,
     /// packet, ICMP, SCTP, vsock, ...: `docs/security.md`).
     pub raw_sockets: u8,
-    pub _pad: [u8; 2],
+    /// 1 when the policy has exec rules: without them a named file's
+    /// executable mapping is decided by `exec_default` alone, and the
+    /// kernel skips resolving its path.
+    pub exec_rules: u8,
+    pub _pad: u8,
 }
 assert_size!(PolicyConfig, 8);
 

@@ -53,7 +53,7 @@ pub fn judge_exec(member: &Membership, file: u64) -> (Verdict, Option<Resolved>)
 
 /// Whether no directory names `file`'s inode any more.
 #[inline(always)]
-fn unnamed(file: u64) -> bool {
+pub fn unnamed(file: u64) -> bool {
     let off = offsets();
     let inode = read_u64(file + off.file_f_inode);
     // `i_nlink` is an `unsigned int`.

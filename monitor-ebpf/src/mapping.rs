@@ -44,6 +44,11 @@ const MAX_RANGE_VMAS: u32 = 16;
 /// unless plainly allowed; true when it must be stopped.
 #[inline(always)]
 fn blocked(member: &Membership, file: u64, how: u8) -> bool {
+    // Every exec maps its libraries: skip the path walk where the path
+    // cannot change the verdict.
+    if policy::mapping_needs_no_path(member.policy) && !file::unnamed(file) {
+        return false;
+    }
     let (verdict, resolved) = file::judge_exec(member, file);
     if verdict.decision != decision::ALLOW {
         exec::record_without_image(member, &verdict, &resolved, how, flags::EXEC_MAPPING);

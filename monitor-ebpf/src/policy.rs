@@ -180,6 +180,14 @@ pub fn raw_socket(policy: u32) -> Verdict {
     }
 }
 
+/// Whether an executable mapping of a named file is plainly allowed
+/// without looking at its path: the policy has no exec rule and allows
+/// execs by default (then nothing about the path could change that).
+#[inline(always)]
+pub fn mapping_needs_no_path(policy: u32) -> bool {
+    config(policy).is_some_and(|c| c.exec_rules == 0 && c.exec_default == action::ALLOW)
+}
+
 /// Judges an exec of the binary in `key`.
 #[inline(always)]
 pub fn exec(policy: u32, key: &PathKey) -> Verdict {

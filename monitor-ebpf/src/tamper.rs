@@ -31,7 +31,7 @@
 use aya_ebpf::{
     helpers::{
         bpf_probe_read_kernel, bpf_probe_read_user,
-        generated::{bpf_get_current_task, bpf_send_signal},
+        generated::{bpf_get_current_task, bpf_get_current_task_btf, bpf_send_signal},
     },
     macros::{lsm, raw_tracepoint, tracepoint},
     programs::{LsmContext, RawTracePointContext, TracePointContext},
@@ -424,8 +424,14 @@ pub fn compat_syscall(ctx: RawTracePointContext) -> i32 {
     if at == 0 {
         return 0;
     }
-    let task = unsafe { bpf_get_current_task() };
-    if read_u64(task + at) & TS_COMPAT == 0 {
+    // A typed load through the BTF task pointer, not a probe-read helper:
+    // this runs on every syscall of the host. The offset comes from
+    // read-only data, which the verifier reads as a constant.
+    let status = unsafe {
+        let task = bpf_get_current_task_btf() as *const u8;
+        core::ptr::read_volatile(task.add(at as usize) as *const u32)
+    };
+    if u64::from(status) & TS_COMPAT == 0 {
         return 0;
     }
     let Some(member) = trajectory::current() else {

@@ -242,7 +242,8 @@ pub fn compile(policy: &ResolvedPolicy) -> Result<CompiledPolicy, TooManyPortRul
         network_default: d.network.to_abi(),
         exec_unnamed: d.exec_unnamed.to_abi(),
         raw_sockets: d.raw_sockets.to_abi(),
-        _pad: [0; 2],
+        exec_rules: u8::from(!policy.exec_rules.is_empty()),
+        _pad: 0,
     };
     let file = resolve_paths(
         policy
