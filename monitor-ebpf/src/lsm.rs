@@ -22,7 +22,7 @@ use crate::{
     kernel::{lsm_ret, read_u64, EPERM},
     maps::{offsets, runtime_flags, LSM_PROBE},
     pathres, policy,
-    policy::Access,
+    policy::{Access, Verdict},
     record,
     trajectory::{self, Membership},
 };
@@ -74,23 +74,38 @@ fn on_file_open(member: &Membership, file: u64) -> i32 {
     }
     let (verdict, resolved) = file::judge(member, file, Access::of_flags(f_flags));
     let result = if verdict.blocks() { -EPERM } else { 0 };
-    if let Some(mut rec) = record::reserve::<OpenEvent>(member) {
-        let ev = rec.as_mut_ptr();
-        unsafe {
-            record::fill_header(&raw mut (*ev).header, EventKind::Open, member, &verdict, mechanism::LSM);
-            (*ev).syscall = OpenSyscall::Lsm as u32;
-            (*ev).dfd = AT_FDCWD;
-            (*ev).flags = f_flags;
-            (*ev).mode = 0;
-            (*ev).ret = result;
-            (*ev)._pad = 0;
-            write_path(&raw mut (*ev).header.flags, &raw mut (*ev).path_len, &raw mut (*ev).path, &resolved);
-            (*ev).requested_len = 0;
-            (*ev).requested[0] = 0;
-        }
-        record::submit(rec);
-    }
+    record_open(member, &verdict, OpenSyscall::Lsm, f_flags, result, &resolved);
     result
+}
+
+/// An `open` record of a BPF LSM file hook: no `dfd`, `mode` or requested
+/// string there.
+#[inline(always)]
+fn record_open(
+    member: &Membership,
+    verdict: &Verdict,
+    syscall: OpenSyscall,
+    flags: u32,
+    result: i32,
+    resolved: &Option<pathres::Resolved>,
+) {
+    let Some(mut rec) = record::reserve::<OpenEvent>(member) else {
+        return;
+    };
+    let ev = rec.as_mut_ptr();
+    unsafe {
+        record::fill_header(&raw mut (*ev).header, EventKind::Open, member, verdict, mechanism::LSM);
+        (*ev).syscall = syscall as u32;
+        (*ev).dfd = AT_FDCWD;
+        (*ev).flags = flags;
+        (*ev).mode = 0;
+        (*ev).ret = result;
+        (*ev)._pad = 0;
+        write_path(&raw mut (*ev).header.flags, &raw mut (*ev).path_len, &raw mut (*ev).path, resolved);
+        (*ev).requested_len = 0;
+        (*ev).requested[0] = 0;
+    }
+    record::submit(rec);
 }
 
 /// `security_path_link(old_dentry, new_dir, new_dentry)`: a hard link to a
@@ -141,23 +156,8 @@ fn aliasing(dentry: u64, mnt: u64, how: OpenSyscall) -> i32 {
         return 0;
     }
     let result = if verdict.blocks() { -EPERM } else { 0 };
-    if let Some(mut rec) = record::reserve::<OpenEvent>(&member) {
-        let ev = rec.as_mut_ptr();
-        unsafe {
-            record::fill_header(&raw mut (*ev).header, EventKind::Open, &member, &verdict, mechanism::LSM);
-            (*ev).syscall = how as u32;
-            (*ev).dfd = AT_FDCWD;
-            // Judged as reading and writing the file.
-            (*ev).flags = O_RDWR;
-            (*ev).mode = 0;
-            (*ev).ret = result;
-            (*ev)._pad = 0;
-            write_path(&raw mut (*ev).header.flags, &raw mut (*ev).path_len, &raw mut (*ev).path, &resolved);
-            (*ev).requested_len = 0;
-            (*ev).requested[0] = 0;
-        }
-        record::submit(rec);
-    }
+    // Judged as reading and writing the file.
+    record_open(&member, &verdict, how, O_RDWR, result, &resolved);
     result
 }
 
