@@ -98,7 +98,7 @@ pub struct PolicyConfig {
     pub exec_default: u8,
     /// Action on a network lookup miss.
     pub network_default: u8,
-    /// Action on the exec (or executable mapping) of a file no directory
+    /// Action on the `execve` of a file no directory
     /// names: a memfd, an `O_TMPFILE` file, a deleted file.
     pub exec_unnamed: u8,
     /// Action on creating a socket the network rules cannot judge (raw,

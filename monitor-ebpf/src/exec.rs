@@ -49,7 +49,7 @@ fn on_exec(ctx: &TracePointContext) {
         return;
     };
     let (verdict, resolved) = match exe_file() {
-        Some(file) => file::judge_exec(&member, file),
+        Some(file) => file::judge_exec(&member, file, true),
         None => (policy::exec_default(member.policy), None),
     };
     let kill = verdict.blocks() && runtime_flags() & runtime::LSM_EXEC == 0;

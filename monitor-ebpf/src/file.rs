@@ -30,14 +30,17 @@ pub fn judge(member: &Membership, file: u64, access: Access) -> (Verdict, Option
     (verdict, resolved)
 }
 
-/// Judges the exec of `file` by `member` on the exec rules; a file no
-/// directory names (memfd, `O_TMPFILE`, deleted: `i_nlink` is 0) is also
-/// judged by `defaults.exec_unnamed`, and the stronger verdict stands (a
-/// deleted file's dentry still carries its old name, which a rule may name).
+/// Judges the exec of `file` by `member` on the exec rules; for an
+/// `execve` (`image`), a file no directory names (memfd, `O_TMPFILE`,
+/// deleted: `i_nlink` is 0) is also judged by `defaults.exec_unnamed`, and
+/// the stronger verdict stands (a deleted file's dentry still carries its
+/// old name, which a rule may name). Executable mappings of such files are
+/// not: JIT runtimes make them (.NET's W^X double mapping goes through a
+/// memfd), and they give nothing anonymous executable memory does not.
 /// Also returns the resolved path, which the caller's record carries.
 #[inline(always)]
-pub fn judge_exec(member: &Membership, file: u64) -> (Verdict, Option<Resolved>) {
-    let unnamed = file != 0 && unnamed(file);
+pub fn judge_exec(member: &Membership, file: u64, image: bool) -> (Verdict, Option<Resolved>) {
+    let unnamed = image && file != 0 && unnamed(file);
     let resolved = pathres::file_path(file);
     let by_path = match &resolved {
         Some(r) => policy::exec(member.policy, pathres::key_from_resolved(r, member.policy)),
@@ -53,7 +56,7 @@ pub fn judge_exec(member: &Membership, file: u64) -> (Verdict, Option<Resolved>)
 
 /// Whether no directory names `file`'s inode any more.
 #[inline(always)]
-pub fn unnamed(file: u64) -> bool {
+fn unnamed(file: u64) -> bool {
     let off = offsets();
     let inode = read_u64(file + off.file_f_inode);
     // `i_nlink` is an `unsigned int`.

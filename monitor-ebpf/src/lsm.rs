@@ -172,7 +172,7 @@ pub fn lsm_bprm_check(ctx: LsmContext) -> i32 {
 #[inline(always)]
 fn on_bprm_check(member: &Membership, bprm: u64) -> i32 {
     let file = read_u64(bprm + offsets().bprm_file);
-    let (verdict, resolved) = file::judge_exec(member, file);
+    let (verdict, resolved) = file::judge_exec(member, file, true);
     if !verdict.blocks() {
         // Allowed: `sched_process_exec` records it, with its argv.
         return 0;

@@ -46,10 +46,10 @@ const MAX_RANGE_VMAS: u32 = 16;
 fn blocked(member: &Membership, file: u64, how: u8) -> bool {
     // Every exec maps its libraries: skip the path walk where the path
     // cannot change the verdict.
-    if policy::mapping_needs_no_path(member.policy) && !file::unnamed(file) {
+    if policy::mapping_needs_no_path(member.policy) {
         return false;
     }
-    let (verdict, resolved) = file::judge_exec(member, file);
+    let (verdict, resolved) = file::judge_exec(member, file, false);
     if verdict.decision != decision::ALLOW {
         exec::record_without_image(member, &verdict, &resolved, how, flags::EXEC_MAPPING);
     }

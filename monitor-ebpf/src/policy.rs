@@ -156,7 +156,7 @@ pub fn exec_default(policy: u32) -> Verdict {
     }
 }
 
-/// Judges the exec (or executable mapping) of a file no directory names:
+/// Judges the `execve` of a file no directory names:
 /// `defaults.exec_unnamed` alone decides, no path rule can name it.
 #[inline(always)]
 pub fn exec_unnamed(policy: u32) -> Verdict {
@@ -180,9 +180,9 @@ pub fn raw_socket(policy: u32) -> Verdict {
     }
 }
 
-/// Whether an executable mapping of a named file is plainly allowed
-/// without looking at its path: the policy has no exec rule and allows
-/// execs by default (then nothing about the path could change that).
+/// Whether an executable mapping is plainly allowed without looking at its
+/// file: the policy has no exec rule and allows execs by default (then
+/// nothing about the path could change that).
 #[inline(always)]
 pub fn mapping_needs_no_path(policy: u32) -> bool {
     config(policy).is_some_and(|c| c.exec_rules == 0 && c.exec_default == action::ALLOW)

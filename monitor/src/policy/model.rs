@@ -425,7 +425,7 @@ pub struct Defaults {
     pub file: Action,
     pub exec: Action,
     pub network: Action,
-    /// Executing (or mapping executable) a file no directory names: a
+    /// Executing (`execve`) a file no directory names: a
     /// memfd, an `O_TMPFILE` file, a deleted file. No path rule can name
     /// one, so this action decides it alone.
     pub exec_unnamed: Action,
