@@ -266,7 +266,7 @@ fn code_without_a_name_is_refused_under_exec_unnamed_deny() {
 /// Attacker: the 32-bit syscall ABI (`int 0x80`, available to any x86-64
 /// process where the kernel has IA-32 emulation): no `syscalls:*`
 /// tracepoint sees such a syscall, so without BPF LSM a packet socket or
-/// an open of the denied file made that way passed every fallback hook.
+/// an open of the denied file made that way would pass every fallback hook.
 /// Now the fallback kills the caller at its first 32-bit syscall; BPF LSM
 /// judges them like any other.
 #[test]
