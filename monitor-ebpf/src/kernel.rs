@@ -4,7 +4,7 @@
 //! kernel read that never fails. A leaf: it
 //! imports no other module of this crate, so any hook module may use it.
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use aya_ebpf::{helpers::bpf_probe_read_kernel, programs::TracePointContext};
 
 /// An LSM program refuses with `-EPERM`.
 pub const EPERM: i32 = 1;
@@ -18,6 +18,14 @@ pub const SIGKILL: u32 = 9;
 pub const fn syscall_arg(n: usize) -> usize {
     16 + 8 * n
 }
+/// Syscall argument `n` of a syscall entry tracepoint's record; 0 if
+/// unreadable.
+#[inline(always)]
+pub fn tp_arg(ctx: &TracePointContext, n: usize) -> u64 {
+    // SAFETY: a read inside the tracepoint's record, checked by the helper.
+    unsafe { ctx.read_at::<u64>(syscall_arg(n)) }.unwrap_or(0)
+}
+
 /// Where a syscall exit tracepoint's record holds `long ret`.
 pub const SYSCALL_RET: usize = 16;
 /// Where a syscall tracepoint's record holds `int __syscall_nr`.

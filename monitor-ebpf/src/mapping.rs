@@ -27,7 +27,7 @@ use monitor_common::{
 
 use crate::{
     exec, file,
-    kernel::{lsm_ret, read_u64, syscall_arg, EPERM, SIGKILL, SYSCALL_RET},
+    kernel::{lsm_ret, read_u64, tp_arg, EPERM, SIGKILL, SYSCALL_RET},
     maps::{offsets, runtime_flags, MAPPING_INFLIGHT},
     open, policy, tamper,
     trajectory::{self, Membership},
@@ -98,16 +98,11 @@ fn tid() -> u32 {
     unsafe { bpf_get_current_pid_tgid() as u32 }
 }
 
-#[inline(always)]
-fn arg(ctx: &TracePointContext, n: usize) -> u64 {
-    unsafe { ctx.read_at::<u64>(syscall_arg(n)) }.unwrap_or(0)
-}
-
 /// `mmap(addr, len, prot, flags, fd, off)`: keeps the descriptor of an
 /// executable file mapping for the exit.
 #[tracepoint]
 pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
-    let (prot, map_flags, fd) = (arg(&ctx, 2), arg(&ctx, 3), arg(&ctx, 4) as i64);
+    let (prot, map_flags, fd) = (tp_arg(&ctx, 2), tp_arg(&ctx, 3), tp_arg(&ctx, 4) as i64);
     if prot & PROT_EXEC == 0 || map_flags & MAP_ANONYMOUS != 0 || fd < 0 || trajectory::current().is_none() {
         return 0;
     }
@@ -119,7 +114,7 @@ pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
 /// keeps the range made executable for the exit.
 #[tracepoint]
 pub fn sys_enter_mprotect(ctx: TracePointContext) -> u32 {
-    let (start, len, prot) = (arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2));
+    let (start, len, prot) = (tp_arg(&ctx, 0), tp_arg(&ctx, 1), tp_arg(&ctx, 2));
     if prot & PROT_EXEC == 0 || trajectory::current().is_none() {
         return 0;
     }

@@ -22,7 +22,7 @@ use monitor_common::{
 };
 
 use crate::{
-    kernel::{lsm_ret, syscall_arg, EPERM, SIGKILL},
+    kernel::{lsm_ret, tp_arg, EPERM, SIGKILL},
     policy::{self, Verdict},
     tamper,
     trajectory::{self, Membership},
@@ -92,7 +92,7 @@ const SOCK_PACKET: u64 = 10;
 /// `socket(family, type, protocol)` entry, where BPF LSM does not run.
 #[tracepoint]
 pub fn sys_enter_socket(ctx: TracePointContext) -> u32 {
-    let arg = |n| unsafe { ctx.read_at::<u64>(syscall_arg(n)) }.unwrap_or(0) & 0xffff_ffff;
+    let arg = |n| tp_arg(&ctx, n) & 0xffff_ffff;
     let (family, ty, protocol) = (arg(0), arg(1), arg(2));
     let by_cgroup_hook = inet(family) && ty & sock::SOCK_TYPE_MASK != SOCK_PACKET;
     if by_cgroup_hook || judged_socket(family, ty, protocol) {

@@ -44,7 +44,7 @@ use monitor_common::{
 };
 
 use crate::{
-    kernel::{lsm_ret, read_u64, syscall_arg, EPERM, SIGKILL, SYSCALL_RET},
+    kernel::{lsm_ret, read_u64, tp_arg, EPERM, SIGKILL, SYSCALL_RET},
     maps::{offsets, ESCAPED},
     policy::{self, Verdict},
     record,
@@ -296,12 +296,6 @@ pub fn lsm_move_mount(ctx: LsmContext) -> i32 {
 
 // ---------------------------------------------------------------- fallback
 
-/// Syscall argument `n` of a fallback tracepoint's record.
-#[inline(always)]
-fn tp_arg(ctx: &TracePointContext, n: usize) -> i64 {
-    unsafe { ctx.read_at::<i64>(syscall_arg(n)) }.unwrap_or(0)
-}
-
 #[inline(always)]
 fn kill(member: &Membership, op: TamperOp, target_pid: u32, arg: u64) {
     unsafe { bpf_send_signal(SIGKILL) };
@@ -311,7 +305,7 @@ fn kill(member: &Membership, op: TamperOp, target_pid: u32, arg: u64) {
 #[tracepoint]
 pub fn tamper_sys_enter_bpf(ctx: TracePointContext) -> u32 {
     if let Some(member) = trajectory::current() {
-        kill(&member, TamperOp::Bpf, 0, tp_arg(&ctx, 0) as u64 & 0xffff_ffff);
+        kill(&member, TamperOp::Bpf, 0, tp_arg(&ctx, 0) & 0xffff_ffff);
     }
     0
 }
@@ -322,7 +316,7 @@ fn against_daemon(ctx: &TracePointContext, pid_arg: usize, op: TamperOp, arg: u6
     let Some(member) = trajectory::current() else {
         return;
     };
-    let pid = tp_arg(ctx, pid_arg);
+    let pid = tp_arg(ctx, pid_arg) as i64;
     let daemon = config().daemon_tgid;
     if daemon != 0 && pid as u64 == daemon {
         kill(&member, op, pid as u32, arg);
@@ -331,7 +325,7 @@ fn against_daemon(ctx: &TracePointContext, pid_arg: usize, op: TamperOp, arg: u6
 
 #[tracepoint]
 pub fn tamper_sys_enter_ptrace(ctx: TracePointContext) -> u32 {
-    let request = tp_arg(&ctx, 0);
+    let request = tp_arg(&ctx, 0) as i64;
     if request == PTRACE_ATTACH || request == PTRACE_SEIZE {
         against_daemon(&ctx, 1, TamperOp::Ptrace, request as u64);
     }
@@ -364,7 +358,7 @@ pub fn tamper_sys_enter_clone3(ctx: TracePointContext) -> u32 {
     let Some(member) = trajectory::current() else {
         return 0;
     };
-    let uargs = tp_arg(&ctx, 0) as u64;
+    let uargs = tp_arg(&ctx, 0);
     let flags: u64 = unsafe { bpf_probe_read_user(uargs as *const u64) }.unwrap_or(0);
     if flags & CLONE_INTO_CGROUP != 0 {
         kill(&member, TamperOp::CloneIntoCgroup, 0, flags);
@@ -485,7 +479,7 @@ fn mount_attempt(arg: u64) {
 #[tracepoint]
 pub fn tamper_sys_enter_mount(ctx: TracePointContext) -> u32 {
     // mount(dev_name, dir_name, type, flags, data): the flags.
-    mount_attempt(tp_arg(&ctx, 3) as u64);
+    mount_attempt(tp_arg(&ctx, 3));
     0
 }
 
