@@ -52,6 +52,9 @@ pub mod flags {
     /// An exec record of an executable mapping (`mmap`/`mprotect` with
     /// `PROT_EXEC`) of the file, not of an `execve`.
     pub const EXEC_MAPPING: u32 = 1 << 5;
+    /// An open judged by the file's identity: a read-deny rule names the
+    /// same inode under another path (a hard link, a rename).
+    pub const BY_INODE: u32 = 1 << 6;
 }
 
 /// `EventHeader::decision`: what happened to the operation.

@@ -168,6 +168,9 @@ pub struct KernelOffsets {
     /// `inode::i_nlink`: 0 for a file no directory names (memfd,
     /// `O_TMPFILE`, deleted).
     pub inode_i_nlink: u64,
+    pub inode_i_ino: u64,
+    pub inode_i_sb: u64,
+    pub sb_s_dev: u64,
     pub vma_vm_file: u64,
     pub vma_vm_end: u64,
     pub vma_vm_flags: u64,
@@ -175,7 +178,7 @@ pub struct KernelOffsets {
     /// syscall in progress); 0 where the kernel has no such field.
     pub task_ti_status: u64,
 }
-assert_size!(KernelOffsets, 31 * 8);
+assert_size!(KernelOffsets, 34 * 8);
 
 /// Per-CPU counters of the BPF LSM programs' invocations, indexed by
 /// [`LsmProbe`]: how the daemon tells an attached LSM program that runs from

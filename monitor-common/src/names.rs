@@ -62,6 +62,9 @@ pub const MAP_POLICY_EXEC: &str = "POLICY_EXEC";
 pub const MAP_POLICY_NET4: &str = "POLICY_NET4";
 /// IPv6 rules, LPM trie: [`crate::policy::Net6Key`] -> [`crate::policy::NetValue`].
 pub const MAP_POLICY_NET6: &str = "POLICY_NET6";
+/// Files of read-deny rules by identity, hash:
+/// [`crate::policy::InodeKey`] -> [`crate::policy::FileValue`].
+pub const MAP_POLICY_INODES: &str = "POLICY_INODES";
 
 /// In-flight opens, LRU hash: thread id -> the open's entry state, from
 /// `sys_enter_open*` to the matching `sys_exit_open*`.

@@ -108,7 +108,9 @@ pub struct PolicyConfig {
     /// executable mapping is decided by `exec_default` alone, and the
     /// kernel skips resolving its path.
     pub exec_rules: u8,
-    pub _pad: u8,
+    /// 1 when the instance has entries in the inode map ([`InodeKey`]):
+    /// only then do file opens read the opened inode's identity.
+    pub inodes: u8,
 }
 assert_size!(PolicyConfig, 8);
 
@@ -136,6 +138,26 @@ assert_size!(FileValue, 16);
 
 /// Value of the exec trie.
 pub type ExecValue = PolicyVerdict;
+
+/// Key of the inode map: a file a read-deny rule names, by identity, so
+/// the rule follows it under another name (a hard link, a rename). `dev` is
+/// the superblock's `s_dev` in the kernel's encoding (`major << 20 |
+/// minor`); the value is the [`FileValue`] of its path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InodeKey {
+    pub policy: u32,
+    pub dev: u32,
+    pub ino: u64,
+}
+assert_size!(InodeKey, 16);
+
+/// Capacity of the inode map, shared by every live instance.
+pub const MAX_INODES: u32 = 1 << 18;
+/// How many files of one instance's read-deny rules the daemon records by
+/// identity; beyond it the rest are judged by path only, and the daemon
+/// says so.
+pub const MAX_INODES_PER_INSTANCE: usize = 16_384;
 
 /// Key of the IPv4 network trie. IPv4-mapped IPv6 destinations
 /// (`::ffff:a.b.c.d`) are looked up here, converted to IPv4.
@@ -240,6 +262,8 @@ assert_size!(LearnedValue, 16 + 16 + 12 * MAX_PORT_RULES);
 
 #[cfg(feature = "user")]
 mod pod {
+    // SAFETY: plain-old-data, `#[repr(C)]`, no padding holes left implicit.
+    unsafe impl aya::Pod for super::InodeKey {}
     // SAFETY: plain-old-data, `#[repr(C)]`, no padding holes left implicit.
     unsafe impl aya::Pod for super::Learned4Key {}
     // SAFETY: plain-old-data, `#[repr(C)]`, no padding holes left implicit.

@@ -72,9 +72,9 @@ fn on_file_open(member: &Membership, file: u64) -> i32 {
     if f_flags & FMODE_EXEC_FLAG != 0 {
         return 0;
     }
-    let (verdict, resolved) = file::judge(member, file, Access::of_flags(f_flags));
+    let (verdict, resolved, by_inode) = file::judge(member, file, Access::of_flags(f_flags));
     let result = if verdict.blocks() { -EPERM } else { 0 };
-    record_open(member, &verdict, OpenSyscall::Lsm, f_flags, result, &resolved);
+    record_open(member, &verdict, OpenSyscall::Lsm, f_flags, result, &resolved, by_inode);
     result
 }
 
@@ -85,9 +85,10 @@ fn record_open(
     member: &Membership,
     verdict: &Verdict,
     syscall: OpenSyscall,
-    flags: u32,
+    open_flags: u32,
     result: i32,
     resolved: &Option<pathres::Resolved>,
+    by_inode: bool,
 ) {
     let Some(mut rec) = record::reserve::<OpenEvent>(member) else {
         return;
@@ -95,9 +96,12 @@ fn record_open(
     let ev = rec.as_mut_ptr();
     unsafe {
         record::fill_header(&raw mut (*ev).header, EventKind::Open, member, verdict, mechanism::LSM);
+        if by_inode {
+            (*ev).header.flags |= monitor_common::event::flags::BY_INODE;
+        }
         (*ev).syscall = syscall as u32;
         (*ev).dfd = AT_FDCWD;
-        (*ev).flags = flags;
+        (*ev).flags = open_flags;
         (*ev).mode = 0;
         (*ev).ret = result;
         (*ev)._pad = 0;
@@ -157,7 +161,7 @@ fn aliasing(dentry: u64, mnt: u64, how: OpenSyscall) -> i32 {
     }
     let result = if verdict.blocks() { -EPERM } else { 0 };
     // Judged as reading and writing the file.
-    record_open(&member, &verdict, how, O_RDWR, result, &resolved);
+    record_open(&member, &verdict, how, O_RDWR, result, &resolved, false);
     result
 }
 

@@ -13,8 +13,8 @@ use monitor_common::{
         MAX_TRAJECTORIES,
     },
     policy::{
-        ExecValue, FileValue, Learned4Key, Learned6Key, LearnedValue, NetValue, PolicyConfig, MAX_LEARNED,
-        MAX_POLICIES, PATH_KEY_LEN,
+        ExecValue, FileValue, InodeKey, Learned4Key, Learned6Key, LearnedValue, NetValue, PolicyConfig, MAX_INODES,
+        MAX_LEARNED, MAX_POLICIES, PATH_KEY_LEN,
     },
 };
 
@@ -55,6 +55,11 @@ pub static POLICY_FILE: LpmTrie<PathKeyData, FileValue> = LpmTrie::with_max_entr
 
 #[map]
 pub static POLICY_EXEC: LpmTrie<PathKeyData, ExecValue> = LpmTrie::with_max_entries(1 << 16, BPF_F_NO_PREALLOC);
+
+/// Files of read-deny rules by identity (`file::judge`): a hash, written
+/// by the daemon per instance, capped per instance.
+#[map]
+pub static POLICY_INODES: HashMap<InodeKey, FileValue> = HashMap::with_max_entries(MAX_INODES, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static POLICY_NET4: LpmTrie<[u8; 8], NetValue> = LpmTrie::with_max_entries(1 << 16, BPF_F_NO_PREALLOC);
@@ -129,7 +134,11 @@ pub struct Scratch {
     /// bounded by the mask, instead of tracking every possible position
     /// through every iteration (which exhausts its instruction budget).
     pub pos: u32,
-    pub _pad: u32,
+    /// A file verdict (`policy`, `rule_id`, `action | decision << 8 |
+    /// by_inode << 16`) passed through map memory for the same reason:
+    /// read back, it is one unknown value, not one verifier state per way
+    /// it was reached (`file::judge`).
+    pub judged: [u32; 3],
     pub buf: [u8; PATH_BUF + 256],
     pub key: monitor_common::policy::PathKey,
     /// Slack so a copy whose length the verifier knows only as `n & 0xff`
@@ -170,6 +179,9 @@ pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     task_start_boottime: 0,
     file_f_inode: 0,
     inode_i_nlink: 0,
+    inode_i_ino: 0,
+    inode_i_sb: 0,
+    sb_s_dev: 0,
     vma_vm_file: 0,
     vma_vm_end: 0,
     vma_vm_flags: 0,

@@ -179,26 +179,27 @@ fn on_exit(by_nr: OpenSyscall, ret: i64) {
     let Some(member) = trajectory::current() else {
         return;
     };
+    let file = if ret >= 0 { fd_file(ret) } else { 0 };
+    // The path walk comes first (see `file::judge_walked`).
+    let resolved = pathres::file_path(file);
     let tid = tid();
     let entry: Option<*const OpenEntry> = OPEN_INFLIGHT.get_ptr(&tid);
     let syscall = match entry {
         Some(e) => unsafe { (*e).syscall },
         None => by_nr as u32,
     };
-    let file = if ret >= 0 { fd_file(ret) } else { 0 };
     let (o_path, access) = access_of(entry, file);
-    let (verdict, resolved) = if o_path {
-        (Verdict::NONE, None)
+    let (verdict, by_inode) = if o_path {
+        (Verdict::NONE, false)
     } else if ret >= 0 {
-        file::judge(&member, file, access)
+        file::judge_walked(&member, file, access, &resolved)
     } else {
-        (requested_verdict(&member, entry, access), None)
+        (requested_verdict(&member, entry, access), false)
     };
-    let kill = ret >= 0 && verdict.blocks();
-    if kill {
+    if ret >= 0 && verdict.blocks() {
         unsafe { bpf_send_signal(SIGKILL) };
     }
-    emit(&member, &verdict, kill, syscall, ret, &resolved, entry);
+    emit(&member, &verdict, by_inode, syscall, ret, &resolved, entry);
     if entry.is_some() {
         let _ = OPEN_INFLIGHT.remove(&tid);
     }
@@ -248,12 +249,13 @@ fn requested_verdict(member: &Membership, entry: Option<*const OpenEntry>, acces
 }
 
 /// The open record: the opened file's path, and what the entry kept of
-/// the request (`READ_FAILED` when the entry is gone).
+/// the request (`READ_FAILED` when the entry is gone). A blocked open
+/// that opened a file was killed.
 #[inline(always)]
 fn emit(
     member: &Membership,
     verdict: &Verdict,
-    kill: bool,
+    by_inode: bool,
     syscall: u32,
     ret: i64,
     resolved: &Option<Resolved>,
@@ -264,8 +266,11 @@ fn emit(
     };
     let ev = rec.as_mut_ptr();
     unsafe {
-        let how = if kill { mechanism::KILL } else { mechanism::NONE };
+        let how = if ret >= 0 && verdict.blocks() { mechanism::KILL } else { mechanism::NONE };
         record::fill_header(&raw mut (*ev).header, EventKind::Open, member, verdict, how);
+        if by_inode {
+            (*ev).header.flags |= flags::BY_INODE;
+        }
         (*ev).syscall = syscall;
         (*ev).ret = ret as i32;
         (*ev)._pad = 0;

@@ -6,12 +6,14 @@ use aya_ebpf::maps::lpm_trie::Key;
 use monitor_common::{
     event::{decision, EventHeader},
     policy::{
-        action, mode, FileValue, Learned4Key, Learned6Key, LearnedValue, NetValue, PathKey, PolicyConfig,
+        action, mode, FileValue, InodeKey, Learned4Key, Learned6Key, LearnedValue, NetValue, PathKey, PolicyConfig,
         PolicyVerdict, MAX_PORT_RULES, RULE_BUILTIN_TAMPER, RULE_DEFAULT, RULE_EXEC_UNNAMED, RULE_RAW_SOCKETS,
     },
 };
 
-use crate::maps::{PathKeyData, LEARNED4, LEARNED6, POLICY_CONFIG, POLICY_EXEC, POLICY_FILE, POLICY_NET4, POLICY_NET6};
+use crate::maps::{
+    PathKeyData, LEARNED4, LEARNED6, POLICY_CONFIG, POLICY_EXEC, POLICY_FILE, POLICY_INODES, POLICY_NET4, POLICY_NET6,
+};
 
 /// A decision for one operation.
 #[derive(Clone, Copy)]
@@ -101,18 +103,39 @@ pub fn file(policy: u32, key: &PathKey, access: Access) -> Verdict {
         return Verdict::NONE;
     };
     let v = match POLICY_FILE.get(as_trie_key(key)) {
-        Some(FileValue { read, write }) => {
-            // The built-in tamper deny of a write is never outranked by the
-            // read verdict (which an audit-mode policy would not enforce).
-            if !access.write || (access.read && read.action >= write.action && write.rule_id != RULE_BUILTIN_TAMPER) {
-                *read
-            } else {
-                *write
-            }
-        }
+        Some(value) => for_access(value, access),
         None => default(cfg.file_default),
     };
     outcome(policy, &cfg, v)
+}
+
+/// The verdict of a file entry for `access`.
+#[inline(always)]
+fn for_access(value: &FileValue, access: Access) -> PolicyVerdict {
+    let FileValue { read, write } = *value;
+    // The built-in tamper deny of a write is never outranked by the read
+    // verdict (which an audit-mode policy would not enforce).
+    if !access.write || (access.read && read.action >= write.action && write.rule_id != RULE_BUILTIN_TAMPER) {
+        read
+    } else {
+        write
+    }
+}
+
+/// Judges a file access by the opened inode's identity (device, inode
+/// number): `Some` when a read-deny rule of `policy` names that inode under
+/// its own path, which then decides whatever path the file was opened by.
+/// `identity` gives (dev, ino); it is read only when the instance has
+/// files by identity at all.
+#[inline(always)]
+pub fn file_by_inode(policy: u32, access: Access, identity: impl FnOnce() -> Option<(u32, u64)>) -> Option<Verdict> {
+    let cfg = config(policy)?;
+    if cfg.inodes == 0 {
+        return None;
+    }
+    let (dev, ino) = identity()?;
+    let value = unsafe { POLICY_INODES.get(&InodeKey { policy, dev, ino }) }?;
+    Some(outcome(policy, &cfg, for_access(value, access)))
 }
 
 /// What an open asks for.

@@ -24,15 +24,19 @@ use aya::maps::lpm_trie::Key;
 use monitor_common::{
     names,
     policy::{
-        mode, PathKey, PolicyConfig, MAX_POLICIES, RULE_BUILTIN_TAMPER, RULE_DEFAULT, RULE_EXEC_UNNAMED,
+        mode, InodeKey, PathKey, PolicyConfig, MAX_POLICIES, RULE_BUILTIN_TAMPER, RULE_DEFAULT, RULE_EXEC_UNNAMED,
         RULE_RAW_SOCKETS,
     },
 };
 
 use crate::{
     domains::{Domains, InstanceDomains},
+    inodes::{self, Change, Watch},
     loader::PolicyMapHandles,
-    policy::{compile::MapEntries, OpenError, PolicySet, Protected, Vars, TAMPER_RULE},
+    policy::{
+        compile::{CompiledPolicy, MapEntries},
+        OpenError, PolicySet, Protected, Vars, TAMPER_RULE,
+    },
 };
 
 /// How long a retired instance's entries stay in the kernel maps.
@@ -63,6 +67,9 @@ struct Instance {
     /// The set whose rule table names this instance's rules; `None` for an
     /// instance a previous daemon compiled from a set no longer loaded.
     set: Option<Arc<PolicySet>>,
+    /// The compiled instance, which judges files added to the inode map
+    /// later; `None` for an instance a previous daemon wrote.
+    compiled: Option<Arc<CompiledPolicy>>,
     policy: Arc<str>,
     /// Keys to delete when retired; `None` once deleted, or for an
     /// instance a previous daemon wrote (see `scan`).
@@ -107,6 +114,9 @@ pub struct Enforcer {
     protected: Protected,
     /// Each live instance's domain rules, for the DNS resolver.
     domains: Domains,
+    /// Read-denied directories watched for new files (`crate::inodes`);
+    /// made when the first instance has one.
+    watch: Option<Watch>,
 }
 
 impl Enforcer {
@@ -120,6 +130,7 @@ impl Enforcer {
             described: HashMap::new(),
             protected: Protected::default(),
             domains: Domains::default(),
+            watch: None,
         }
     }
 
@@ -144,13 +155,25 @@ impl Enforcer {
     fn open_in(&mut self, set: &Arc<PolicySet>, binding: &Binding) -> Result<u32, EnforceError> {
         let mut compiled = set.open(&binding.policy, &binding.vars)?;
         compiled.protect(&self.protected);
+        let found = inodes::read_denied(&compiled);
+        compiled.config.inodes = u8::from(!found.inodes.is_empty() || !found.dirs.is_empty());
         let id = self.take_id()?;
-        let entries = compiled.map_entries(id);
+        let mut entries = compiled.map_entries(id);
+        entries.inodes = found.keyed(id);
         if let Err(e) = self.maps.write(&entries) {
             self.maps.delete(&entries);
             self.free.push_back(id);
             return Err(e);
         }
+        if found.capped {
+            tracing::warn!(
+                policy = binding.policy,
+                files = entries.inodes.len(),
+                "the read-deny rules name more files than the inode map holds per trajectory; \
+                 the rest are judged by their path only (a hard link or rename of one is not)"
+            );
+        }
+        self.watch_dirs(id, &found.dirs);
         self.described.retain(|(i, _), _| *i != id);
         self.domains.bind(
             id,
@@ -164,12 +187,90 @@ impl Enforcer {
             id,
             Instance {
                 set: Some(set.clone()),
+                compiled: Some(Arc::new(compiled)),
                 policy: binding.policy.as_str().into(),
                 entries: Some(entries),
                 scan: false,
             },
         );
         Ok(id)
+    }
+
+    fn watch_dirs(&mut self, id: u32, dirs: &[std::path::PathBuf]) {
+        if dirs.is_empty() {
+            return;
+        }
+        if self.watch.is_none() {
+            match Watch::new() {
+                Ok(w) => self.watch = Some(w),
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot watch read-denied directories ({e}): files created there later are judged by path only"
+                    );
+                    return;
+                }
+            }
+        }
+        if let Some(w) = self.watch.as_mut() {
+            w.add(id, dirs);
+        }
+    }
+
+    /// The next change in a watched read-denied directory.
+    pub async fn inode_change(&mut self) -> Change {
+        match self.watch.as_mut() {
+            Some(w) => w.next().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Adds what `change` brought to the inode map of each instance it
+    /// concerns (all of them after an overflow).
+    pub fn on_inode_change(&mut self, change: Change) {
+        let (path, ids) = match change {
+            Change::Created { path, instances } => (Some(path), instances),
+            Change::Overflow => {
+                tracing::warn!("the read-denied directories' change queue overflowed: walking them again");
+                (None, self.instances.keys().copied().collect())
+            }
+        };
+        for id in ids {
+            // A directory created with entries is watched only once found:
+            // entries made before the watch are found by walking it again.
+            if self.add_inodes(id, path.as_deref()) && path.is_some() {
+                self.add_inodes(id, path.as_deref());
+            }
+        }
+    }
+
+    /// Walks `path` (everything the instance's read-deny rules name when
+    /// `None`) and adds what is new to instance `id`'s inode map entries
+    /// and its directories to the watch; true when it found directories.
+    fn add_inodes(&mut self, id: u32, path: Option<&std::path::Path>) -> bool {
+        let Some(inst) = self.instances.get_mut(&id) else { return false };
+        let (Some(compiled), Some(entries)) = (inst.compiled.as_ref(), inst.entries.as_mut()) else { return false };
+        let found = match path {
+            Some(p) => inodes::read_denied_below(compiled, p, entries.inodes.len()),
+            None => inodes::read_denied(compiled),
+        };
+        if found.capped {
+            tracing::warn!(
+                policy = %inst.policy,
+                "a read-denied directory grew past the inode map's bound; further files are judged by path only"
+            );
+        }
+        let held: std::collections::HashSet<InodeKey> = entries.inodes.iter().map(|(k, _)| *k).collect();
+        let new: Vec<_> = found.keyed(id).into_iter().filter(|(k, _)| !held.contains(k)).collect();
+        if !new.is_empty() {
+            let added = MapEntries { inodes: new, ..MapEntries::default() };
+            // Best effort: a full map is logged by the writer.
+            let _ = self.maps.write(&added);
+            entries.inodes.extend(added.inodes);
+        }
+        if let Some(w) = self.watch.as_mut() {
+            w.add(id, &found.dirs);
+        }
+        !found.dirs.is_empty()
     }
 
     /// Compiles every binding against `set`, all or nothing: on success the
@@ -257,6 +358,9 @@ impl Enforcer {
 
     fn discard_entries(&mut self, id: u32) {
         self.domains.unbind(id);
+        if let Some(w) = self.watch.as_mut() {
+            w.remove(id);
+        }
         let Some(inst) = self.instances.get_mut(&id) else { return };
         if std::mem::take(&mut inst.scan) {
             self.maps.purge(&|i| i == id);
@@ -294,7 +398,10 @@ impl Enforcer {
             }
             self.free.retain(|f| f != id);
             let set = (*d == digest).then(|| self.set.clone());
-            self.instances.insert(*id, Instance { set, policy: policy.as_str().into(), entries: None, scan: true });
+            self.instances.insert(
+                *id,
+                Instance { set, compiled: None, policy: policy.as_str().into(), entries: None, scan: true },
+            );
         }
     }
 }
@@ -313,6 +420,13 @@ impl PolicyWriter for PolicyMapHandles {
         }
         for (k, v) in &e.net6 {
             self.net6.insert(&net6_key(k), v, 0).map_err(err(names::MAP_POLICY_NET6))?;
+        }
+        for (k, v) in &e.inodes {
+            // Not an error: files past a full map are judged by path only.
+            if let Err(e) = self.inodes.insert(k, v, 0) {
+                tracing::warn!("inode map {}: {e}: further files are judged by path only", names::MAP_POLICY_INODES);
+                break;
+            }
         }
         for (id, c) in &e.config {
             self.config.set(*id, c, 0).map_err(err(names::MAP_POLICY_CONFIG))?;
@@ -336,6 +450,9 @@ impl PolicyWriter for PolicyMapHandles {
         for (k, _) in &e.net6 {
             let _ = self.net6.remove(&net6_key(k));
         }
+        for (k, _) in &e.inodes {
+            let _ = self.inodes.remove(k);
+        }
     }
 
     fn purge(&mut self, doomed: &dyn Fn(u32) -> bool) {
@@ -343,6 +460,10 @@ impl PolicyWriter for PolicyMapHandles {
         purge_trie(&mut self.exec, doomed);
         purge_trie(&mut self.net4, doomed);
         purge_trie(&mut self.net6, doomed);
+        let keys: Vec<InodeKey> = self.inodes.keys().flatten().filter(|k| doomed(k.policy)).collect();
+        for k in keys {
+            let _ = self.inodes.remove(&k);
+        }
         for id in (0..MAX_POLICIES).filter(|&i| doomed(i)) {
             if let Ok(c) = self.config.get(&id, 0) {
                 if c.mode != 0 {
@@ -449,6 +570,38 @@ mod tests {
         assert_eq!(e.describe(id, rule).unwrap().rule.as_ref(), "p.yaml:6");
         assert_eq!(e.describe(id, RULE_DEFAULT).unwrap().rule.as_ref(), "default");
         assert_eq!(e.describe(id + 1, RULE_DEFAULT), None, "an id never written names nothing");
+    }
+
+    /// Files a read-deny rule names are in the inode map by identity, those
+    /// created later too; retiring the instance removes them.
+    #[tokio::test]
+    async fn read_denied_files_are_written_by_identity_and_followed() {
+        use crate::policy::judge::judge_inode;
+        let ws = tempfile::tempdir().unwrap();
+        std::fs::create_dir(ws.path().join("secret")).unwrap();
+        std::fs::write(ws.path().join("secret/key"), "k").unwrap();
+        let yaml = "name: p\nmode: enforce\ndefaults: {file: allow, exec: allow, network: allow}\n\
+                    rules:\n  file:\n    - path: ${WORKSPACE}/secret/\n      access: read\n      action: deny\n";
+        let set = PolicySet::from_sources(&[("p.yaml".into(), yaml.to_owned())]).unwrap();
+        let maps = MemoryPolicyMaps::default();
+        let mut e = Enforcer::new(maps.clone(), set);
+        let vars = [("WORKSPACE".to_owned(), ws.path().to_str().unwrap().to_owned())].into();
+        let id = e.open(&Binding { policy: "p".into(), vars }).unwrap();
+        let judged = |name: &str| {
+            let (dev, ino) = crate::inodes::identity(&std::fs::metadata(ws.path().join(name)).unwrap());
+            judge_inode(&maps.maps(), id, dev, ino, Access::Read).map(|d| d.action)
+        };
+        assert_eq!(judged("secret/key"), Some(Action::Deny));
+        assert_eq!(judged("secret"), Some(Action::Deny), "the directory too: a rename of it keeps it denied");
+        std::fs::create_dir(ws.path().join("open")).unwrap();
+        assert_eq!(judged("open"), None);
+        std::fs::write(ws.path().join("secret/later"), "l").unwrap();
+        let change = tokio::time::timeout(Duration::from_secs(5), e.inode_change()).await.unwrap();
+        e.on_inode_change(change);
+        assert_eq!(judged("secret/later"), Some(Action::Deny), "a file created after the instance opened");
+        e.retire(id, Instant::now());
+        e.tick(Instant::now() + RETIRE_AFTER);
+        assert_eq!(judged("secret/key"), None);
     }
 
     /// A reload writes complete new instances; the old ones keep judging

@@ -29,6 +29,7 @@ mod hash;
 mod hooks;
 mod host;
 mod identity;
+mod inodes;
 mod loader;
 mod metrics;
 mod mounts;

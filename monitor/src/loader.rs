@@ -24,7 +24,7 @@ use aya::{
 use monitor_common::{
     maps::{runtime, DnsSlot, KernelOffsets, LsmProbe, RuntimeConfig, TrajectoryValue},
     names,
-    policy::{ExecValue, FileValue, Learned4Key, Learned6Key, LearnedValue, NetValue, PolicyConfig},
+    policy::{ExecValue, FileValue, InodeKey, Learned4Key, Learned6Key, LearnedValue, NetValue, PolicyConfig},
 };
 
 use crate::{
@@ -135,6 +135,7 @@ pub struct PolicyMapHandles {
     pub exec: LpmTrie<MapData, [u8; 256], ExecValue>,
     pub net4: LpmTrie<MapData, [u8; 8], NetValue>,
     pub net6: LpmTrie<MapData, [u8; 20], NetValue>,
+    pub inodes: HashMap<MapData, InodeKey, FileValue>,
 }
 
 /// The maps the event pipeline owns.
@@ -431,6 +432,7 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<(PipelineMaps, PolicyMapHandles, DnsMaps
         exec: take(ebpf, names::MAP_POLICY_EXEC)?,
         net4: take(ebpf, names::MAP_POLICY_NET4)?,
         net6: take(ebpf, names::MAP_POLICY_NET6)?,
+        inodes: take(ebpf, names::MAP_POLICY_INODES)?,
     };
     let maps = PipelineMaps {
         events: take(ebpf, names::MAP_EVENTS)?,

@@ -68,6 +68,7 @@ pub const PINNED_MAPS: &[&str] = &[
     names::MAP_POLICY_EXEC,
     names::MAP_POLICY_NET4,
     names::MAP_POLICY_NET6,
+    names::MAP_POLICY_INODES,
     names::MAP_OPEN_INFLIGHT,
 ];
 

@@ -147,6 +147,10 @@ pub enum Body {
         /// The file's path was deeper than the kernel walk's bound.
         #[serde(skip_serializing_if = "is_false")]
         path_unresolved: bool,
+        /// The file's identity decided, not `path`: a read-deny rule names
+        /// the same inode under another path (a hard link, or a rename).
+        #[serde(skip_serializing_if = "is_false")]
+        by_inode: bool,
     },
     Connect {
         /// `connect`, or `sendmsg` for a datagram sent to an explicit address.

@@ -189,6 +189,7 @@ fn open(e: &OpenEvent) -> Result<Body, DecodeError> {
         result: e.ret,
         path_truncated: e.header.flags & flags::PATH_TRUNCATED != 0,
         path_unresolved: e.header.flags & flags::PATH_UNRESOLVED != 0,
+        by_inode: e.header.flags & flags::BY_INODE != 0,
     })
 }
 

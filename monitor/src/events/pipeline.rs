@@ -291,6 +291,7 @@ impl Pipeline {
             Command(Command),
             Data,
             Tick,
+            Inodes(crate::inodes::Change),
             Stop,
         }
         loop {
@@ -306,6 +307,7 @@ impl Pipeline {
                     Wake::Data
                 }
                 _ = tick.tick() => Wake::Tick,
+                change = self.enforcer.inode_change() => Wake::Inodes(change),
             };
             match wake {
                 Wake::Command(command) => self.command(command).await,
@@ -316,6 +318,7 @@ impl Pipeline {
                     self.drain().await;
                     self.report_losses().await;
                 }
+                Wake::Inodes(change) => self.enforcer.on_inode_change(change),
                 Wake::Stop => break,
             }
         }

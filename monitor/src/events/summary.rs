@@ -140,6 +140,7 @@ mod tests {
             result,
             path_truncated: false,
             path_unresolved: false,
+            by_inode: false,
         }
     }
 

@@ -14,7 +14,7 @@
 use std::{cmp::Reverse, collections::BTreeMap, net::IpAddr, path::PathBuf, sync::Arc};
 
 use monitor_common::policy::{
-    ExecValue, FileValue, Net4Key, Net6Key, NetValue, PathKey, PolicyConfig, PolicyVerdict, MAX_PORT_RULES,
+    ExecValue, FileValue, InodeKey, Net4Key, Net6Key, NetValue, PathKey, PolicyConfig, PolicyVerdict, MAX_PORT_RULES,
     PATH_KEY_LEN, RULE_DEFAULT,
 };
 
@@ -164,9 +164,38 @@ pub struct MapEntries {
     pub exec: Vec<(PathKey, ExecValue)>,
     pub net4: Vec<(Net4Key, NetValue)>,
     pub net6: Vec<(Net6Key, NetValue)>,
+    /// Files of read-deny rules by identity: not compiled but found on disk
+    /// when the instance opens (`crate::inodes`).
+    pub inodes: Vec<(InodeKey, FileValue)>,
 }
 
 impl CompiledPolicy {
+    /// The file entry a lookup of `path` lands on, or the default's
+    /// verdicts: what the kernel's trie gives for it.
+    pub fn file_value(&self, path: &[u8]) -> FileValue {
+        let mut key = path.to_vec();
+        key.push(0);
+        self.file.iter().filter(|e| key.starts_with(&e.prefix)).max_by_key(|e| e.prefix.len()).map_or_else(
+            || {
+                let default = PolicyVerdict { rule_id: RULE_DEFAULT, action: self.config.file_default, _pad: [0; 3] };
+                FileValue { read: default, write: default }
+            },
+            |e| e.value,
+        )
+    }
+
+    /// The paths of the entries whose reads are denied (`"/a/b/"` for a
+    /// directory's contents, `"/a/b"` for one path), and whether each is a
+    /// directory's contents.
+    pub fn read_denied(&self) -> impl Iterator<Item = (&[u8], bool)> + '_ {
+        let deny = Action::Deny.to_abi();
+        self.file.iter().filter(move |e| e.value.read.action == deny).filter_map(|e| match e.prefix.split_last() {
+            Some((0, path)) => Some((path, false)),
+            Some((b'/', _)) => Some((&e.prefix[..], true)),
+            _ => None,
+        })
+    }
+
     /// The policy's domain rules, for the resolver of the trajectories this
     /// instance judges (shared: keep it as long as the instance lives).
     pub fn domains(&self) -> &Arc<DomainTable> {
@@ -209,6 +238,7 @@ impl CompiledPolicy {
                     IpAddr::V4(_) => None,
                 })
                 .collect(),
+            inodes: Vec::new(),
         }
     }
 }
@@ -243,7 +273,7 @@ pub fn compile(policy: &ResolvedPolicy) -> Result<CompiledPolicy, TooManyPortRul
         exec_unnamed: d.exec_unnamed.to_abi(),
         raw_sockets: d.raw_sockets.to_abi(),
         exec_rules: u8::from(!policy.exec_rules.is_empty()),
-        _pad: 0,
+        inodes: 0,
     };
     let file = resolve_paths(
         policy

@@ -18,7 +18,7 @@ use std::{
 };
 
 use monitor_common::policy::{
-    ExecValue, FileValue, Net4Key, Net6Key, NetValue, PathKey, PolicyConfig, PolicyVerdict, MAX_PORT_RULES,
+    ExecValue, FileValue, InodeKey, Net4Key, Net6Key, NetValue, PathKey, PolicyConfig, PolicyVerdict, MAX_PORT_RULES,
     RULE_DEFAULT,
 };
 
@@ -53,6 +53,7 @@ pub struct PolicyMaps {
     exec: Vec<(PathKey, ExecValue)>,
     net4: Vec<(Net4Key, NetValue)>,
     net6: Vec<(Net6Key, NetValue)>,
+    inodes: Vec<(InodeKey, FileValue)>,
 }
 
 impl PolicyMaps {
@@ -68,6 +69,7 @@ impl PolicyMaps {
         self.exec.extend(entries.exec);
         self.net4.extend(entries.net4);
         self.net6.extend(entries.net6);
+        self.inodes.extend(entries.inodes);
     }
 
     /// The config of `policy_id`, as the kernel reads it: a slot never
@@ -86,6 +88,7 @@ impl PolicyMaps {
         self.exec.retain(|(k, _)| !entries.exec.iter().any(|(e, _)| e == k));
         self.net4.retain(|(k, _)| !entries.net4.iter().any(|(e, _)| e == k));
         self.net6.retain(|(k, _)| !entries.net6.iter().any(|(e, _)| e == k));
+        self.inodes.retain(|(k, _)| !entries.inodes.iter().any(|(e, _)| e == k));
     }
 
     /// Deletes every entry of the instance ids `doomed` picks.
@@ -100,6 +103,7 @@ impl PolicyMaps {
         self.exec.retain(|(k, _)| keep(&k.policy));
         self.net4.retain(|(k, _)| keep(&k.policy));
         self.net6.retain(|(k, _)| keep(&k.policy));
+        self.inodes.retain(|(k, _)| !doomed(k.policy));
     }
 
     /// The instance ids with entries that judge (a config entry with a
@@ -114,6 +118,7 @@ impl PolicyMaps {
             .chain(self.exec.iter().map(|(k, _)| id(&k.policy)))
             .chain(self.net4.iter().map(|(k, _)| id(&k.policy)))
             .chain(self.net6.iter().map(|(k, _)| id(&k.policy)))
+            .chain(self.inodes.iter().map(|(k, _)| k.policy))
             .collect()
     }
 }
@@ -166,6 +171,21 @@ pub fn judge_file(maps: &PolicyMaps, policy_id: u32, path: &[u8], access: Access
         }),
         None => Decision::default(config.file_default),
     }
+}
+
+/// Decision for opening the file whose identity is (`dev`, `ino`) by its
+/// identity alone: `None` unless a read-deny rule of `policy_id` names it
+/// (then the kernel takes this decision when it is stronger than the path's).
+pub fn judge_inode(maps: &PolicyMaps, policy_id: u32, dev: u32, ino: u64, access: Access) -> Option<Decision> {
+    if maps.config(policy_id)?.inodes == 0 {
+        return None;
+    }
+    let key = InodeKey { policy: policy_id, dev, ino };
+    let (_, v) = maps.inodes.iter().find(|(k, _)| *k == key)?;
+    Decision::from_verdict(match access {
+        Access::Read => v.read,
+        Access::Write => v.write,
+    })
 }
 
 /// Decision for executing the binary at `path`.
