@@ -202,7 +202,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let out = root.join("target/bench");
     std::fs::create_dir_all(&out)?;
     let work = out.join("work");
-    std::fs::create_dir_all(&work)?;
+    std::fs::create_dir_all(work.join("secret"))?;
+    std::fs::write(work.join("secret/key"), "bench")?;
     // Runs (stopped when dropped) until the report is written.
     let upstream = dns::Upstream::start(&out)?;
     let env = Env {
