@@ -155,6 +155,7 @@ impl Adopter {
             client: Process::default(),
             binding: Binding { policy: policy.clone(), vars: vars.clone() },
             origin: Origin::Adopt,
+            agent: None,
         };
         self.pipeline.open(spec).await.map_err(|e| e.to_string())?;
         tracing::info!(trajectory = %id, cgroup = %path.display(), %policy, ?vars, "cgroup adopted");

@@ -89,14 +89,21 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Commands::Run(args) => {
-            let spec =
-                crate::run::RunSpec { trajectory: args.trajectory, policy: args.policy, workspace: args.workspace };
-            let err = crate::run::run(&args.control_socket, spec, &args.command);
-            eprintln!("agent-monitor run: {}", chain(&err));
-            ExitCode::from(err.exit_code() as u8)
-        }
+        Commands::Run(args) => run(args),
     }
+}
+
+/// `agent-monitor run`: returns only when the command could not start.
+fn run(args: crate::cli::RunArgs) -> ExitCode {
+    let spec = crate::run::RunSpec {
+        trajectory: args.trajectory,
+        policy: args.policy,
+        workspace: args.workspace,
+        user: args.user,
+    };
+    let err = crate::run::run(&args.control_socket, spec, &args.command);
+    eprintln!("agent-monitor run: {}", chain(&err));
+    ExitCode::from(err.exit_code() as u8)
 }
 
 /// SIGINT or SIGTERM, with both handlers installed when this returns (in

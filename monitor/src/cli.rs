@@ -193,6 +193,11 @@ pub struct RunArgs {
     /// ${WORKSPACE} of the policy [default: the current directory].
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
+    /// Run the command as this account (names or numeric ids), with its
+    /// groups, no capability and `no_new_privs`; `HOME`, `USER` and
+    /// `LOGNAME` become the account's, as does the policy's ${HOME}.
+    #[arg(long, value_name = "USER[:GROUP]")]
+    pub user: Option<String>,
     /// The daemon's control socket.
     #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
     pub control_socket: PathBuf,

@@ -10,6 +10,7 @@
 // layout's build (`tests/previous_layout`) and the fuzz targets (`fuzz/`:
 // the record decoder, the policy language and its reference judges) name.
 // Everything else is the daemon's inside, free to change.
+mod account;
 mod adopt;
 pub mod app;
 mod btf;

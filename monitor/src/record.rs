@@ -244,6 +244,11 @@ pub enum Body {
         /// `run` (opened by `agent-monitor run`) or `adopt` (an existing
         /// cgroup matching a configured pattern).
         origin: Origin,
+        /// The uid, gid, groups, capabilities and `no_new_privs` the
+        /// command starts with, as `run` set them up. Absent for adopted
+        /// cgroups.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        agent: Option<crate::account::AgentIdentity>,
     },
     TrajectoryEnd {
         /// `exited` (the cgroup emptied), `cgroup_removed` (an adopted

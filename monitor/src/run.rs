@@ -2,7 +2,8 @@
 //!
 //! The daemon moves this process into the trajectory cgroup before it
 //! answers, so by the time `exec` happens everything the command does is
-//! recorded, and the exit status is the command's own.
+//! recorded, and the exit status is the command's own. With `--user` the
+//! process drops to that account right before `exec` (`crate::account`).
 
 use std::{
     collections::BTreeMap,
@@ -12,9 +13,12 @@ use std::{
     process::Command,
 };
 
-use crate::control::{
-    client::{self, ClientError},
-    protocol::{Request, Response},
+use crate::{
+    account::{self, Account, AccountError},
+    control::{
+        client::{self, ClientError},
+        protocol::{Request, Response},
+    },
 };
 
 /// Environment variable that tells the command its trajectory id.
@@ -24,6 +28,8 @@ pub const TRAJECTORY_ENV: &str = "AGENT_MONITOR_TRAJECTORY";
 pub enum RunError {
     #[error(transparent)]
     Client(#[from] ClientError),
+    #[error(transparent)]
+    Account(#[from] AccountError),
     #[error("cannot execute {program:?}: {source}")]
     Exec {
         program: OsString,
@@ -38,7 +44,7 @@ impl RunError {
         match self {
             RunError::Exec { source, .. } if source.kind() == std::io::ErrorKind::NotFound => 127,
             RunError::Exec { .. } => 126,
-            RunError::Client(_) => 1,
+            RunError::Client(_) | RunError::Account(_) => 1,
         }
     }
 }
@@ -49,10 +55,16 @@ pub struct RunSpec {
     pub policy: Option<String>,
     /// `${WORKSPACE}`; the current directory when absent.
     pub workspace: Option<PathBuf>,
+    /// `USER[:GROUP]` to run the command as.
+    pub user: Option<String>,
 }
 
 /// Never returns on success: the process image is replaced by `command`.
 pub fn run(socket: &Path, spec: RunSpec, command: &[OsString]) -> RunError {
+    let account = match spec.user.as_deref().map(account::resolve).transpose() {
+        Ok(a) => a,
+        Err(e) => return e.into(),
+    };
     let mut vars = BTreeMap::new();
     // Canonical, as the kernel names files: rules compare resolved paths.
     let workspace = match spec.workspace.map_or_else(std::env::current_dir, std::fs::canonicalize) {
@@ -60,7 +72,15 @@ pub fn run(socket: &Path, spec: RunSpec, command: &[OsString]) -> RunError {
         Err(e) => return ClientError::Protocol(format!("cannot determine the workspace directory: {e}")).into(),
     };
     vars.insert("WORKSPACE".to_owned(), workspace.to_string_lossy().into_owned());
-    if let Some(home) = std::env::var_os("HOME").and_then(|h| std::fs::canonicalize(h).ok()) {
+    // ${HOME} is the agent's: the account's home with `--user`.
+    let home = match &account {
+        Some(a) => a.home.clone().map(Into::into),
+        None => std::env::var_os("HOME"),
+    };
+    // Canonical where it exists; an account's home that does not (nobody's
+    // `/nonexistent`) is taken as written, so its rules still expand.
+    let home = home.map(PathBuf::from).filter(|h| h.is_absolute()).map(|h| std::fs::canonicalize(&h).unwrap_or(h));
+    if let Some(home) = home {
         vars.insert("HOME".to_owned(), home.to_string_lossy().into_owned());
     }
     let request = Request::OpenTrajectory {
@@ -68,6 +88,7 @@ pub fn run(socket: &Path, spec: RunSpec, command: &[OsString]) -> RunError {
         command: command.iter().map(|a| a.to_string_lossy().into_owned()).collect(),
         policy: spec.policy,
         vars,
+        agent: Some(account.as_ref().map_or_else(account::current, account::dropped)),
     };
     let id = match client::request(socket, &request) {
         Ok(Response::Opened { trajectory, .. }) => trajectory,
@@ -75,6 +96,28 @@ pub fn run(socket: &Path, spec: RunSpec, command: &[OsString]) -> RunError {
         Ok(other) => return ClientError::Protocol(format!("unexpected answer: {other:?}")).into(),
         Err(e) => return e.into(),
     };
-    let source = Command::new(&command[0]).args(&command[1..]).env(TRAJECTORY_ENV, &id).exec();
+    let mut cmd = Command::new(&command[0]);
+    cmd.args(&command[1..]).env(TRAJECTORY_ENV, &id);
+    if let Some(account) = account {
+        become_account(&mut cmd, account);
+    }
+    let source = cmd.exec();
     RunError::Exec { program: command[0].clone(), source }
+}
+
+/// Makes `cmd` drop to `account` before it executes (`run` has one thread,
+/// so the hook runs in the only one), with the account's environment.
+fn become_account(cmd: &mut Command, account: Account) {
+    if let Some(name) = &account.name {
+        cmd.env("USER", name).env("LOGNAME", name);
+    }
+    if let Some(home) = &account.home {
+        cmd.env("HOME", home);
+    }
+    let last_cap = account::last_cap();
+    // SAFETY: the hook only makes syscalls (and formats an error on
+    // failure); no other thread exists to hold a lock it could need.
+    unsafe {
+        cmd.pre_exec(move || account::drop_to(&account, last_cap));
+    }
 }

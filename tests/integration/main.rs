@@ -18,5 +18,6 @@ mod operator_errors;
 mod policy_cli;
 mod schema;
 mod service;
+mod session;
 mod tamper;
 mod telemetry;

@@ -24,6 +24,10 @@ pub enum Request {
         /// Policy variables (`WORKSPACE`, `HOME`), absolute paths.
         #[serde(default)]
         vars: std::collections::BTreeMap<String, String>,
+        /// Who the command starts as (`run --user` drops to it), for the
+        /// `trajectory_start` record.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent: Option<crate::account::AgentIdentity>,
     },
     /// What the daemon enforces and observes, per hook, and what is open.
     Status,
@@ -221,7 +225,8 @@ mod tests {
                 trajectory: Some("t1".into()),
                 command: vec!["sh".into()],
                 policy: None,
-                vars: Default::default()
+                vars: Default::default(),
+                agent: None,
             }
         );
         let r: Request =

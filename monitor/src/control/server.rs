@@ -25,6 +25,7 @@ use super::{
     watcher::Watcher,
 };
 use crate::{
+    account::AgentIdentity,
     cgroup::{self, Hierarchy},
     clock,
     enforce::Binding,
@@ -271,9 +272,9 @@ fn refusal_record(own: &Owner, request: &Request, peer: Peer) -> Decoded {
 async fn operator_request(ctx: &Context, request: Request, peer: Peer) -> Response {
     match request {
         Request::Status => status(ctx).await,
-        Request::OpenTrajectory { trajectory, command, policy, vars } => {
+        Request::OpenTrajectory { trajectory, command, policy, vars, agent } => {
             let binding = Binding { policy: policy.unwrap_or_else(|| ctx.default_policy.clone()), vars };
-            open_trajectory(ctx, trajectory, command, binding, peer).await
+            open_trajectory(ctx, trajectory, command, agent, binding, peer).await
         }
         Request::Step { trajectory: Some(t), name, id } => step(&ctx.pipeline, t, name, id).await,
         Request::Step { trajectory: None, .. } => {
@@ -340,6 +341,7 @@ async fn open_trajectory(
     ctx: &Context,
     requested: Option<String>,
     command: Vec<String>,
+    agent: Option<AgentIdentity>,
     binding: Binding,
     peer: Peer,
 ) -> Response {
@@ -381,6 +383,7 @@ async fn open_trajectory(
         client: peer.process(),
         binding: binding.clone(),
         origin: Origin::Run,
+        agent: agent.map(Box::new),
     };
     if let Err(e) = ctx.pipeline.open(spec).await {
         return fail(e.to_string());
@@ -529,6 +532,7 @@ mod tests {
             command: vec!["sh".into()],
             policy: Some("lax".into()),
             vars: [("WORKSPACE".to_owned(), "/".to_owned())].into(),
+            agent: None,
         };
         let events = |trajectory: Option<&str>| Request::Events {
             trajectory: trajectory.map(str::to_owned),

@@ -123,6 +123,8 @@ pub struct OpenSpec {
     /// `run` (created for a client) or `adopt` (an existing cgroup that
     /// matched a configured pattern; not removed at the end).
     pub origin: Origin,
+    /// Who the command starts as, when the client said (`run`).
+    pub agent: Option<Box<crate::account::AgentIdentity>>,
 }
 
 /// A trajectory a restarted daemon took over, still alive.
@@ -442,6 +444,7 @@ impl Pipeline {
             command: spec.command,
             policy: self.trajectories[&spec.cgroup_id].binding.policy.clone(),
             origin: spec.origin,
+            agent: spec.agent.map(|a| *a),
         };
         self.push(spec.cgroup_id, now, body, spec.client);
         if spec.origin == Origin::Adopt {

@@ -74,6 +74,7 @@ impl Running {
             client: Process::default(),
             binding: Binding { policy: "p".into(), vars: [("WORKSPACE".to_owned(), "/w".to_owned())].into() },
             origin: Origin::Run,
+            agent: None,
         };
         self.handle.open(spec).await.unwrap();
     }
@@ -298,6 +299,7 @@ async fn open_again(handle: &PipelineHandle, id: &str, cgroup_id: u64) -> Result
             client: Process::default(),
             binding: Binding { policy: "p".into(), vars: Default::default() },
             origin: Origin::Run,
+            agent: None,
         })
         .await
 }

@@ -24,6 +24,8 @@ pub const GUEST_DIR: &str = "opt/vmtest";
 /// would exec as `/proc/self/exe` with comm `exe`, not as the `cat` the
 /// tests assert on; dash execs the `cat` symlink like a host shell does.
 /// `setpriv`: busybox's lacks `--reuid`/`--regid`/`--clear-groups`.
+/// `id`: the `run --user` test copies it under another name with the
+/// setuid bit, which a busybox applet would not survive.
 /// The domain egress tests (`tests/integration/dns.rs`) need the real
 /// upstream, `dnsmasq`, and clients that resolve through glibc (`curl`,
 /// `getent`) or speak DNS over TCP themselves (`dig`); busybox has none of
@@ -31,6 +33,7 @@ pub const GUEST_DIR: &str = "opt/vmtest";
 const HOST_TOOLS: &[(&str, &str)] = &[
     ("sh", "/bin/dash"),
     ("setpriv", "/usr/bin/setpriv"),
+    ("id", "/usr/bin/id"),
     ("dnsmasq", "/usr/sbin/dnsmasq"),
     ("dig", "/usr/bin/dig"),
     ("curl", "/usr/bin/curl"),
