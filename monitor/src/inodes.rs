@@ -70,15 +70,8 @@ impl Found {
 /// Walks everything `policy`'s read-deny rules name.
 pub fn read_denied(policy: &CompiledPolicy) -> Found {
     let mut walk = Walk::new(policy, MAX_INODES_PER_INSTANCE);
-    let roots: Vec<PathBuf> = policy
-        .read_denied()
-        .map(|(path, _)| {
-            let trimmed = if path.len() > 1 { path.strip_suffix(b"/").unwrap_or(path) } else { path };
-            PathBuf::from(OsStr::from_bytes(trimmed))
-        })
-        .collect();
-    for root in roots {
-        walk.tree(&root);
+    for root in policy.read_denied() {
+        walk.tree(Path::new(OsStr::from_bytes(root)));
     }
     walk.found
 }

@@ -184,14 +184,14 @@ impl CompiledPolicy {
         )
     }
 
-    /// The paths of the entries whose reads are denied (`"/a/b/"` for a
-    /// directory's contents, `"/a/b"` for one path), and whether each is a
-    /// directory's contents.
-    pub fn read_denied(&self) -> impl Iterator<Item = (&[u8], bool)> + '_ {
+    /// The paths the entries whose reads are denied name: `/a/b` for both
+    /// `"/a/b\0"` (the path itself) and `"/a/b/"` (what is below it).
+    pub fn read_denied(&self) -> impl Iterator<Item = &[u8]> + '_ {
         let deny = Action::Deny.to_abi();
         self.file.iter().filter(move |e| e.value.read.action == deny).filter_map(|e| match e.prefix.split_last() {
-            Some((0, path)) => Some((path, false)),
-            Some((b'/', _)) => Some((&e.prefix[..], true)),
+            Some((0, path)) => Some(path),
+            Some((b'/', path)) if !path.is_empty() => Some(path),
+            Some((b'/', _)) => Some(&e.prefix[..]),
             _ => None,
         })
     }
