@@ -21,6 +21,8 @@ pub enum EventKind {
     Connect = 3,
     /// A refused tamper attempt (`crate::tamper::TamperEvent`).
     Tamper = 4,
+    /// A cgroup limit held ([`LimitEvent`]).
+    Limit = 5,
 }
 
 impl EventKind {
@@ -30,6 +32,7 @@ impl EventKind {
             2 => Some(Self::Open),
             3 => Some(Self::Connect),
             4 => Some(Self::Tamper),
+            5 => Some(Self::Limit),
             _ => None,
         }
     }
@@ -281,3 +284,20 @@ mod tests {
         assert_eq!(EventKind::from_u32(0), None);
     }
 }
+
+/// `LimitEvent::limit`: the kernel's OOM killer chose a victim.
+pub const LIMIT_OOM_KILL: u32 = 1;
+
+/// A limit of the trajectory's cgroup held (`EventKind::Limit`). The
+/// header is the task whose allocation hit the limit; its decision is
+/// `NONE`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LimitEvent {
+    pub header: EventHeader,
+    /// [`LIMIT_OOM_KILL`].
+    pub limit: u32,
+    /// The process the kernel kills (thread-group id).
+    pub victim_pid: u32,
+}
+assert_size!(LimitEvent, 96 + 8);

@@ -96,6 +96,7 @@ pub const PROG_TP_PROCESS_VM_WRITEV: &str = "tamper_sys_enter_process_vm_writev"
 pub const PROG_TP_PIDFD_OPEN: &str = "tamper_sys_enter_pidfd_open";
 pub const PROG_TP_CLONE3: &str = "tamper_sys_enter_clone3";
 pub const PROG_RAW_FORK: &str = "sched_process_fork";
+pub const PROG_OOM_MARK_VICTIM: &str = "oom_mark_victim";
 pub const PROG_TP_ESCAPED_CHILD: &str = "escaped_child";
 pub const PROG_RAW_COMPAT: &str = "compat_syscall";
 pub const PROG_SOCK_CREATE: &str = "sock_create";

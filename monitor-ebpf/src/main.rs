@@ -13,6 +13,7 @@ mod dns;
 mod exec;
 mod file;
 mod kernel;
+mod limit;
 mod lsm;
 mod mapping;
 mod maps;

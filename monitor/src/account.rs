@@ -13,6 +13,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::policy::session::{cap_name, cap_number};
+
 /// Who the agent starts as, as `trajectory_start` records it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -191,10 +193,12 @@ fn check(rc: libc::c_int, what: &str) -> std::io::Result<()> {
     Err(std::io::Error::new(e.kind(), format!("{what}: {e}")))
 }
 
-/// Becomes `account` with no capability and `no_new_privs`: for the
-/// `pre_exec` hook of a single-threaded process (a raw `setresuid` changes
-/// the calling thread only). `last_cap` is read beforehand.
-pub fn drop_to(account: &Account, last_cap: u32) -> std::io::Result<()> {
+/// Becomes `account` with `no_new_privs` and no capability but those of
+/// the mask `keep` (kept in the permitted, effective, inheritable, ambient
+/// and bounding sets, so they survive `exec`): for the `pre_exec` hook of a
+/// single-threaded process (a raw `setresuid` changes the calling thread
+/// only). `last_cap` is read beforehand.
+pub fn drop_to(account: &Account, last_cap: u32, keep: u64) -> std::io::Result<()> {
     // prctl's unused arguments must be 0 as whole words: an `int` literal
     // in a variadic call leaves the register's upper half undefined.
     const Z: libc::c_ulong = 0;
@@ -202,22 +206,99 @@ pub fn drop_to(account: &Account, last_cap: u32) -> std::io::Result<()> {
     unsafe {
         check(libc::setgroups(account.groups.len(), account.groups.as_ptr()), "setgroups")?;
         check(libc::setresgid(account.gid, account.gid, account.gid), "setresgid")?;
-        for cap in 0..=last_cap {
+        for cap in (0..=last_cap).filter(|c| keep & (1 << c) == 0) {
             check(libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), Z, Z, Z), "dropping the bounding set")?;
         }
         let clear_all = libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong;
         check(libc::prctl(libc::PR_CAP_AMBIENT, clear_all, Z, Z, Z), "clearing the ambient set")?;
         check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, Z, Z, Z), "no_new_privs")?;
+        // The permitted set survives the change of uid only with this.
+        let keepcaps = libc::c_ulong::from(keep != 0);
+        check(libc::prctl(libc::PR_SET_KEEPCAPS, keepcaps, Z, Z, Z), "keeping capabilities")?;
         check(libc::setresuid(account.uid, account.uid, account.uid), "setresuid")?;
         let mut hdr = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
-        let data = [CapData::default(); 2];
+        let set = |half: u32| CapData { effective: half, permitted: half, inheritable: half };
+        let data = [set(keep as u32), set((keep >> 32) as u32)];
         check(libc::syscall(libc::SYS_capset, &mut hdr, data.as_ptr()) as libc::c_int, "capset")?;
+        // Ambient capabilities stay effective across `exec` of a file
+        // without file capabilities, which is every agent's program.
+        let raise = libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong;
+        for cap in (0..64u64).filter(|c| keep & (1 << c) != 0) {
+            check(
+                libc::prctl(libc::PR_CAP_AMBIENT, raise, cap as libc::c_ulong, Z, Z),
+                "raising an ambient capability",
+            )?;
+        }
+        check(libc::prctl(libc::PR_SET_KEEPCAPS, Z, Z, Z, Z), "keeping capabilities")?;
     }
     let left = capget()?;
-    if left.iter().any(|d| d.effective | d.permitted | d.inheritable != 0) {
-        return Err(std::io::Error::other("capabilities remain after dropping them"));
+    let mask = |f: fn(&CapData) -> u32| u64::from(f(&left[0])) | u64::from(f(&left[1])) << 32;
+    if [mask(|d| d.effective), mask(|d| d.permitted), mask(|d| d.inheritable)] != [keep; 3] {
+        return Err(std::io::Error::other("capabilities other than the kept ones remain after dropping them"));
     }
     Ok(())
+}
+
+/// The mask of capability names (without `cap_`); unknown names are none.
+pub fn cap_mask(names: &[String]) -> u64 {
+    names.iter().filter_map(|n| cap_number(n)).fold(0, |m, c| m | 1 << c)
+}
+
+/// What `run` becomes under a policy's `session:`, decided by the daemon.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SessionPlan {
+    /// Who the agent starts as, for `trajectory_start`.
+    pub agent: Option<AgentIdentity>,
+    /// The account for a `run` without `--user` to drop to, and its home
+    /// (`${HOME}` of the policy).
+    pub user: Option<(String, Option<PathBuf>)>,
+    /// Capabilities the agent keeps.
+    pub capabilities: Vec<String>,
+}
+
+/// Checks a trajectory's start against `session` of `policy`: `asked` is
+/// `run --user` as given, `agent` who the client says the agent starts as,
+/// `caller_uid` the client's uid. Without `session.user` nothing changes;
+/// with it, `--user` must name the same uid, and a root caller without
+/// `--user` is told to drop to it.
+pub fn plan(
+    policy: &str,
+    session: &crate::policy::Session,
+    asked: Option<&str>,
+    agent: Option<AgentIdentity>,
+    caller_uid: u32,
+) -> Result<SessionPlan, String> {
+    let Some(required) = &session.user else {
+        return Ok(SessionPlan { agent, user: None, capabilities: Vec::new() });
+    };
+    let want = resolve(required).map_err(|e| {
+        format!("policy {policy:?} requires session.user {required:?}, which this host cannot resolve: {e}")
+    })?;
+    let caps = session.capabilities.clone();
+    let identity =
+        |a: &Account| AgentIdentity { capabilities: caps.iter().map(|c| format!("cap_{c}")).collect(), ..dropped(a) };
+    match asked {
+        Some(spec) => {
+            let got = resolve(spec).map_err(|e| e.to_string())?;
+            if got.uid != want.uid {
+                return Err(format!(
+                    "policy {policy:?} requires the agent to run as {required:?} (uid {}), but --user {spec:?} is uid {}",
+                    want.uid, got.uid
+                ));
+            }
+            Ok(SessionPlan { agent: Some(identity(&got)), user: None, capabilities: caps })
+        }
+        None if caller_uid == 0 => Ok(SessionPlan {
+            agent: Some(identity(&want)),
+            user: Some((required.clone(), want.home.clone())),
+            capabilities: caps,
+        }),
+        None => Err(format!(
+            "policy {policy:?} requires the agent to run as {required:?} (uid {}); the caller is uid {caller_uid} and \
+             cannot change to it",
+            want.uid
+        )),
+    }
 }
 
 /// This process's identity: what the agent starts with when `run` does
@@ -249,55 +330,8 @@ pub fn dropped(account: &Account) -> AgentIdentity {
     }
 }
 
-const CAP_NAMES: &[&str] = &[
-    "chown",
-    "dac_override",
-    "dac_read_search",
-    "fowner",
-    "fsetid",
-    "kill",
-    "setgid",
-    "setuid",
-    "setpcap",
-    "linux_immutable",
-    "net_bind_service",
-    "net_broadcast",
-    "net_admin",
-    "net_raw",
-    "ipc_lock",
-    "ipc_owner",
-    "sys_module",
-    "sys_rawio",
-    "sys_chroot",
-    "sys_ptrace",
-    "sys_pacct",
-    "sys_admin",
-    "sys_boot",
-    "sys_nice",
-    "sys_resource",
-    "sys_time",
-    "sys_tty_config",
-    "mknod",
-    "lease",
-    "audit_write",
-    "audit_control",
-    "setfcap",
-    "mac_override",
-    "mac_admin",
-    "syslog",
-    "wake_alarm",
-    "block_suspend",
-    "audit_read",
-    "perfmon",
-    "bpf",
-    "checkpoint_restore",
-];
-
 fn cap_names(mask: u64) -> Vec<String> {
-    (0..64)
-        .filter(|b| mask & (1 << b) != 0)
-        .map(|b| CAP_NAMES.get(b).map_or_else(|| format!("cap_{b}"), |n| format!("cap_{n}")))
-        .collect()
+    (0..64u32).filter(|b| mask & (1 << b) != 0).map(cap_name).collect()
 }
 
 #[cfg(test)]
@@ -322,6 +356,32 @@ mod tests {
         for bad in ["", ":", "root:", ":root"] {
             assert!(matches!(resolve(bad), Err(AccountError::Syntax(_))), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_policy_session_decides_the_account() {
+        let none = crate::policy::Session::default();
+        let me = current();
+        let p = plan("p", &none, None, Some(me.clone()), 0).unwrap();
+        assert_eq!(p, SessionPlan { agent: Some(me.clone()), user: None, capabilities: vec![] });
+        let session =
+            crate::policy::Session { user: Some("nobody".into()), capabilities: vec!["net_bind_service".into()] };
+        // Root without --user drops to the policy's account.
+        let p = plan("p", &session, None, Some(me.clone()), 0).unwrap();
+        assert_eq!(p.user.as_ref().map(|u| u.0.as_str()), Some("nobody"));
+        let agent = p.agent.unwrap();
+        assert_eq!((agent.uid, agent.capabilities), (65534, vec!["cap_net_bind_service".to_owned()]));
+        // --user naming the same uid passes; another one is refused.
+        assert!(plan("p", &session, Some("65534:65534"), None, 0).unwrap().user.is_none());
+        let err = plan("p", &session, Some("root"), None, 0).unwrap_err();
+        assert_eq!(
+            err,
+            "policy \"p\" requires the agent to run as \"nobody\" (uid 65534), but --user \"root\" is uid 0"
+        );
+        assert!(plan("p", &session, None, None, 1000).unwrap_err().contains("the caller is uid 1000"));
+        let ghost = crate::policy::Session { user: Some("no-such-user-here".into()), capabilities: vec![] };
+        assert!(plan("p", &ghost, None, None, 0).unwrap_err().contains("which this host cannot resolve"));
+        assert_eq!(cap_mask(&["net_bind_service".into(), "kill".into()]), 1 << 10 | 1 << 5);
     }
 
     #[test]

@@ -156,6 +156,8 @@ impl Adopter {
             binding: Binding { policy: policy.clone(), vars: vars.clone() },
             origin: Origin::Adopt,
             agent: None,
+            // An adopted cgroup is someone else's: its limits are theirs.
+            compartment: Box::default(),
         };
         self.pipeline.open(spec).await.map_err(|e| e.to_string())?;
         tracing::info!(trajectory = %id, cgroup = %path.display(), %policy, ?vars, "cgroup adopted");

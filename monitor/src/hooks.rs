@@ -18,6 +18,8 @@ pub enum HookClass {
     Connect,
     /// Built-in tamper protection ([`PROTECTIONS`]).
     Tamper,
+    /// A policy's `limits:` holding (OOM kills).
+    Limit,
 }
 
 impl HookClass {
@@ -28,6 +30,7 @@ impl HookClass {
             HookClass::Open => "open",
             HookClass::Connect => "connect",
             HookClass::Tamper => "tamper",
+            HookClass::Limit => "limit",
         }
     }
 }
@@ -91,6 +94,14 @@ pub const HOOKS: &[Hook] = &[
     // DNS egress: a redirected socket sees the server it asked for.
     sock("connect:recvmsg4", names::PROG_RECVMSG4),
     sock("connect:getpeername4", names::PROG_GETPEERNAME4),
+    // Which process the OOM killer killed at a trajectory's memory limit.
+    Hook {
+        name: "limit:oom",
+        class: HookClass::Limit,
+        program: names::PROG_OOM_MARK_VICTIM,
+        attach: Attach::Tracepoint { category: "oom", name: "mark_victim" },
+        optional: true,
+    },
     // IPv4/IPv6 sockets the connect hooks cannot judge (raw, ICMP, SCTP).
     Hook {
         name: "socket:sock_create",

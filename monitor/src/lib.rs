@@ -31,6 +31,7 @@ mod hooks;
 mod host;
 mod identity;
 mod inodes;
+mod limits;
 mod loader;
 mod metrics;
 mod mounts;

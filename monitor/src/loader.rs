@@ -265,7 +265,8 @@ fn configure<'a>(loader: &mut EbpfLoader<'a>, opts: &'a LoadOptions<'_>) {
 /// only record; without it an open's exit hook and the exec hook kill.
 fn name_enforcers(hooks: &mut [HookState], lsm_active: bool) {
     for h in hooks.iter_mut() {
-        if h.mechanism == Mechanism::Unavailable || h.class == HookClass::Connect || h.hook.starts_with("lsm:") {
+        let judges_nothing = matches!(h.class, HookClass::Connect | HookClass::Limit);
+        if h.mechanism == Mechanism::Unavailable || judges_nothing || h.hook.starts_with("lsm:") {
             continue;
         }
         if lsm_active {

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub decisions: IntCounterVec,
     /// Blocked operations, by policy, class and mechanism.
     pub denials: IntCounterVec,
+    /// Times a `limits:` limit held, by policy, limit and event.
+    pub limit_events: IntCounterVec,
     pub policy_reloads: IntCounterVec,
     pub policy_rules: IntGaugeVec,
     /// 1 for the mechanism each hook uses.
@@ -173,6 +175,11 @@ impl Metrics {
                 "Operations blocked, by policy, class (file, exec, network) and mechanism (lsm-deny, kill, cgroup-deny).",
                 &["policy", "class", "mechanism"],
             ),
+            limit_events: r.counter_vec(
+                "agent_monitor_limit_events_total",
+                "Times a policy's limits held, by policy, limit (memory, pids) and event (oom_kill: a process killed at the memory limit; max: a fork refused at the pids limit).",
+                &["policy", "limit", "event"],
+            ),
             policy_reloads: r.counter_vec(
                 "agent_monitor_policy_reloads_total",
                 "Policy reloads, by result (success, failure).",
@@ -235,6 +242,10 @@ impl Metrics {
     }
 
     /// The `agent_monitor_events_lost_total` series of `reason`.
+    pub fn limit_events(&self, policy: &str, limit: &str, event: &str) -> IntCounter {
+        self.limit_events.with_label_values(&[policy, limit, event])
+    }
+
     pub fn lost(&self, reason: Lost) -> IntCounter {
         self.events_lost.with_label_values(&[reason.as_str()])
     }

@@ -236,6 +236,23 @@ pub enum Body {
         #[serde(skip_serializing_if = "Option::is_none")]
         target_trajectory: Option<String>,
     },
+    /// A limit of the policy's `limits:` held (`docs/events.md`).
+    Limit {
+        /// `memory` or `pids`.
+        limit: &'static str,
+        /// `oom_kill`: the kernel's OOM killer killed a process at the
+        /// memory limit; `max`: forks were refused at the pids limit.
+        event: &'static str,
+        /// `oom_kill`: the process killed (its thread-group id). The
+        /// record's process is the one whose allocation hit the limit, most
+        /// often the same.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        victim_pid: Option<u32>,
+        /// `max`: forks refused since the trajectory's previous `max`
+        /// record (at most one a second).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        count: Option<u64>,
+    },
     TrajectoryStart {
         cgroup: String,
         command: Vec<Bytes>,
@@ -315,6 +332,10 @@ pub struct Summary {
     /// incomplete.
     #[serde(skip_serializing_if = "is_false")]
     pub truncated: bool,
+    /// What the policy's `limits` did: OOM kills, forks refused, CPU
+    /// throttling (absent without limits).
+    #[serde(skip_serializing_if = "crate::limits::Counters::is_empty")]
+    pub limits: crate::limits::Counters,
 }
 
 impl Body {
@@ -325,6 +346,7 @@ impl Body {
             Body::Connect { .. } => "connect",
             Body::Dns { .. } => "dns",
             Body::Tamper { .. } => "tamper",
+            Body::Limit { .. } => "limit",
             Body::TrajectoryStart { .. } => "trajectory_start",
             Body::TrajectoryEnd { .. } => "trajectory_end",
             Body::Gap { .. } => "gap",

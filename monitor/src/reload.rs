@@ -36,6 +36,12 @@ pub struct PolicyStatus {
     pub file: String,
     /// Rules per class: file, exec, network.
     pub rules: [usize; 3],
+    /// `session:`: the account the agent must run as.
+    #[serde(default, skip_serializing_if = "crate::policy::Session::is_empty")]
+    pub session: crate::policy::Session,
+    /// `limits:` of its trajectories' cgroups.
+    #[serde(default, skip_serializing_if = "crate::policy::Limits::is_empty")]
+    pub limits: crate::policy::Limits,
 }
 
 /// The loaded policies as `status` shows them.
@@ -49,6 +55,8 @@ pub fn table(set: &PolicySet) -> Vec<PolicyStatus> {
             mode: p.mode.as_str().to_owned(),
             file: p.file.display().to_string(),
             rules: p.rule_counts(),
+            session: p.session.clone(),
+            limits: p.limits,
         })
         .collect()
 }

@@ -89,25 +89,37 @@ pub fn run(socket: &Path, spec: RunSpec, command: &[OsString]) -> RunError {
         policy: spec.policy,
         vars,
         agent: Some(account.as_ref().map_or_else(account::current, account::dropped)),
+        user: spec.user.clone(),
     };
-    let id = match client::request(socket, &request) {
-        Ok(Response::Opened { trajectory, .. }) => trajectory,
+    let (id, policy_user, keep) = match client::request(socket, &request) {
+        Ok(Response::Opened { trajectory, user, capabilities, .. }) => (trajectory, user, capabilities),
         Ok(Response::Error { error, .. }) => return ClientError::Refused(error).into(),
         Ok(other) => return ClientError::Protocol(format!("unexpected answer: {other:?}")).into(),
         Err(e) => return e.into(),
     };
+    // The policy's `session.user` when `--user` did not name one (the
+    // daemon checked that they agree).
+    let account = match (account, policy_user) {
+        (Some(a), _) => Some(a),
+        (None, Some(user)) => match account::resolve(&user) {
+            Ok(a) => Some(a),
+            Err(e) => return e.into(),
+        },
+        (None, None) => None,
+    };
     let mut cmd = Command::new(&command[0]);
     cmd.args(&command[1..]).env(TRAJECTORY_ENV, &id);
     if let Some(account) = account {
-        become_account(&mut cmd, account);
+        become_account(&mut cmd, account, account::cap_mask(&keep));
     }
     let source = cmd.exec();
     RunError::Exec { program: command[0].clone(), source }
 }
 
 /// Makes `cmd` drop to `account` before it executes (`run` has one thread,
-/// so the hook runs in the only one), with the account's environment.
-fn become_account(cmd: &mut Command, account: Account) {
+/// so the hook runs in the only one), with the account's environment and
+/// the capabilities of the mask `keep`.
+fn become_account(cmd: &mut Command, account: Account, keep: u64) {
     if let Some(name) = &account.name {
         cmd.env("USER", name).env("LOGNAME", name);
     }
@@ -118,6 +130,6 @@ fn become_account(cmd: &mut Command, account: Account) {
     // SAFETY: the hook only makes syscalls (and formats an error on
     // failure); no other thread exists to hold a lock it could need.
     unsafe {
-        cmd.pre_exec(move || account::drop_to(&account, last_cap));
+        cmd.pre_exec(move || account::drop_to(&account, last_cap, keep));
     }
 }

@@ -41,6 +41,12 @@ pub fn render(s: &Status) -> String {
             let _ = writeln!(out, "{:<20} {:<12} {}", p.protection, p.mechanism, p.detail);
         }
     }
+    if !s.limits.is_empty() {
+        let _ = writeln!(out, "\n{:<20} {:<12} DETAIL", "LIMIT", "HIERARCHY");
+        for l in &s.limits {
+            let _ = writeln!(out, "{:<20} {:<12} {}", l.controller, l.hierarchy, l.detail);
+        }
+    }
     let _ = writeln!(
         out,
         "\npolicies from {}:",
@@ -49,6 +55,12 @@ pub fn render(s: &Status) -> String {
     for p in &s.policies {
         let [f, x, n] = p.rules;
         let _ = writeln!(out, "  {:<20} {:<8} file={f} exec={x} network={n}  {}", p.name, p.mode, p.file);
+        if let Some(user) = &p.session.user {
+            let _ = writeln!(out, "    session: user={user} capabilities=[{}]", p.session.capabilities.join(","));
+        }
+        if !p.limits.is_empty() {
+            let _ = writeln!(out, "    limits: {}", limits_text(&p.limits));
+        }
     }
     let _ = writeln!(out, "\n{} open trajectories", s.trajectories.len());
     for t in &s.trajectories {
@@ -57,6 +69,29 @@ pub fn render(s: &Status) -> String {
             "  {:<24} policy={:<12} records={:<8} lost={:<6} {}",
             t.trajectory, t.policy, t.records, t.lost, t.cgroup
         );
+        if let Some(a) = &t.agent {
+            let caps = if a.capabilities.is_empty() { "none".to_owned() } else { a.capabilities.join(",") };
+            let nnp = if a.no_new_privs { " no_new_privs" } else { "" };
+            let _ = writeln!(out, "    agent: uid={} gid={} capabilities={caps}{nnp}", a.uid, a.gid);
+        }
+        if !t.limits.is_empty() {
+            let _ = writeln!(out, "    limits: {}", limits_text(&t.limits));
+        }
     }
     out
+}
+
+/// `memory=64M pids=64 cpu=0.5`.
+fn limits_text(l: &crate::policy::Limits) -> String {
+    let mut parts = Vec::new();
+    if let Some(m) = l.memory {
+        parts.push(if m % (1 << 20) == 0 { format!("memory={}M", m >> 20) } else { format!("memory={m}") });
+    }
+    if let Some(p) = l.pids {
+        parts.push(format!("pids={p}"));
+    }
+    if let Some(c) = l.cpu_millicores {
+        parts.push(format!("cpu={}", f64::from(c) / 1000.0));
+    }
+    parts.join(" ")
 }

@@ -188,9 +188,12 @@ fn main() {
             let fd = check(unsafe { libc::open(c(&format!("{dst}/{file}")).as_ptr(), libc::O_RDONLY) });
             read_out(fd);
         }
+        ["fork-bomb", most] => fork_bomb(most.parse().expect("count")),
+        ["hog", mib] => hog(mib.parse().expect("MiB")),
+        ["spin", millis] => spin(millis.parse().expect("milliseconds")),
         _ => {
             eprintln!(
-                "usage: attacker write-str PATH TEXT | create PATH | mkdir PATH | rmdir PATH | clone-into-cgroup DIR \
+                "usage: attacker fork-bomb MOST | hog MIB | spin MILLIS | write-str PATH TEXT | create PATH | mkdir PATH | rmdir PATH | clone-into-cgroup DIR \
                  MARKER | clone-unfaulted DIR MARKER SCRATCH | clone-race DIR MARKER SECONDS | socket FAMILY TYPE \
                  PROTOCOL | raw-udp PORT | map-exec PATH mmap|mprotect | compat-socket | compat-open PATH | bpf | ptrace-seize PID | vm-read PID | pidfd-open PID | uring-open PATH | handle-open PATH DIR | \
                  openat2 PATH | execveat PATH ARGV... | memfd-exec PATH ARGV... | recv-fd SOCKET | bind-read SRC DST FILE"
@@ -489,4 +492,63 @@ fn uring_open(path: &str) {
         }
         read_out(res);
     }
+}
+
+/// Forks up to `most` children that each wait on a pipe, until a fork
+/// fails; prints `forked N errno=E` (E 0 when none failed), then releases
+/// and reaps them.
+fn fork_bomb(most: u32) {
+    let mut fds = [0; 2];
+    check(unsafe { libc::pipe(fds.as_mut_ptr()) });
+    let (mut forked, mut errno) = (0u32, 0);
+    while forked < most {
+        match unsafe { libc::fork() } {
+            0 => {
+                let mut b = 0u8;
+                unsafe {
+                    libc::close(fds[1]);
+                    libc::read(fds[0], (&raw mut b).cast(), 1);
+                    libc::_exit(0)
+                }
+            }
+            -1 => {
+                errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+                break;
+            }
+            _ => forked += 1,
+        }
+    }
+    println!("forked {forked} errno={errno}");
+    let _ = std::io::stdout().flush();
+    unsafe { libc::close(fds[1]) };
+    while unsafe { libc::wait(std::ptr::null_mut()) } > 0 {}
+}
+
+/// Allocates and touches `mib` MiB, one at a time, printing progress every
+/// 16 MiB; a memory limit below it kills the process on the way.
+fn hog(mib: usize) {
+    let mut kept: Vec<Vec<u8>> = Vec::new();
+    for i in 1..=mib {
+        kept.push(vec![0xa5; 1 << 20]);
+        if i % 16 == 0 {
+            println!("allocated {i} MiB");
+            let _ = std::io::stdout().flush();
+        }
+    }
+    println!("ok {}", kept.len());
+}
+
+/// Busy-loops for `millis` ms of wall time; prints the CPU time it got, in
+/// ms.
+fn spin(millis: u64) {
+    let start = std::time::Instant::now();
+    let mut x = 0u64;
+    while start.elapsed() < std::time::Duration::from_millis(millis) {
+        for i in 0..10_000u64 {
+            x = std::hint::black_box(x.wrapping_add(i));
+        }
+    }
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    check(unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) });
+    println!("cpu_ms {} wall_ms {}", ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000, start.elapsed().as_millis());
 }

@@ -424,6 +424,12 @@ impl Drop for Daemon {
         if let Some(root) = cgroup2_mount() {
             remove_cgroup_tree(&root.join(&self.cgroup_parent));
         }
+        // The limits' cgroups in v1 hierarchies (hybrid hosts).
+        for controller in ["memory", "pids", "cpu"] {
+            if let Some(mount) = v1_mount(controller) {
+                remove_cgroup_tree(&mount.join(&self.cgroup_parent));
+            }
+        }
         self.cleanup_pins();
     }
 }
@@ -492,6 +498,17 @@ pub fn scrape(port: u16) -> String {
 /// Value of one series (exact `name{labels}` text) in a metrics scrape.
 pub fn metric_value(scrape: &str, series: &str) -> Option<f64> {
     scrape.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The mount point of the cgroup v1 hierarchy with `controller`.
+pub fn v1_mount(controller: &str) -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        let mut post = post.split_whitespace();
+        (post.next()? == "cgroup" && post.nth(1)?.split(',').any(|o| o == controller))
+            .then(|| PathBuf::from(pre.split_whitespace().nth(4).unwrap()))
+    })
 }
 
 pub fn cgroup2_mount() -> Option<PathBuf> {

@@ -13,6 +13,7 @@ mod dns;
 mod enforce;
 mod escape;
 mod harness;
+mod limits;
 mod observe;
 mod operator_errors;
 mod policy_cli;

@@ -79,3 +79,63 @@ fn run_user_refuses_an_unknown_account_before_anything_runs() {
     assert!(err.contains("--user \"no-such-user-here\": no such user"), "{err}");
     assert!(d.records().iter().all(|r| r["trajectory"] != "nouser"), "no trajectory may open");
 }
+
+/// `/proc/self/status` of the agent as a map, after the `id` lines.
+fn proc_status(text: &str) -> std::collections::BTreeMap<String, String> {
+    text.lines().filter_map(|l| l.split_once(':')).map(|(k, v)| (k.to_owned(), v.trim().to_owned())).collect()
+}
+
+#[test]
+fn a_policy_session_user_is_applied_and_a_conflicting_user_refused() {
+    let w = crate::harness::Workspace::new();
+    let head = "mode: enforce\ndefaults: {file: allow, exec: allow, network: deny}\n";
+    w.write_policy("unprivileged", &format!("name: unprivileged\n{head}session: {{user: nobody}}\n"));
+    w.write_policy(
+        "binder",
+        &format!("name: binder\n{head}session:\n  user: nobody\n  capabilities: [net_bind_service]\n"),
+    );
+    let d = w.daemon();
+    // Root without --user: the policy's account, nothing else.
+    let out = d.run_policy("by-policy", "unprivileged", &w.ws, &["sh", "-c", SHOW]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.starts_with("65534\n65534\n"), "{text}");
+    let status = proc_status(&text);
+    for key in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(status.get(key).map(String::as_str), Some("0000000000000000"), "{key} in {text}");
+    }
+    assert_eq!(status.get("NoNewPrivs").map(String::as_str), Some("1"), "{text}");
+    assert!(text.contains("USER=nobody LOGNAME=nobody"), "{text}");
+    let start = d.trajectory("by-policy").into_iter().find(|r| r["kind"] == "trajectory_start").unwrap();
+    assert_eq!((start["agent"]["uid"].as_u64(), start["agent"]["no_new_privs"].as_bool()), (Some(65534), Some(true)));
+    // --user naming the same account passes; another is refused before
+    // anything runs.
+    let run_as = |id: &str, user: &str| {
+        let mut c = Command::new(crate::harness::monitor_bin());
+        c.args(["run", "--control-socket"]).arg(&d.socket).args(["--trajectory", id, "--policy", "unprivileged"]);
+        c.args(["--user", user, "--", "id", "-u"]).output().unwrap()
+    };
+    let out = run_as("same-user", "65534:65534");
+    assert_eq!((out.status.success(), stdout(&out).trim()), (true, "65534"), "{out:?}");
+    let out = run_as("as-root", "root");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "policy \"unprivileged\" requires the agent to run as \"nobody\" (uid 65534), but --user \"root\" is uid 0"
+        ),
+        "{err}"
+    );
+    assert!(d.records().iter().all(|r| r["trajectory"] != "as-root"), "no trajectory may open");
+    // A kept capability stays in every set the agent's programs inherit,
+    // and is the only one.
+    let out = d.run_policy("binder", "binder", &w.ws, &["sh", "-c", SHOW]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{out:?}");
+    let status = proc_status(&text);
+    for key in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(status.get(key).map(String::as_str), Some("0000000000000400"), "{key} in {text}");
+    }
+    let start = d.trajectory("binder").into_iter().find(|r| r["kind"] == "trajectory_start").unwrap();
+    assert_eq!(start["agent"]["capabilities"], serde_json::json!(["cap_net_bind_service"]), "{start}");
+}

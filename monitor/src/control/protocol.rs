@@ -28,6 +28,9 @@ pub enum Request {
         /// `trajectory_start` record.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         agent: Option<crate::account::AgentIdentity>,
+        /// `run --user` as given: a policy's `session.user` must agree.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
     },
     /// What the daemon enforces and observes, per hook, and what is open.
     Status,
@@ -77,6 +80,9 @@ pub struct Status {
     /// The DNS egress resolver (`docs/policy.md`, "Domain rules").
     #[serde(default)]
     pub dns: Option<DnsStatus>,
+    /// Where each `limits:` controller is applied, or why it cannot be.
+    #[serde(default)]
+    pub limits: Vec<crate::limits::ControllerStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,6 +137,13 @@ pub enum Response {
         trajectory: String,
         cgroup: String,
         policy: String,
+        /// The account the policy's `session.user` names, for a `run`
+        /// without `--user` to drop to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        /// Capabilities the agent keeps (`session.capabilities`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        capabilities: Vec<String>,
     },
     Status {
         ok: monostate::True,
@@ -227,6 +240,7 @@ mod tests {
                 policy: None,
                 vars: Default::default(),
                 agent: None,
+                user: None,
             }
         );
         let r: Request =
@@ -240,6 +254,8 @@ mod tests {
             trajectory: "t1".into(),
             cgroup: "/cg".into(),
             policy: "default".into(),
+            user: None,
+            capabilities: vec![],
         };
         let text = serde_json::to_string(&ok).unwrap();
         assert_eq!(text, r#"{"ok":true,"trajectory":"t1","cgroup":"/cg","policy":"default"}"#);
@@ -260,6 +276,7 @@ mod tests {
                 policy_dir: None,
                 trajectories: vec![],
                 dns: None,
+                limits: vec![],
             }),
         };
         let text = serde_json::to_string(&status).unwrap();

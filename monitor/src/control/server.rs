@@ -25,7 +25,7 @@ use super::{
     watcher::Watcher,
 };
 use crate::{
-    account::AgentIdentity,
+    account::{self, AgentIdentity},
     cgroup::{self, Hierarchy},
     clock,
     enforce::Binding,
@@ -35,6 +35,8 @@ use crate::{
         pipeline::{OpenSpec, Owner},
         process,
     },
+    limits::{Compartment, Controllers},
+    policy::{Limits, Session},
     record::{Body, Bytes, Process},
     reload::PolicyTable,
     sinks::{subscribe::Item, Filter, Hub},
@@ -107,6 +109,8 @@ pub struct Context {
     /// The resolver's `status` row; `learned` is read when asked.
     pub dns: Option<DnsStatus>,
     pub dns_learned: prometheus::IntGauge,
+    /// Where each limit's controller is.
+    pub controllers: Controllers,
 }
 
 pub async fn serve(listener: UnixListener, ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
@@ -272,9 +276,10 @@ fn refusal_record(own: &Owner, request: &Request, peer: Peer) -> Decoded {
 async fn operator_request(ctx: &Context, request: Request, peer: Peer) -> Response {
     match request {
         Request::Status => status(ctx).await,
-        Request::OpenTrajectory { trajectory, command, policy, vars, agent } => {
+        Request::OpenTrajectory { trajectory, command, policy, vars, agent, user } => {
             let binding = Binding { policy: policy.unwrap_or_else(|| ctx.default_policy.clone()), vars };
-            open_trajectory(ctx, trajectory, command, agent, binding, peer).await
+            let start = Start { command, agent, user };
+            open_trajectory(ctx, trajectory, start, binding, peer).await
         }
         Request::Step { trajectory: Some(t), name, id } => step(&ctx.pipeline, t, name, id).await,
         Request::Step { trajectory: None, .. } => {
@@ -337,15 +342,75 @@ fn encode(buf: &mut Vec<u8>, filter: &Filter, batch: &[crate::record::Record]) -
     Ok(())
 }
 
+/// What `run` says about the command it starts.
+struct Start {
+    command: Vec<String>,
+    /// Who the command starts as, by the client's account.
+    agent: Option<AgentIdentity>,
+    /// `--user` as given.
+    user: Option<String>,
+}
+
+/// The `session:` and `limits:` of the policy a trajectory asks for, as
+/// loaded now (an unknown policy has neither; opening it fails anyway).
+fn terms(ctx: &Context, policy: &str) -> (Session, Limits) {
+    let table = ctx.policies.read().expect("not poisoned");
+    table.iter().find(|p| p.name == policy).map(|p| (p.session.clone(), p.limits)).unwrap_or_default()
+}
+
+/// Checks a start against its policy's `session:` and `limits:` before
+/// anything is created: who the agent runs as (and its `${HOME}`), and
+/// whether this host can apply the limits.
+fn admit(
+    ctx: &Context,
+    user: Option<&str>,
+    agent: Option<AgentIdentity>,
+    binding: &mut Binding,
+    peer: Peer,
+) -> Result<(account::SessionPlan, Limits), String> {
+    let (session, limits) = terms(ctx, &binding.policy);
+    let plan = account::plan(&binding.policy, &session, user, agent, peer.uid)?;
+    ctx.controllers.check(&binding.policy, &limits).map_err(|e| e.to_string())?;
+    // ${HOME} is the agent's: the policy's account's, when it chose one.
+    if let Some(home) = plan.user.as_ref().and_then(|(_, h)| h.as_ref()).filter(|h| h.is_absolute()) {
+        let home = fs::canonicalize(home).unwrap_or_else(|_| home.clone());
+        binding.vars.insert("HOME".to_owned(), home.to_string_lossy().into_owned());
+    }
+    Ok((plan, limits))
+}
+
+/// Writes the limits into the new trajectory cgroup at `path` and watches
+/// its files (the emptying, and forks refused at the pids limit), all
+/// before anyone joins, so nothing is missed. On failure the limits'
+/// cgroups are removed again.
+fn prepare(ctx: &Context, policy: &str, limits: &Limits, path: &Path, cgroup_id: u64) -> Result<Compartment, String> {
+    let compartment = ctx
+        .controllers
+        .apply(policy, path, limits)
+        .map_err(|e| format!("cannot apply the limits of policy {policy:?}: {e}"))?;
+    let watched = ctx.watcher.watch(path, cgroup_id).map_err(|e| format!("cannot watch {}: {e}", path.display()));
+    let watched = watched.and_then(|()| match compartment.pids_events() {
+        Some(events) => {
+            ctx.watcher.watch_limit(&events, cgroup_id).map_err(|e| format!("cannot watch {}: {e}", events.display()))
+        }
+        None => Ok(()),
+    });
+    watched.inspect_err(|_| compartment.remove())?;
+    Ok(compartment)
+}
+
 async fn open_trajectory(
     ctx: &Context,
     requested: Option<String>,
-    command: Vec<String>,
-    agent: Option<AgentIdentity>,
-    binding: Binding,
+    start: Start,
+    mut binding: Binding,
     peer: Peer,
 ) -> Response {
     let pid = peer.pid;
+    let (plan, limits) = match admit(ctx, start.user.as_deref(), start.agent, &mut binding, peer) {
+        Ok(admitted) => admitted,
+        Err(e) => return Response::error(e),
+    };
     let id = match requested {
         Some(id) => match trajectory::validate_id(&id) {
             Ok(()) => id,
@@ -370,32 +435,45 @@ async fn open_trajectory(
         (Err(e), _) => return fail(e.to_string()),
         (_, None) => return fail(format!("{} is outside the cgroup2 mount", path.display())),
     };
-    // Watch before anyone joins, so the emptying is never missed.
-    if let Err(e) = ctx.watcher.watch(&path, cgroup_id) {
-        return fail(format!("cannot watch {}: {e}", path.display()));
-    }
+    let compartment = match prepare(ctx, &binding.policy, &limits, &path, cgroup_id) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let fail = |msg: String| {
+        compartment.remove();
+        fail(msg)
+    };
     let spec = OpenSpec {
         id: id.clone(),
         cgroup: path.clone(),
         cgroup_id,
         level,
-        command: command.iter().map(|s| Bytes::from(s.as_str())).collect(),
+        command: start.command.iter().map(|s| Bytes::from(s.as_str())).collect(),
         client: peer.process(),
         binding: binding.clone(),
         origin: Origin::Run,
-        agent: agent.map(Box::new),
+        agent: plan.agent.map(Box::new),
+        compartment: Box::new(compartment.clone()),
     };
     if let Err(e) = ctx.pipeline.open(spec).await {
         return fail(e.to_string());
     }
     // Registered in the kernel: from here on everything the client does is
-    // recorded. Now move it in.
-    if let Err(e) = cgroup::move_process(&path, pid) {
+    // recorded. Now move it in: the v1 limit cgroups first, so it is
+    // limited before it is the trajectory's.
+    if let Err(e) = compartment.join(pid).and_then(|()| cgroup::move_process(&path, pid)) {
         let _ = ctx.pipeline.close(cgroup_id, EndReason::StartFailed).await;
         return Response::error(format!("cannot move process {pid} into the trajectory: {e}"));
     }
     tracing::info!(trajectory = %id, pid, policy = %binding.policy, "trajectory opened");
-    Response::Opened { ok: monostate::True, trajectory: id, cgroup: path.display().to_string(), policy: binding.policy }
+    Response::Opened {
+        ok: monostate::True,
+        trajectory: id,
+        cgroup: path.display().to_string(),
+        policy: binding.policy,
+        user: plan.user.map(|(u, _)| u),
+        capabilities: plan.capabilities,
+    }
 }
 
 async fn status(ctx: &Context) -> Response {
@@ -416,6 +494,7 @@ async fn status(ctx: &Context) -> Response {
             policy_dir: ctx.policy_dir.clone(),
             trajectories,
             dns: ctx.dns.clone().map(|d| DnsStatus { learned: ctx.dns_learned.get(), ..d }),
+            limits: ctx.controllers.status(),
         }),
     }
 }
@@ -533,6 +612,7 @@ mod tests {
             policy: Some("lax".into()),
             vars: [("WORKSPACE".to_owned(), "/".to_owned())].into(),
             agent: None,
+            user: None,
         };
         let events = |trajectory: Option<&str>| Request::Events {
             trajectory: trajectory.map(str::to_owned),

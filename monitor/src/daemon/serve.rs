@@ -33,6 +33,7 @@ use crate::{
         handle::PipelineHandle,
         pipeline::{Pipeline, Resumed},
     },
+    limits::Controllers,
     metrics::{self, Metrics},
     pins::StartGuard,
     reload::{PolicyTable, Reloader},
@@ -212,6 +213,14 @@ pub fn spawn_clients(services: &mut Services, config: &DaemonConfig, c: Clients)
             .collect(),
     };
     services.spawn(Service::Adopt, adopter.run(stop.clone()));
+    let controllers = limit_controllers(&c.hierarchy, &c.parent);
+    for r in &c.resumed {
+        if let Some(events) = r.compartment.pids_events() {
+            if let Err(e) = c.watcher.watch_limit(&events, r.cgroup_id) {
+                tracing::warn!("cannot watch {} of a resumed trajectory: {e}", events.display());
+            }
+        }
+    }
     let ctx = Arc::new(Context {
         hierarchy: c.hierarchy,
         parent: c.parent,
@@ -226,6 +235,7 @@ pub fn spawn_clients(services: &mut Services, config: &DaemonConfig, c: Clients)
         hub: c.hub,
         dns: c.report.dns,
         dns_learned: c.metrics.dns.learned.clone(),
+        controllers,
     });
     services.spawn(Service::Control, control::server::serve(c.listeners.control, ctx, stop.clone()));
     let mut metrics_stop = stop;
@@ -233,6 +243,20 @@ pub fn spawn_clients(services: &mut Services, config: &DaemonConfig, c: Clients)
         let _ = metrics_stop.wait_for(|s| *s).await;
     };
     services.spawn(Service::Metrics, metrics::serve(c.listeners.metrics, c.metrics, stopped));
+}
+
+/// Finds where each `limits:` controller is, and says at start-up which
+/// limits this host cannot apply.
+fn limit_controllers(hierarchy: &Hierarchy, parent: &Path) -> Controllers {
+    let controllers = Controllers::prepare(hierarchy, parent);
+    for s in controllers.status() {
+        if s.hierarchy == "unavailable" {
+            tracing::warn!(controller = %s.controller, "{}", s.detail);
+        } else {
+            tracing::info!(controller = %s.controller, hierarchy = %s.hierarchy, "{}", s.detail);
+        }
+    }
+    controllers
 }
 
 /// SIGHUP: the sink reopens its file before its next batch (the policy

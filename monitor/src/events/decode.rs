@@ -6,8 +6,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use monitor_common::{
     event::{
-        decision, flags, mechanism, redirect, ConnectEvent, ConnectOp, EventHeader, EventKind, ExecEvent, OpenEvent,
-        OpenSyscall, AT_FDCWD,
+        decision, flags, mechanism, redirect, ConnectEvent, ConnectOp, EventHeader, EventKind, ExecEvent, LimitEvent,
+        OpenEvent, OpenSyscall, AT_FDCWD, LIMIT_OOM_KILL,
     },
     policy::action,
     tamper::{TamperEvent, TamperOp},
@@ -99,6 +99,7 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, DecodeError> {
         EventKind::Open => open(&sized::<OpenEvent>(buf, kind)?)?,
         EventKind::Connect => connect(&sized::<ConnectEvent>(buf, kind)?)?,
         EventKind::Tamper => tamper(&sized::<TamperEvent>(buf, kind)?)?,
+        EventKind::Limit => limit(&sized::<LimitEvent>(buf, kind)?)?,
     };
     Ok(Decoded {
         ts_boot_ns: header.ts_boot_ns,
@@ -225,6 +226,15 @@ fn connect(e: &ConnectEvent) -> Result<Body, DecodeError> {
         other => return Err(DecodeError::Field { field: "redirect", value: other.into() }),
     };
     Ok(Body::Connect { op, family, addr, port: e.port, protocol, redirect, domain: None, domain_id: e.domain })
+}
+
+fn limit(e: &LimitEvent) -> Result<Body, DecodeError> {
+    match e.limit {
+        LIMIT_OOM_KILL => {
+            Ok(Body::Limit { limit: "memory", event: "oom_kill", victim_pid: Some(e.victim_pid), count: None })
+        }
+        other => Err(DecodeError::Field { field: "limit", value: other }),
+    }
 }
 
 fn tamper(e: &TamperEvent) -> Result<Body, DecodeError> {

@@ -62,6 +62,11 @@ impl PipelineHandle {
         let _ = self.commands.send(Command::Publish(Box::new(record))).await;
     }
 
+    /// Publishes a `limit` record the daemon made for a trajectory.
+    pub async fn limit(&self, cgroup_id: u64, body: crate::record::Body) {
+        let _ = self.commands.send(Command::Limit { cgroup_id, body }).await;
+    }
+
     /// The open trajectory whose cgroup is `cgroup` or an ancestor of it.
     pub async fn owner(&self, cgroup: PathBuf) -> Result<Option<Owner>, PipelineError> {
         self.ask(|reply| Command::Owner { cgroup, reply }).await

@@ -29,7 +29,8 @@ use super::{
     state::{self, Progress, Saved, StateDir},
     summary::Tally,
 };
-use crate::record::{Body, Bytes, Process, Record, Step, Timestamp, Verdict, SCHEMA_VERSION};
+use crate::limits::Compartment;
+use crate::record::{Body, Bytes, Process, Record, Step, Summary, Timestamp, Verdict, SCHEMA_VERSION};
 use crate::{
     cgroup,
     clock::{self, BootToWall},
@@ -95,6 +96,12 @@ pub struct TrajectoryStatus {
     /// Records the kernel could not deliver.
     pub lost: u64,
     pub policy: String,
+    /// Who the agent started as (`run`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<crate::account::AgentIdentity>,
+    /// The limits on its cgroup, as its policy set them when it opened.
+    #[serde(default, skip_serializing_if = "crate::policy::Limits::is_empty")]
+    pub limits: crate::policy::Limits,
 }
 
 /// The open trajectory a cgroup belongs to ([`Command::Owner`]), with what
@@ -125,6 +132,8 @@ pub struct OpenSpec {
     pub origin: Origin,
     /// Who the command starts as, when the client said (`run`).
     pub agent: Option<Box<crate::account::AgentIdentity>>,
+    /// Where its limits are (written already, before anyone joined).
+    pub compartment: Box<Compartment>,
 }
 
 /// A trajectory a restarted daemon took over, still alive.
@@ -133,6 +142,7 @@ pub struct Resumed {
     pub cgroup: PathBuf,
     pub cgroup_id: u64,
     pub origin: Origin,
+    pub compartment: Compartment,
 }
 
 #[derive(Debug)]
@@ -165,6 +175,12 @@ pub enum Command {
     /// DNS resolver's `dns` records, the control server's `tamper` records
     /// of refused requests), published like a kernel record.
     Publish(Box<Decoded>),
+    /// A `limit` record the daemon made (from a cgroup events file), in
+    /// the trajectory's current step.
+    Limit {
+        cgroup_id: u64,
+        body: Body,
+    },
     /// Which open trajectory contains this cgroup (itself or an ancestor)?
     Owner {
         cgroup: PathBuf,
@@ -192,6 +208,9 @@ pub(super) struct Trajectory {
     pub(super) files: Option<state::Files>,
     /// Records were sequenced since the last progress write.
     pub(super) dirty: bool,
+    pub(super) agent: Option<crate::account::AgentIdentity>,
+    /// Its limits and where they are.
+    pub(super) compartment: Compartment,
 }
 
 impl Trajectory {
@@ -210,6 +229,8 @@ impl Trajectory {
             records: self.next_seq - 1,
             lost: self.lost_reported,
             policy: self.binding.policy.clone(),
+            agent: self.agent.clone(),
+            limits: self.compartment.limits,
         }
     }
 }
@@ -369,6 +390,13 @@ impl Pipeline {
                 self.drain().await;
                 self.take(*d);
             }
+            Command::Limit { cgroup_id, body } => {
+                if let Body::Limit { limit, event, count, .. } = &body {
+                    self.count_limit(cgroup_id, limit, event, count.unwrap_or(1));
+                }
+                self.push(cgroup_id, clock::boottime_ns(), body, Process::default());
+                self.flush().await;
+            }
             Command::Owner { cgroup, reply } => {
                 let owner = self.trajectories.iter().find(|(_, t)| cgroup.starts_with(&t.cgroup));
                 let _ = reply.send(owner.map(|(&cgroup_id, t)| Owner {
@@ -412,6 +440,8 @@ impl Pipeline {
                 vars: spec.binding.vars.clone(),
                 started_boot_ns: now,
                 rules_digest: self.enforcer.rules_digest(),
+                agent: spec.agent.as_deref().cloned(),
+                compartment: (!spec.compartment.is_empty()).then(|| (*spec.compartment).clone()),
             };
             dir.open(&saved, Progress { next_seq: 1, lost_reported: 0, alive_boot_ns: now })
                 .map_err(|e| tracing::error!(trajectory = %spec.id, "cannot write its state: a restarted daemon will not resume it: {e}"))
@@ -434,6 +464,8 @@ impl Pipeline {
                 tally: Tally::default(),
                 files,
                 dirty: true,
+                agent: spec.agent.as_deref().cloned(),
+                compartment: *spec.compartment,
             },
         );
         self.write_levels()?;
@@ -601,7 +633,7 @@ impl Pipeline {
             duration_ns: now.saturating_sub(t.started_boot_ns),
             records: t.next_seq - 1,
             lost: t.lost_reported,
-            summary: Box::new(t.tally.summary()),
+            summary: Box::new(Summary { limits: t.compartment.counters(), ..t.tally.summary() }),
         };
         self.push(cgroup_id, now, body, Process::default());
         self.flush().await;
@@ -621,6 +653,7 @@ impl Pipeline {
             if let Err(e) = cgroup::remove_tree(&t.cgroup) {
                 tracing::warn!("trajectory {} ended but its cgroup was not removed: {e}", t.id);
             }
+            t.compartment.remove();
         }
         tracing::info!(trajectory = %t.id, reason = reason.as_str(), "trajectory ended");
     }
@@ -666,13 +699,26 @@ impl Pipeline {
         }
         match self.trajectories.get_mut(&d.trajectory_cgroup) {
             Some(t) => {
-                let verdict = describe(&mut self.enforcer, &d);
+                // A limit that held is no policy decision.
+                let verdict = match &d.body {
+                    Body::Limit { limit, event, .. } => {
+                        self.metrics.limit_events(&t.binding.policy, limit, event).inc();
+                        None
+                    }
+                    _ => Some(describe(&mut self.enforcer, &d)),
+                };
                 self.pending_kernel_ts.push(d.ts_boot_ns);
                 let record = make_record(&self.clock, t, d, verdict);
                 t.tally.add(&record);
                 self.pending.push(record);
             }
             None => self.metrics.lost(Lost::UnknownTrajectory).inc(),
+        }
+    }
+
+    fn count_limit(&self, cgroup_id: u64, limit: &str, event: &str, n: u64) {
+        if let Some(t) = self.trajectories.get(&cgroup_id) {
+            self.metrics.limit_events(&t.binding.policy, limit, event).inc_by(n);
         }
     }
 
@@ -788,7 +834,7 @@ fn describe(enforcer: &mut Enforcer, d: &Decoded) -> Verdict {
     Verdict { decision: v.decision, action: v.action, policy, rule, mechanism: v.mechanism }
 }
 
-fn make_record(clock: &BootToWall, t: &mut Trajectory, d: Decoded, verdict: Verdict) -> Record {
+fn make_record(clock: &BootToWall, t: &mut Trajectory, d: Decoded, verdict: Option<Verdict>) -> Record {
     let seq = t.next_seq;
     t.next_seq += 1;
     t.dirty = true;
@@ -800,6 +846,6 @@ fn make_record(clock: &BootToWall, t: &mut Trajectory, d: Decoded, verdict: Verd
         step: if d.step == 0 { None } else { t.step(d.step) },
         body: d.body,
         process: d.process,
-        verdict: Some(verdict),
+        verdict,
     }
 }

@@ -207,7 +207,12 @@ impl Pipeline {
                 Fate::Close { reason, remove_cgroup } => ended.push((gap.cgroup_id, reason, remove_cgroup)),
                 Fate::Resume => {
                     tracing::info!(trajectory = %t.id, cgroup = %t.cgroup.display(), "trajectory resumed");
-                    alive.push(Resumed { cgroup: t.cgroup.clone(), cgroup_id: gap.cgroup_id, origin: t.origin });
+                    alive.push(Resumed {
+                        cgroup: t.cgroup.clone(),
+                        cgroup_id: gap.cgroup_id,
+                        origin: t.origin,
+                        compartment: t.compartment.clone(),
+                    });
                 }
             }
             gaps.push(gap);
@@ -317,6 +322,8 @@ impl Pipeline {
             tally: Tally::default(),
             files,
             dirty: true,
+            agent: saved.agent,
+            compartment: saved.compartment.unwrap_or_default(),
         };
         self.trajectories.insert(saved.cgroup_id, t);
         self.metrics.trajectories_started.inc();

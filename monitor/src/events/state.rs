@@ -66,6 +66,12 @@ pub struct Saved {
     /// kernel took under that instance are named with the current set only
     /// if it still has the same table.
     pub rules_digest: u64,
+    /// Who the agent started as (`run`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<crate::account::AgentIdentity>,
+    /// Its limits and where they are, when its policy set any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compartment: Option<crate::limits::Compartment>,
 }
 
 /// `<id>.seq`.
@@ -252,6 +258,8 @@ mod tests {
             vars: [("WORKSPACE".to_owned(), "/w".to_owned())].into(),
             started_boot_ns: 7,
             rules_digest: 9,
+            agent: None,
+            compartment: None,
         };
         let mut files = state.open(&saved, Progress { next_seq: 1, ..Default::default() }).unwrap();
         files.step(1, "build").unwrap();

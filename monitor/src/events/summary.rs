@@ -86,6 +86,7 @@ impl Tally {
             domains_resolved: strings(&self.domains_resolved),
             domains_denied: strings(&self.domains_denied),
             truncated: self.truncated,
+            limits: Default::default(),
         }
     }
 }

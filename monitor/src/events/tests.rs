@@ -75,6 +75,7 @@ impl Running {
             binding: Binding { policy: "p".into(), vars: [("WORKSPACE".to_owned(), "/w".to_owned())].into() },
             origin: Origin::Run,
             agent: None,
+            compartment: Box::default(),
         };
         self.handle.open(spec).await.unwrap();
     }
@@ -298,6 +299,7 @@ async fn open_again(handle: &PipelineHandle, id: &str, cgroup_id: u64) -> Result
             command: Vec::new(),
             client: Process::default(),
             binding: Binding { policy: "p".into(), vars: Default::default() },
+            compartment: Box::default(),
             origin: Origin::Run,
             agent: None,
         })
@@ -319,6 +321,8 @@ fn found(id: &str, cgroup_id: u64, origin: Origin, progress: Progress) -> Found 
             vars: Default::default(),
             started_boot_ns: 1,
             rules_digest: 77,
+            agent: None,
+            compartment: None,
         },
         progress,
         steps: vec![(1, "a".into()), (2, "b".into())],

@@ -18,6 +18,7 @@ pub mod domain;
 pub mod judge;
 pub mod model;
 pub mod schema;
+pub mod session;
 pub mod template;
 pub mod validate;
 
@@ -33,6 +34,7 @@ pub use model::{
     Access, AccessSet, Action, Cidr, DomainPattern, DomainRule, Mode, Policy, PortRange, Protocol, RuleClass, RuleId,
     RuleOrigin,
 };
+pub use session::{Limits, Session};
 pub use template::{PathKind, PathPattern, Var, Vars};
 pub use validate::{check, load_daemon_set, load_dir, validate_file, PolicySet, EMBEDDED_DEFAULT_FILE};
 

@@ -497,6 +497,10 @@ pub struct Policy {
     /// The `domain:` entries of `rules.network`; they share its numbering
     /// with [`Policy::network_rules`] (ordered together by position).
     pub domain_rules: Vec<DomainRule>,
+    /// `session:`: the account the agent runs as.
+    pub session: super::session::Session,
+    /// `limits:`: memory, tasks and CPU of the trajectory's cgroup.
+    pub limits: super::session::Limits,
 }
 
 impl Policy {

@@ -26,6 +26,35 @@ pub struct PolicyDoc {
     /// `None` when absent or empty (`rules:` with every rule commented out).
     #[serde(default)]
     pub rules: Option<RulesDoc>,
+    /// Who the agent runs as.
+    #[serde(default)]
+    pub session: Option<SessionDoc>,
+    /// Memory, process and CPU limits of the trajectory's cgroup.
+    #[serde(default)]
+    pub limits: Option<LimitsDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionDoc {
+    /// `USER[:GROUP]`, names or ids.
+    #[serde(default)]
+    pub user: Option<Str>,
+    /// Capability names the agent keeps (`net_bind_service`).
+    #[serde(default)]
+    pub capabilities: Option<Vec<Str>>,
+}
+
+/// Scalars as written (`512M`, `256`, `1.5`), parsed in `validate`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsDoc {
+    #[serde(default)]
+    pub memory: Option<Str>,
+    #[serde(default)]
+    pub pids: Option<Str>,
+    #[serde(default)]
+    pub cpu: Option<Str>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -912,3 +912,39 @@ fn protected_paths_refuse_what_cannot_be_encoded() {
         assert!(!d.covers(free), "{free} must not be protected: {d:?}");
     }
 }
+
+#[test]
+fn session_and_limits_parse_and_every_error_names_its_field() {
+    let head = "name: p\nmode: enforce\ndefaults: {file: allow, exec: allow, network: deny}\n";
+    let good = format!(
+        "{head}session:\n  user: nobody\n  capabilities: [net_bind_service, CAP_KILL]\nlimits: {{memory: 512M, pids: 256, cpu: 1.5}}\n"
+    );
+    let (p, _) = validate_file("x.yaml".as_ref(), &good).unwrap();
+    assert_eq!(
+        p.session,
+        Session { user: Some("nobody".into()), capabilities: vec!["kill".into(), "net_bind_service".into()] }
+    );
+    assert_eq!(p.limits, Limits { memory: Some(512 << 20), pids: Some(256), cpu_millicores: Some(1500) });
+    let (p, _) = validate_file("x.yaml".as_ref(), head).unwrap();
+    assert!(p.session.is_empty() && p.limits.is_empty());
+    let bad = format!(
+        "{head}session:\n  user: 'a b'\n  capabilities: [net_bind]\nlimits:\n  memory: 1X\n  pids: 0\n  cpu: 0.001\n"
+    );
+    let diags = validate_file("x.yaml".as_ref(), &bad).unwrap_err();
+    let at: Vec<(&str, u32, u32)> = diags.iter().map(|d| (d.field.as_str(), d.line, d.column)).collect();
+    assert_eq!(
+        at,
+        [
+            ("session.user", 5, 9),
+            ("session.capabilities[0]", 6, 18),
+            ("limits.memory", 8, 11),
+            ("limits.pids", 9, 9),
+            ("limits.cpu", 10, 8)
+        ]
+    );
+    let orphan = format!("{head}session:\n  capabilities: [kill]\n");
+    let diags = validate_file("x.yaml".as_ref(), &orphan).unwrap_err();
+    assert_eq!((diags[0].field.as_str(), diags[0].line), ("session.capabilities", 5), "{}", diags[0]);
+    let unknown = format!("{head}limits: {{swap: 1G}}\n");
+    assert!(validate_file("x.yaml".as_ref(), &unknown).unwrap_err()[0].message.contains("unknown field `swap`"));
+}

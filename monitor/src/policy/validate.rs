@@ -19,7 +19,8 @@ use super::{
         AccessSet, Action, Cidr, Defaults, DomainPattern, DomainRule, ExecRule, FileRule, Mode, NetworkRule, Policy,
         PortRange, Protocol, RuleClass, RuleId, RuleOrigin,
     },
-    schema::{self, NetworkRuleDoc, PolicyDoc, Str},
+    schema::{self, LimitsDoc, NetworkRuleDoc, PolicyDoc, SessionDoc, Str},
+    session::{self, Limits, Session},
     template::PathPattern,
 };
 
@@ -258,10 +259,15 @@ impl Checker<'_> {
             Some(ExecRule { id: 0, pos, path: path?, action: action? })
         });
         let destinations = self.rules(RuleClass::Network, rules.network.as_deref(), Self::network_rule);
+        let session = self.session(doc.session.as_ref());
+        let limits = self.limits(doc.limits.as_ref());
 
         let (Some(name), Some(mode), Some(file), Some(exec), Some(network), Some(exec_unnamed), Some(raw_sockets)) =
             (name, mode, file_default, exec_default, network_default, exec_unnamed, raw_sockets)
         else {
+            return Err(self.diagnostics);
+        };
+        let (Some(session), Some(limits)) = (session, limits) else {
             return Err(self.diagnostics);
         };
         if !self.diagnostics.is_empty() {
@@ -291,10 +297,59 @@ impl Checker<'_> {
             exec_rules: exec_rules.into_iter().map(|(_, r)| r).collect(),
             network_rules,
             domain_rules,
+            session,
+            limits,
         };
         self.network_bound(&policy, &network_index)?;
         self.domain_bound(&policy, &domain_index)?;
         Ok((policy, Pos::of(&doc.name)))
+    }
+
+    /// `session:`; capabilities to keep need an account to keep them for.
+    fn session(&mut self, doc: Option<&SessionDoc>) -> Option<Session> {
+        let Some(doc) = doc else { return Some(Session::default()) };
+        let user = doc.user.as_ref().map(|u| self.field("session.user", u, session::parse_user));
+        let mut capabilities = Vec::new();
+        let mut ok = true;
+        for (i, c) in doc.capabilities.iter().flatten().enumerate() {
+            match self.field(format!("session.capabilities[{i}]"), c, session::parse_capability) {
+                Some(n) => capabilities.push(n),
+                None => ok = false,
+            }
+        }
+        capabilities.sort_unstable();
+        capabilities.dedup();
+        if let (None, Some(first)) = (&user, doc.capabilities.iter().flatten().next()) {
+            self.report(
+                Pos::of(first),
+                "session.capabilities",
+                "capabilities are kept for the account `session.user` names: set it (an agent running as root \
+                 keeps every capability)",
+            );
+            return None;
+        }
+        let user = match user {
+            Some(u) => Some(u?),
+            None => None,
+        };
+        ok.then_some(Session { user, capabilities })
+    }
+
+    /// `limits:`, each scalar parsed and bounded.
+    fn limits(&mut self, doc: Option<&LimitsDoc>) -> Option<Limits> {
+        let Some(doc) = doc else { return Some(Limits::default()) };
+        let memory = doc.memory.as_ref().map(|m| self.field("limits.memory", m, session::parse_memory));
+        let pids = doc.pids.as_ref().map(|p| self.field("limits.pids", p, session::parse_pids));
+        let cpu = doc.cpu.as_ref().map(|c| self.field("limits.cpu", c, session::parse_cpu));
+        // Absent is no limit; present but invalid is reported (None).
+        fn lift<T>(v: Option<Option<T>>) -> Option<Option<T>> {
+            match v {
+                Some(None) => None,
+                Some(Some(x)) => Some(Some(x)),
+                None => Some(None),
+            }
+        }
+        Some(Limits { memory: lift(memory)?, pids: lift(pids)?, cpu_millicores: lift(cpu)? })
     }
 
     /// One `rules.network` entry: a CIDR rule or a domain rule.

@@ -37,8 +37,19 @@ pub const QUEUE_RECORDS: usize = 16_384;
 pub const HISTORY_RECORDS: usize = 4096;
 
 /// Record kinds a subscription may filter on.
-pub const KINDS: &[&str] =
-    &["exec", "open", "connect", "tamper", "trajectory_start", "trajectory_end", "gap", "step", "process"];
+pub const KINDS: &[&str] = &[
+    "exec",
+    "open",
+    "connect",
+    "dns",
+    "tamper",
+    "limit",
+    "trajectory_start",
+    "trajectory_end",
+    "gap",
+    "step",
+    "process",
+];
 
 /// Which records a subscriber wants.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
