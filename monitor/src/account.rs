@@ -28,6 +28,16 @@ pub struct AgentIdentity {
     pub no_new_privs: bool,
 }
 
+/// `control_socket_group` and `group_policies`: who besides root may start
+/// trajectories, for themselves, and under which policies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallerGroup {
+    /// As written (name or gid), for messages.
+    pub name: String,
+    pub gid: u32,
+    pub policies: Vec<String>,
+}
+
 /// A resolved `USER[:GROUP]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Account {
@@ -87,7 +97,7 @@ fn passwd(user: &str) -> Option<Passwd> {
 }
 
 /// A group id by name or number.
-fn group(group: &str) -> Option<u32> {
+pub fn group_id(group: &str) -> Option<u32> {
     if let Ok(gid) = group.parse::<u32>() {
         return Some(gid);
     }
@@ -136,7 +146,7 @@ pub fn resolve(spec: &str) -> Result<Account, AccountError> {
         (None, Err(_)) => return Err(AccountError::NoUser(spec.to_owned())),
     };
     let gid = match (grp, &pw) {
-        (Some(g), _) => group(g).ok_or_else(|| AccountError::NoGroup(spec.to_owned()))?,
+        (Some(g), _) => group_id(g).ok_or_else(|| AccountError::NoGroup(spec.to_owned()))?,
         (None, Some(p)) => p.gid,
         (None, None) => return Err(AccountError::NoPrimaryGroup(spec.to_owned(), uid)),
     };
@@ -288,6 +298,8 @@ pub fn plan(
             }
             Ok(SessionPlan { agent: Some(identity(&got)), user: None, capabilities: caps })
         }
+        // A non-root caller already is the account.
+        None if caller_uid == want.uid => Ok(SessionPlan { agent, user: None, capabilities: Vec::new() }),
         None if caller_uid == 0 => Ok(SessionPlan {
             agent: Some(identity(&want)),
             user: Some((required.clone(), want.home.clone())),
@@ -317,6 +329,24 @@ pub fn current() -> AgentIdentity {
     // SAFETY: a query without side effects.
     let nnp = unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, z, z, z, z) } == 1;
     AgentIdentity { uid, gid, groups, capabilities: cap_names(effective), no_new_privs: nnp }
+}
+
+/// The identity of process `pid`, from `/proc/<pid>/status`: what a
+/// non-root caller's agent starts with (`None` if it is gone).
+pub fn of_process(pid: u32) -> Option<AgentIdentity> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).map(str::trim);
+    // Real, effective, saved, filesystem: the effective id.
+    let id = |k: &str| field(k)?.split_whitespace().nth(1)?.parse::<u32>().ok();
+    let groups = field("Groups:")?.split_whitespace().filter_map(|g| g.parse().ok()).collect();
+    let effective = u64::from_str_radix(field("CapEff:")?, 16).ok()?;
+    Some(AgentIdentity {
+        uid: id("Uid:")?,
+        gid: id("Gid:")?,
+        groups,
+        capabilities: cap_names(effective),
+        no_new_privs: field("NoNewPrivs:") == Some("1"),
+    })
 }
 
 /// The identity `account` starts with after [`drop_to`].
@@ -379,6 +409,7 @@ mod tests {
             "policy \"p\" requires the agent to run as \"nobody\" (uid 65534), but --user \"root\" is uid 0"
         );
         assert!(plan("p", &session, None, None, 1000).unwrap_err().contains("the caller is uid 1000"));
+        assert_eq!(plan("p", &session, None, None, 65534).unwrap().user, None);
         let ghost = crate::policy::Session { user: Some("no-such-user-here".into()), capabilities: vec![] };
         assert!(plan("p", &ghost, None, None, 0).unwrap_err().contains("which this host cannot resolve"));
         assert_eq!(cap_mask(&["net_bind_service".into(), "kill".into()]), 1 << 10 | 1 << 5);

@@ -123,6 +123,15 @@ pub struct DaemonArgs {
     /// [default: /run/agent-monitor/control.sock]
     #[arg(long, value_name = "PATH")]
     pub control_socket: Option<PathBuf>,
+    /// Group (name or gid) whose members may start trajectories for
+    /// themselves over the control socket, under the policies
+    /// --group-policies lists [default: none, root only]
+    #[arg(long, value_name = "GROUP")]
+    pub control_socket_group: Option<String>,
+    /// Comma-separated policies the members of --control-socket-group may
+    /// choose
+    #[arg(long, value_name = "NAMES")]
+    pub group_policies: Option<String>,
     /// Directory below the cgroup2 mount that holds trajectory cgroups
     /// [default: agent-monitor]
     #[arg(long, value_name = "DIR")]

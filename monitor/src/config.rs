@@ -56,6 +56,8 @@ pub struct DaemonConfig {
     /// Remove the pins on a clean exit.
     pub stop_enforcement_on_exit: bool,
     pub dns: DnsConfig,
+    /// Non-root callers of the control socket (`None`: root only).
+    pub callers: Option<crate::account::CallerGroup>,
 }
 
 /// The DNS egress resolver's settings (`docs/operations.md`).
@@ -151,6 +153,10 @@ struct ConfigDoc {
     /// A comma-separated string of CIDRs, as the flag takes it.
     #[serde(default)]
     dns_internal_ranges: Option<Str>,
+    #[serde(default)]
+    control_socket_group: Option<Str>,
+    #[serde(default)]
+    group_policies: Option<Vec<Str>>,
 }
 
 type Str = Spanned<String>;
@@ -264,6 +270,17 @@ const METRICS_ADDR: Setting<SocketAddr> = Setting {
 
 const CONTROL_SOCKET: Setting<PathBuf> =
     Setting { flag: "--control-socket", key: "control_socket", parse: |s| file_path(s, false), check: |p| absolute(p) };
+
+const CONTROL_SOCKET_GROUP: Setting<(String, u32)> = Setting {
+    flag: "--control-socket-group",
+    key: "control_socket_group",
+    parse: |s| match crate::account::group_id(s) {
+        Some(gid) if gid != 0 => Ok((s.to_owned(), gid)),
+        Some(_) => Err(format!("{s:?}: group 0 is root's; name the group of the non-root callers")),
+        None => Err(format!("{s:?}: no such group on this host")),
+    },
+    check: |_| Ok(()),
+};
 
 const CGROUP_PARENT: Setting<String> = Setting {
     flag: "--cgroup-parent",
@@ -455,6 +472,7 @@ impl Resolver<'_> {
         let state_dir = self.get(STATE_DIR, doc.state_dir.as_ref(), args.state_dir.clone());
         let adopt = self.adopt(doc.adopt.as_deref(), &args.adopt);
         let dns = self.dns(doc, args);
+        let callers = self.callers(doc, args);
         if events_max_size.is_some() && !matches!(events, Some(Output::File(_))) {
             self.problems.push(Problem::Flag {
                 flag: "--events-max-size",
@@ -485,6 +503,7 @@ impl Resolver<'_> {
             state_dir: state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
             stop_enforcement_on_exit: args.stop_enforcement_on_exit,
             dns,
+            callers,
         })
     }
 
@@ -527,6 +546,41 @@ impl Resolver<'_> {
             ttl_min,
             ttl_max,
             internal_ranges: internal,
+        }
+    }
+
+    /// `control_socket_group` (resolved to a gid on this host) with its
+    /// `group_policies`, which it needs; flags win over the file's keys.
+    fn callers(&mut self, doc: &ConfigDoc, args: &DaemonArgs) -> Option<crate::account::CallerGroup> {
+        let group =
+            self.get_str(CONTROL_SOCKET_GROUP, doc.control_socket_group.as_ref(), args.control_socket_group.as_deref());
+        let policies: Option<Vec<String>> = match (&args.group_policies, &doc.group_policies) {
+            (Some(flag), _) => {
+                Some(flag.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
+            }
+            (None, Some(list)) => Some(list.iter().map(|s| s.value.clone()).collect()),
+            (None, None) => None,
+        };
+        match (group, policies) {
+            (Some((name, gid)), Some(policies)) if !policies.is_empty() => {
+                Some(crate::account::CallerGroup { name, gid, policies })
+            }
+            (Some(_), _) => {
+                self.problems.push(Problem::Flag {
+                    flag: "--control-socket-group",
+                    message: "needs group_policies (--group-policies): the policies its members may choose".into(),
+                });
+                None
+            }
+            // A group given but invalid is reported already.
+            (None, Some(_)) if args.control_socket_group.is_none() && doc.control_socket_group.is_none() => {
+                self.problems.push(Problem::Flag {
+                    flag: "--group-policies",
+                    message: "needs control_socket_group (--control-socket-group): whose policies they are".into(),
+                });
+                None
+            }
+            (None, _) => None,
         }
     }
 
@@ -795,5 +849,28 @@ mod tests {
         assert_eq!(c.events, Output::File("/var/log/agent-monitor/events.jsonl".into()), "the unit's LogsDirectory");
         assert!(c.metrics_addr.ip().is_loopback());
         assert_eq!(c.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET), "the unit's RuntimeDirectory");
+    }
+
+    #[test]
+    fn the_control_socket_group_needs_its_policies_and_a_real_group() {
+        let c = parse(&["--control-socket-group", "4242", "--group-policies", "a, b"]).unwrap();
+        let group =
+            crate::account::CallerGroup { name: "4242".into(), gid: 4242, policies: vec!["a".into(), "b".into()] };
+        assert_eq!(c.callers, Some(group));
+        assert_eq!(parse(&[]).unwrap().callers, None);
+        let p = problems(parse(&["--control-socket-group", "4242"]));
+        assert_eq!(
+            p,
+            ["--control-socket-group needs group_policies (--group-policies): the policies its members may choose"]
+        );
+        let p = problems(parse(&["--group-policies", "a"]));
+        assert!(p[0].starts_with("--group-policies needs control_socket_group"), "{p:?}");
+        let p = problems(parse(&["--control-socket-group", "no-such-group-here", "--group-policies", "a"]));
+        assert_eq!(p, ["--control-socket-group \"no-such-group-here\": no such group on this host"]);
+        let p = problems(parse(&["--control-socket-group", "root", "--group-policies", "a"]));
+        assert!(p[0].contains("group 0 is root's"), "{p:?}");
+        let (_dir, path) = file("control_socket_group: 4242\ngroup_policies: [sandboxed]\n");
+        let c = parse_with(&path, &[]).unwrap();
+        assert_eq!(c.callers.unwrap().policies, ["sandboxed"]);
     }
 }

@@ -65,6 +65,12 @@ pub fn run(socket: &Path, spec: RunSpec, command: &[OsString]) -> RunError {
         Ok(a) => a,
         Err(e) => return e.into(),
     };
+    // A non-root caller (a member of the control socket's group) is its
+    // own account already: `--user` naming it changes nothing, and the
+    // daemon refuses any other.
+    // SAFETY: these calls cannot fail.
+    let (euid, uid) = unsafe { (libc::geteuid(), libc::getuid()) };
+    let account = account.filter(|a| euid == 0 || a.uid != uid);
     let mut vars = BTreeMap::new();
     // Canonical, as the kernel names files: rules compare resolved paths.
     let workspace = match spec.workspace.map_or_else(std::env::current_dir, std::fs::canonicalize) {

@@ -139,3 +139,81 @@ fn a_policy_session_user_is_applied_and_a_conflicting_user_refused() {
     let start = d.trajectory("binder").into_iter().find(|r| r["kind"] == "trajectory_start").unwrap();
     assert_eq!(start["agent"]["capabilities"], serde_json::json!(["cap_net_bind_service"]), "{start}");
 }
+
+/// The group of the test's non-root callers: a gid no account has, so that
+/// membership comes only from `setpriv --groups`.
+const CALLERS_GID: &str = "4242";
+
+/// `agent-monitor ARGS...` as uid 65534 with the supplementary `groups`
+/// (`--clear-groups` when empty).
+fn as_nobody(groups: &str, args: &[&str]) -> std::process::Output {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534"]);
+    if groups.is_empty() {
+        c.arg("--clear-groups");
+    } else {
+        c.arg(format!("--groups={groups}"));
+    }
+    c.arg(crate::harness::monitor_bin()).args(args).output().unwrap()
+}
+
+#[test]
+fn members_of_the_control_socket_group_start_trajectories_as_themselves_only() {
+    use std::os::unix::fs::MetadataExt;
+    let w = crate::harness::Workspace::new();
+    let head = "mode: enforce\ndefaults: {file: allow, exec: allow, network: deny}\n";
+    w.write_policy("allowed", &format!("name: allowed\n{head}"));
+    w.write_policy("other", &format!("name: other\n{head}"));
+    let d = crate::harness::Daemon::start_with(&[
+        "--policy-dir",
+        w.policy_dir(),
+        "--control-socket-group",
+        CALLERS_GID,
+        "--group-policies",
+        "allowed",
+    ]);
+    // The socket and its directory are the group's; the test's own
+    // temporary directory above them is opened for traversal only.
+    let gid: u32 = CALLERS_GID.parse().unwrap();
+    let sock = std::fs::metadata(&d.socket).unwrap();
+    let dir = std::fs::metadata(d.socket.parent().unwrap()).unwrap();
+    assert_eq!((sock.uid(), sock.gid(), sock.mode() & 0o777), (0, gid, 0o660));
+    assert_eq!((dir.uid(), dir.gid(), dir.mode() & 0o777), (0, gid, 0o750));
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let socket = d.socket.to_str().unwrap().to_owned();
+    let run = |groups: &str, id: &str, extra: &[&str]| {
+        let mut args = vec!["run", "--control-socket", &socket, "--trajectory", id, "--workspace", "/tmp"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "id", "-u"]);
+        as_nobody(groups, &args)
+    };
+    // A member starts a trajectory under a policy of its group, as itself.
+    let out = run(CALLERS_GID, "member", &["--policy", "allowed"]);
+    assert_eq!((out.status.success(), stdout(&out).trim()), (true, "65534"), "{out:?}");
+    let start = d.trajectory("member").into_iter().find(|r| r["kind"] == "trajectory_start").unwrap();
+    assert_eq!((start["agent"]["uid"].as_u64(), start["agent"]["gid"].as_u64()), (Some(65534), Some(65534)));
+    assert_eq!(start["agent"]["groups"], serde_json::json!([gid]), "{start}");
+    assert_eq!(start["agent"]["capabilities"], serde_json::json!([]), "{start}");
+    assert_eq!((start["uid"].as_u64(), start["policy"].as_str()), (Some(65534), Some("allowed")), "{start}");
+    let refused = |out: &std::process::Output, needle: &str| {
+        assert!(!out.status.success(), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{needle:?} not in {err}");
+    };
+    // Not another policy (nor the default one, which is not listed), not
+    // another account.
+    let out = run(CALLERS_GID, "member-other", &["--policy", "other"]);
+    refused(&out, "policy \"other\" is not one members of group 4242 may choose (group_policies: allowed)");
+    refused(&run(CALLERS_GID, "member-default", &[]), "policy \"default\" is not one members of group 4242 may choose");
+    let out = run(CALLERS_GID, "member-root", &["--policy", "allowed", "--user", "root"]);
+    refused(&out, "--user \"root\" is uid 0: members of group 4242 start trajectories as themselves (uid 65534)");
+    // Nothing but `run`: not status, not the events of any trajectory.
+    refused(&as_nobody(CALLERS_GID, &["status", "--control-socket", &socket]), "`status` is for root");
+    let out = as_nobody(CALLERS_GID, &["events", "--control-socket", &socket, "--trajectory", "member"]);
+    refused(&out, "`events` is for root");
+    // A non-member cannot even reach the socket.
+    let out = run("", "outsider", &["--policy", "allowed"]);
+    refused(&out, "ermission denied");
+    let ids: Vec<String> = d.records().iter().filter_map(|r| r["trajectory"].as_str().map(str::to_owned)).collect();
+    assert!(ids.iter().all(|t| t == "member"), "only the member's trajectory opened: {ids:?}");
+}

@@ -25,7 +25,7 @@ use super::{
     watcher::Watcher,
 };
 use crate::{
-    account::{self, AgentIdentity},
+    account::{self, AgentIdentity, CallerGroup},
     cgroup::{self, Hierarchy},
     clock,
     enforce::Binding,
@@ -68,7 +68,9 @@ pub enum ControlError {
 }
 
 /// Binds the socket at `path`, replacing a stale one left by a dead daemon.
-pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+/// Root-only (`0600`, in a `0700` directory) unless `group` is given: then
+/// the socket is `0660` and the directory `0750`, both of group `group`.
+pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, ControlError> {
     let dir = path.parent().unwrap_or(Path::new("/"));
     let dir_err = |source| ControlError::Dir { path: dir.to_owned(), source };
     DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(dir_err)?;
@@ -83,8 +85,14 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
         let _ = fs::remove_file(path);
     }
     let listener = UnixListener::bind(path).map_err(|source| ControlError::Bind { path: path.to_owned(), source })?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
-        .map_err(|source| ControlError::Bind { path: path.to_owned(), source })?;
+    let bind_err = |source| ControlError::Bind { path: path.to_owned(), source };
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(dir, Some(0), Some(gid)).map_err(dir_err)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o750)).map_err(dir_err)?;
+        std::os::unix::fs::chown(path, Some(0), Some(gid)).map_err(bind_err)?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o660)).map_err(bind_err)?;
+    }
     Ok(listener)
 }
 
@@ -111,6 +119,9 @@ pub struct Context {
     pub dns_learned: prometheus::IntGauge,
     /// Where each limit's controller is.
     pub controllers: Controllers,
+    /// Non-root callers: members of this group may start trajectories for
+    /// themselves under its policies.
+    pub callers: Option<CallerGroup>,
 }
 
 pub async fn serve(listener: UnixListener, ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
@@ -160,8 +171,15 @@ async fn handle(stream: UnixStream, ctx: &Context) -> io::Result<()> {
     let cred = stream.peer_cred()?;
     let (read, mut write) = stream.into_split();
     let peer = cred.pid().filter(|&p| p > 0).map(|p| Peer { pid: p as u32, uid: cred.uid(), gid: cred.gid() });
-    let response = if cred.uid() != 0 {
-        Response::error("the control socket is for root only")
+    let member = match (&ctx.callers, peer) {
+        (Some(g), Some(p)) if p.uid != 0 => is_member(p, g.gid).then_some(g),
+        _ => None,
+    };
+    let response = if cred.uid() != 0 && member.is_none() {
+        Response::error(match &ctx.callers {
+            Some(g) => format!("the control socket is for root and members of group {}", g.name),
+            None => "the control socket is for root only".to_owned(),
+        })
     } else {
         let mut line = String::new();
         let mut reader = BufReader::new(read).take(MAX_REQUEST as u64);
@@ -172,6 +190,9 @@ async fn handle(stream: UnixStream, ctx: &Context) -> io::Result<()> {
             (Ok(request), Some(peer)) => {
                 match route(&ctx.pipeline, cgroup::of_process(&ctx.hierarchy, peer.pid), request, peer).await {
                     Route::Answered(response) => response,
+                    Route::Operator(request) if member.is_some() => {
+                        member_request(ctx, member.expect("checked"), request, peer).await
+                    }
                     Route::Operator(Request::Events { trajectory, kinds, follow }) => {
                         return subscribe(ctx, Filter { trajectory, kinds }, follow, write).await;
                     }
@@ -271,6 +292,56 @@ fn refusal_record(own: &Owner, request: &Request, peer: Peer) -> Decoded {
             mechanism: None,
         },
     }
+}
+
+/// Whether the process `peer` has group `gid`, as its effective group
+/// (`SO_PEERCRED`) or a supplementary one (`/proc/<pid>/status`, read while
+/// it is connected).
+fn is_member(peer: Peer, gid: u32) -> bool {
+    if peer.gid == gid {
+        return true;
+    }
+    let status = fs::read_to_string(format!("/proc/{}/status", peer.pid)).unwrap_or_default();
+    let groups = status.lines().find_map(|l| l.strip_prefix("Groups:")).unwrap_or("");
+    groups.split_whitespace().any(|g| g.parse() == Ok(gid))
+}
+
+/// A member of the control socket group, outside every trajectory, may
+/// start a trajectory for itself under one of the group's policies, and
+/// nothing else. The agent is the caller, as the kernel says it is.
+async fn member_request(ctx: &Context, group: &CallerGroup, request: Request, peer: Peer) -> Response {
+    let Request::OpenTrajectory { trajectory, command, policy, vars, agent: _, user } = request else {
+        return Response::error(format!(
+            "members of group {} may only start trajectories (`run`); `{}` is for root",
+            group.name,
+            request.op()
+        ));
+    };
+    let policy = policy.unwrap_or_else(|| ctx.default_policy.clone());
+    if !group.policies.contains(&policy) {
+        return Response::error(format!(
+            "policy {policy:?} is not one members of group {} may choose (group_policies: {})",
+            group.name,
+            group.policies.join(", ")
+        ));
+    }
+    if let Some(spec) = &user {
+        match account::resolve(spec) {
+            Ok(a) if a.uid == peer.uid => {}
+            Ok(a) => {
+                return Response::error(format!(
+                    "--user {spec:?} is uid {}: members of group {} start trajectories as themselves (uid {})",
+                    a.uid, group.name, peer.uid
+                ))
+            }
+            Err(e) => return Response::error(e.to_string()),
+        }
+    }
+    let Some(agent) = account::of_process(peer.pid) else {
+        return Response::error("cannot read the requesting process's identity");
+    };
+    let start = Start { command, agent: Some(agent), user: None };
+    open_trajectory(ctx, trajectory, start, Binding { policy, vars }, peer).await
 }
 
 async fn operator_request(ctx: &Context, request: Request, peer: Peer) -> Response {

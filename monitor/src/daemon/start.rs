@@ -173,7 +173,7 @@ pub struct Listeners {
 /// server runs.
 pub async fn bind(config: &DaemonConfig) -> Result<Listeners, DaemonError> {
     let metrics = metrics::bind(config.metrics_addr).await?;
-    let control = control::server::bind(&config.control_socket)?;
+    let control = control::server::bind(&config.control_socket, config.callers.as_ref().map(|g| g.gid))?;
     if !config.metrics_addr.ip().is_loopback() {
         tracing::warn!(
             addr = %config.metrics_addr,
