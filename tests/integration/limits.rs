@@ -48,10 +48,28 @@ fn a_fork_bomb_stops_at_the_pids_limit_and_the_stream_says_so() {
     let (w, d) = daemon("{pids: 64}");
     assert_ne!(hierarchy(&d, "pids"), "unavailable", "{:#}", d.status());
     // Attacker: forks until refused (children wait, so none frees a slot).
-    // The test's own clock keeps running meanwhile: the host is fine.
+    // A thread of the test ticks every 10 ms meanwhile: its longest wait
+    // says whether the host stayed responsive.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ticker = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let (mut last, mut worst) = (Instant::now(), std::time::Duration::ZERO);
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                worst = worst.max(last.elapsed());
+                last = Instant::now();
+            }
+            worst
+        })
+    };
     let started = Instant::now();
     let out = d.run_policy("bomb", "limited", &w.ws, &[&attacker(), "fork-bomb", "10000"]);
     let took = started.elapsed();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let worst = ticker.join().unwrap();
+    eprintln!("fork bomb under pids: 64 took {took:?}; the test's 10 ms ticker waited at most {worst:?}");
+    assert!(worst < std::time::Duration::from_secs(1), "the host stalled for {worst:?}");
     let text = stdout(&out);
     let forked: u32 = text.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{out:?}"));
     // run's process is the attacker itself: 64 tasks in all.
