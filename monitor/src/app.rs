@@ -89,7 +89,40 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Commands::Policy(PolicyCommand::Replay { policy, files, trajectory, json }) => {
+            replay(&policy, &files, trajectory, json)
+        }
         Commands::Run(args) => run(args),
+    }
+}
+
+/// `agent-monitor policy replay`: 0 no new denial, 1 some, 2 bad input.
+fn replay(policy: &str, files: &[std::path::PathBuf], trajectories: Vec<String>, json: bool) -> ExitCode {
+    let report = crate::replay::load_candidate(policy).and_then(|c| crate::replay::replay(&c, files, trajectories));
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("agent-monitor policy replay: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if json {
+        for d in &report.differences {
+            println!("{}", serde_json::to_string(d).expect("serialisable"));
+        }
+        let summary = serde_json::json!({
+            "judged": report.judged,
+            "differences": report.differences.len(),
+            "unknown": report.unknown,
+        });
+        println!("{}", serde_json::json!({ "summary": summary }));
+    } else {
+        print!("{}", crate::replay::render(&report));
+    }
+    if report.denies_more() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

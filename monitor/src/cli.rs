@@ -47,6 +47,25 @@ pub enum PolicyCommand {
         #[arg(required = true, value_name = "FILE")]
         paths: Vec<PathBuf>,
     },
+    /// Judge every recorded open, exec and connect with a candidate policy
+    /// and report where it decides otherwise than the recording. Exit 0
+    /// when nothing recorded as allowed would now be denied, 1 otherwise,
+    /// 2 on bad input.
+    Replay {
+        /// The candidate: a policy file, or a directory, with `:NAME` when
+        /// it defines more than one policy.
+        #[arg(long, value_name = "FILE_OR_DIR[:NAME]")]
+        policy: String,
+        /// Event streams (JSON Lines), rotated files oldest first.
+        #[arg(required = true, value_name = "EVENTS.jsonl")]
+        files: Vec<PathBuf>,
+        /// Only this trajectory (repeatable).
+        #[arg(long, value_name = "ID")]
+        trajectory: Vec<String>,
+        /// One JSON object per difference, then a summary object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -39,6 +39,7 @@ pub mod pins;
 pub mod policy;
 mod record;
 mod reload;
+mod replay;
 mod run;
 mod sinks;
 mod status;

@@ -266,6 +266,11 @@ pub enum Body {
         /// cgroups.
         #[serde(skip_serializing_if = "Option::is_none")]
         agent: Option<crate::account::AgentIdentity>,
+        /// The policy's variables for this trajectory (`WORKSPACE`,
+        /// `HOME`): with them a replay expands the rules as the kernel
+        /// entries were.
+        #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        vars: std::collections::BTreeMap<String, String>,
     },
     TrajectoryEnd {
         /// `exited` (the cgroup emptied), `cgroup_removed` (an adopted

@@ -17,6 +17,7 @@ mod limits;
 mod observe;
 mod operator_errors;
 mod policy_cli;
+mod replay;
 mod schema;
 mod service;
 mod session;

@@ -477,6 +477,7 @@ impl Pipeline {
             policy: self.trajectories[&spec.cgroup_id].binding.policy.clone(),
             origin: spec.origin,
             agent: spec.agent.map(|a| *a),
+            vars: self.trajectories[&spec.cgroup_id].binding.vars.clone(),
         };
         self.push(spec.cgroup_id, now, body, spec.client);
         if spec.origin == Origin::Adopt {
