@@ -58,6 +58,9 @@ pub mod flags {
     /// An open judged by the file's identity: a read-deny rule names the
     /// same inode under another path (a hard link, a rename).
     pub const BY_INODE: u32 = 1 << 6;
+    /// A failed open of a relative path: `path` holds the directory it
+    /// resolves against (the working directory, or `dfd`'s), not a file.
+    pub const BASE_DIR: u32 = 1 << 7;
 }
 
 /// `EventHeader::decision`: what happened to the operation.

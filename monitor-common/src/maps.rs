@@ -177,8 +177,12 @@ pub struct KernelOffsets {
     /// `task_struct::thread_info.status` (x86: `TS_COMPAT` marks a 32-bit
     /// syscall in progress); 0 where the kernel has no such field.
     pub task_ti_status: u64,
+    /// `task_struct::fs` and `fs_struct::pwd`: the working directory a
+    /// failed relative open is reported against.
+    pub task_fs: u64,
+    pub fs_pwd: u64,
 }
-assert_size!(KernelOffsets, 34 * 8);
+assert_size!(KernelOffsets, 36 * 8);
 
 /// Per-CPU counters of the BPF LSM programs' invocations, indexed by
 /// [`LsmProbe`]: how the daemon tells an attached LSM program that runs from

@@ -186,6 +186,8 @@ pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     vma_vm_end: 0,
     vma_vm_flags: 0,
     task_ti_status: 0,
+    task_fs: 0,
+    fs_pwd: 0,
 };
 
 /// Unconsumed bytes in [`EVENTS`] above which a submit wakes the daemon.

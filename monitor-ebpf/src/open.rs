@@ -180,10 +180,13 @@ fn on_exit(by_nr: OpenSyscall, ret: i64) {
         return;
     };
     let file = if ret >= 0 { fd_file(ret) } else { 0 };
-    // The path walk comes first (see `file::judge_walked`).
-    let resolved = pathres::file_path(file);
     let tid = tid();
     let entry: Option<*const OpenEntry> = OPEN_INFLIGHT.get_ptr(&tid);
+    // The path walk comes first (see `file::judge_walked`). A failed open of
+    // a relative path reports the directory it resolves against instead,
+    // for the daemon to name what was refused (the Landlock layer refuses
+    // before anything is opened).
+    let resolved = if ret >= 0 { pathres::file_path(file) } else { base_dir(entry) };
     let syscall = match entry {
         Some(e) => unsafe { (*e).syscall },
         None => by_nr as u32,
@@ -232,6 +235,31 @@ fn access_of(entry: Option<*const OpenEntry>, file: u64) -> (bool, Access) {
     ((requested_flags | file_flags) & O_PATH != 0, access)
 }
 
+/// The directory a relative request resolves against: `dfd`'s file, or
+/// the working directory (`current->fs->pwd`). `None` for an absolute one.
+#[inline(always)]
+fn base_dir(entry: Option<*const OpenEntry>) -> Option<Resolved> {
+    let e = entry?;
+    let (first, dfd) = unsafe { ((*e).requested[0], (*e).dfd) };
+    if first == b'/' || first == 0 {
+        return None;
+    }
+    if dfd != AT_FDCWD {
+        return pathres::file_path(fd_file(i64::from(dfd)));
+    }
+    let off = offsets();
+    unsafe {
+        let task = bpf_get_current_task();
+        let fs: u64 = bpf_probe_read_kernel((task + off.task_fs) as *const u64).ok()?;
+        if fs == 0 {
+            return None;
+        }
+        let mnt: u64 = bpf_probe_read_kernel((fs + off.fs_pwd + off.path_mnt) as *const u64).ok()?;
+        let dentry: u64 = bpf_probe_read_kernel((fs + off.fs_pwd + off.path_dentry) as *const u64).ok()?;
+        pathres::dentry_path(mnt, dentry)
+    }
+}
+
 /// A failed open opened nothing; what was asked for is judged when it is
 /// absolute, so the record says what the policy thinks of it.
 #[inline(always)]
@@ -276,6 +304,9 @@ fn emit(
         (*ev)._pad = 0;
         if ret >= 0 {
             write_path(&raw mut (*ev).header.flags, &raw mut (*ev).path_len, &raw mut (*ev).path, resolved);
+        } else if let Some(r) = resolved {
+            (*ev).path_len = pathres::copy_out(r, &raw mut (*ev).path) as u32;
+            (*ev).header.flags |= flags::BASE_DIR;
         } else {
             (*ev).path_len = 0;
             (*ev).path[0] = 0;

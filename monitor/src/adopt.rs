@@ -158,6 +158,8 @@ impl Adopter {
             agent: None,
             // An adopted cgroup is someone else's: its limits are theirs.
             compartment: Box::default(),
+            // Its processes were not started by `run`: nothing applies one.
+            landlock: None,
         };
         self.pipeline.open(spec).await.map_err(|e| e.to_string())?;
         tracing::info!(trajectory = %id, cgroup = %path.display(), %policy, ?vars, "cgroup adopted");

@@ -180,6 +180,8 @@ fn offsets_in(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         mm_arg_end: field_offset(btf, "mm_struct", "arg_end")?,
         mm_exe_file: field_offset(btf, "mm_struct", "exe_file")?,
         task_files: field_offset(btf, "task_struct", "files")?,
+        task_fs: field_offset(btf, "task_struct", "fs")?,
+        fs_pwd: field_offset(btf, "fs_struct", "pwd")?,
         files_fdt: field_offset(btf, "files_struct", "fdt")?,
         fdt_max_fds: field_offset(btf, "fdtable", "max_fds")?,
         fdt_fd: field_offset(btf, "fdtable", "fd")?,

@@ -296,6 +296,11 @@ impl Enforcer {
 
     /// The trajectory bound to `id` is gone or rebound: delete its entries
     /// after [`RETIRE_AFTER`].
+    /// The compiled policy instance `id` judges with.
+    pub fn compiled(&self, id: u32) -> Option<Arc<CompiledPolicy>> {
+        self.instances.get(&id)?.compiled.clone()
+    }
+
     pub fn retire(&mut self, id: u32, now: Instant) {
         if self.instances.contains_key(&id) {
             self.retiring.push_back((now + RETIRE_AFTER, id));

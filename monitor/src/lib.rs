@@ -31,6 +31,7 @@ mod hooks;
 mod host;
 mod identity;
 mod inodes;
+mod landlock;
 mod limits;
 mod loader;
 mod metrics;

@@ -135,6 +135,10 @@ pub enum Body {
         /// Directory fd of a relative path; absent for the cwd (`AT_FDCWD`).
         #[serde(skip_serializing_if = "Option::is_none")]
         dfd: Option<i32>,
+        /// A failed open of a relative path: the directory it resolved
+        /// against (`dfd`'s, or the working directory), from the kernel.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        base: Option<Bytes>,
         flags: u32,
         /// `read`, `write` or `read_write`, from the access mode in `flags`.
         access: &'static str,

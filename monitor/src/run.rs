@@ -8,6 +8,7 @@
 use std::{
     collections::BTreeMap,
     ffi::OsString,
+    os::fd::AsRawFd,
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::Command,
@@ -30,6 +31,8 @@ pub enum RunError {
     Client(#[from] ClientError),
     #[error(transparent)]
     Account(#[from] AccountError),
+    #[error("refusing to start the command without its Landlock layer: {0}")]
+    Landlock(String),
     #[error("cannot execute {program:?}: {source}")]
     Exec {
         program: OsString,
@@ -44,7 +47,7 @@ impl RunError {
         match self {
             RunError::Exec { source, .. } if source.kind() == std::io::ErrorKind::NotFound => 127,
             RunError::Exec { .. } => 126,
-            RunError::Client(_) | RunError::Account(_) => 1,
+            RunError::Client(_) | RunError::Account(_) | RunError::Landlock(_) => 1,
         }
     }
 }
@@ -97,8 +100,12 @@ pub fn run(socket: &Path, spec: RunSpec, command: &[OsString]) -> RunError {
         agent: Some(account.as_ref().map_or_else(account::current, account::dropped)),
         user: spec.user.clone(),
     };
-    let (id, policy_user, keep) = match client::request(socket, &request) {
-        Ok(Response::Opened { trajectory, user, capabilities, .. }) => (trajectory, user, capabilities),
+    let (id, policy_user, keep, landlock) = match client::request(socket, &request) {
+        Ok(Response::Opened { trajectory, user, capabilities, landlock, ruleset, .. }) => match (landlock, ruleset.0) {
+            (Some(_), None) => return RunError::Landlock("the daemon sent no ruleset".into()),
+            (Some(_), Some(fd)) => (trajectory, user, capabilities, Some(fd)),
+            (None, _) => (trajectory, user, capabilities, None),
+        },
         Ok(Response::Error { error, .. }) => return ClientError::Refused(error).into(),
         Ok(other) => return ClientError::Protocol(format!("unexpected answer: {other:?}")).into(),
         Err(e) => return e.into(),
@@ -118,8 +125,23 @@ pub fn run(socket: &Path, spec: RunSpec, command: &[OsString]) -> RunError {
     if let Some(account) = account {
         become_account(&mut cmd, account, account::cap_mask(&keep));
     }
+    // Applied last, after the account drop, so nothing `run` does is judged
+    // by it; the descriptor stays open until the `exec` closes it.
+    if let Some(ruleset) = &landlock {
+        restrict(&mut cmd, ruleset.as_raw_fd());
+    }
     let source = cmd.exec();
     RunError::Exec { program: command[0].clone(), source }
+}
+
+/// Makes `cmd` restrict itself with the Landlock ruleset `fd` right before
+/// it executes (a failure there fails the `exec`: the command never runs
+/// without its layer).
+fn restrict(cmd: &mut Command, fd: i32) {
+    // SAFETY: the hook makes three syscalls; `run` has one thread.
+    unsafe {
+        cmd.pre_exec(move || crate::landlock::sys::restrict_self(fd));
+    }
 }
 
 /// Makes `cmd` drop to `account` before it executes (`run` has one thread,

@@ -77,6 +77,15 @@ pub fn render(s: &Status) -> String {
         if !t.limits.is_empty() {
             let _ = writeln!(out, "    limits: {}", limits_text(&t.limits));
         }
+        if let Some(l) = &t.landlock {
+            let classes: Vec<&str> = l.classes.iter().map(|c| c.as_str()).collect();
+            let scoped = if l.scoped.is_empty() { String::new() } else { format!(" scoped={}", l.scoped.join(",")) };
+            let _ =
+                writeln!(out, "    landlock: abi={} rules={} classes={}{scoped}", l.abi, l.grants, classes.join(","));
+            if !l.ebpf_only.is_empty() {
+                let _ = writeln!(out, "    landlock leaves to the tracepoints: {}", l.ebpf_only.join(", "));
+            }
+        }
     }
     out
 }

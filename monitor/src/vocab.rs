@@ -108,6 +108,10 @@ impl From<monitor_common::maps::LossReason> for Lost {
 pub enum Mechanism {
     /// BPF LSM: the operation fails with `EPERM` before it happens.
     LsmDeny,
+    /// The Landlock layer `run` applied: the operation fails with `EACCES`
+    /// (`EXDEV` for a rename or link between directories) before it
+    /// happens; the tracepoints record it.
+    LandlockDeny,
     /// Tracepoint + `SIGKILL`: the process dies before it returns to user
     /// space.
     Kill,
@@ -125,8 +129,9 @@ pub enum Mechanism {
 
 impl Mechanism {
     #[cfg(test)]
-    pub const ALL: [Mechanism; 7] = [
+    pub const ALL: [Mechanism; 8] = [
         Mechanism::LsmDeny,
+        Mechanism::LandlockDeny,
         Mechanism::Kill,
         Mechanism::CgroupDeny,
         Mechanism::AuditOnly,
@@ -138,6 +143,7 @@ impl Mechanism {
     pub const fn as_str(self) -> &'static str {
         match self {
             Mechanism::LsmDeny => "lsm-deny",
+            Mechanism::LandlockDeny => "landlock-deny",
             Mechanism::Kill => "kill",
             Mechanism::CgroupDeny => "cgroup-deny",
             Mechanism::AuditOnly => "audit-only",

@@ -61,6 +61,8 @@ fn main() {
         ["write", path] => {
             report(std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(path).map(drop))
         }
+        // One call that changes a file without opening it (`mutate.rs`).
+        ["mutate", op, paths @ ..] => report(mutate(op, paths)),
         ["double-fork", cmd @ ..] if !cmd.is_empty() => double_fork(cmd),
         ["sleep", ms] => std::thread::sleep(Duration::from_millis(ms.parse().expect("milliseconds"))),
         // A process tree: this node appends "pid ppid" to OUT, then runs
@@ -90,9 +92,54 @@ fn main() {
         // "ROUNDS CONNECTED READ": the attempts and how many succeeded.
         ["retry-denied", ip, port, path, stop, out] => retry_denied(addr(ip, port), path, stop, out),
         _ => {
-            eprintln!("usage: test-agent connect|sendto IP PORT | resolve NAME | dns-tcp IP NAME | dns-reconnect IP IP NAME | open|write|reopen-opath PATH | race-open ALLOWED DENIED N | double-fork CMD... | sleep MS | tree DEPTH WIDTH OUT | open-flood PATH N | open-until PATH MS STOP | retry-denied IP PORT PATH STOP OUT");
+            eprintln!("usage: test-agent connect|sendto IP PORT | resolve NAME | dns-tcp IP NAME | dns-reconnect IP IP NAME | open|write|reopen-opath PATH | mutate OP PATH... | race-open ALLOWED DENIED N | double-fork CMD... | sleep MS | tree DEPTH WIDTH OUT | open-flood PATH N | open-until PATH MS STOP | retry-denied IP PORT PATH STOP OUT");
             exit(2)
         }
+    }
+}
+
+/// The raw syscall for `op` on `paths`: `unlink`, `rmdir`, `rename FROM
+/// TO`, `exchange A B` (`RENAME_EXCHANGE`), `link FROM TO`, `symlink TARGET
+/// LINK`, `mkdir`, `mknod` (a FIFO), `truncate` (to 0), `chmod` (to 000),
+/// `chown` (to 65534), `setxattr`, `removexattr` (`user.agent`), `utime`
+/// (to the epoch).
+fn mutate(op: &str, paths: &[&str]) -> std::io::Result<()> {
+    let c: Vec<CString> = paths.iter().map(|p| CString::new(*p).expect("no NUL")).collect();
+    let p = |i: usize| c.get(i).expect("path argument").as_ptr();
+    let name = c"user.agent".as_ptr();
+    // SAFETY: NUL-terminated paths that outlive each call.
+    let rc = unsafe {
+        match op {
+            "unlink" => libc::unlink(p(0)),
+            "rmdir" => libc::rmdir(p(0)),
+            "rename" => libc::rename(p(0), p(1)),
+            "exchange" => {
+                libc::syscall(libc::SYS_renameat2, libc::AT_FDCWD, p(0), libc::AT_FDCWD, p(1), libc::RENAME_EXCHANGE)
+                    as i32
+            }
+            "link" => libc::link(p(0), p(1)),
+            "symlink" => libc::symlink(p(0), p(1)),
+            "mkdir" => libc::mkdir(p(0), 0o755),
+            "mknod" => libc::mknod(p(0), libc::S_IFIFO | 0o644, 0),
+            "truncate" => libc::truncate(p(0), 0),
+            "chmod" => libc::chmod(p(0), 0),
+            "chown" => libc::chown(p(0), 65534, 65534),
+            "setxattr" => libc::setxattr(p(0), name, b"1".as_ptr().cast(), 1, 0),
+            "removexattr" => libc::removexattr(p(0), name),
+            "utime" => {
+                let times = [libc::timespec { tv_sec: 0, tv_nsec: 0 }; 2];
+                libc::utimensat(libc::AT_FDCWD, p(0), times.as_ptr(), 0)
+            }
+            other => {
+                eprintln!("unknown mutation {other}");
+                exit(2)
+            }
+        }
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

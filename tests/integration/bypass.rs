@@ -47,9 +47,32 @@ fn proc_self_root_and_cwd_resolve_to_the_denied_file() {
     assert!(text.contains("rc1=") && !text.contains("rc1=0") && !text.contains("rc2=0"), "{out:?}");
     let recs = lab.d.trajectory("proc-links");
     let denied = opens_of(&recs, &key);
+    if files == "landlock-deny" {
+        // Refused by Landlock on the real file; the record names the rule
+        // when the daemon can still resolve `/proc/<pid>/` (the process may
+        // have exited by then: docs/security.md).
+        assert_landlock_refusals(&recs, &["/proc/self/root", "/proc/self/cwd/key"], &key);
+        return;
+    }
     assert_eq!(denied.len(), 2, "{recs:#?}");
     for r in denied {
         assert_eq!((r["decision"].as_str(), r["mechanism"].as_str()), (Some("deny"), Some(files.as_str())), "{r}");
+    }
+}
+
+/// Under the Landlock layer: each open whose request starts with one of
+/// `requests` failed with EACCES, and those the daemon resolved name
+/// `key` and the deny.
+pub fn assert_landlock_refusals(recs: &[Value], requests: &[&str], key: &Path) {
+    for want in requests {
+        let r = of_kind(recs, "open")
+            .into_iter()
+            .find(|r| r["requested"].as_str().is_some_and(|q| q.starts_with(want)))
+            .unwrap_or_else(|| panic!("no open record of {want}: {recs:#?}"));
+        assert_eq!(r["result"], -13, "{r}");
+        if r["path"] == key.to_str().unwrap() {
+            assert_eq!((r["decision"].as_str(), r["mechanism"].as_str()), (Some("deny"), Some("landlock-deny")), "{r}");
+        }
     }
 }
 
@@ -67,6 +90,12 @@ fn a_denied_file_stays_denied_under_another_name() {
         assert!(!stdout(&out).contains("SECRET-CONTENT"), "{id} leaked: {out:?}");
         let recs = lab.d.trajectory(id);
         match files.as_str() {
+            // Landlock refuses both: the secret's directory grants no
+            // rights to remove from or link out of it.
+            "landlock-deny" => {
+                assert!(!stdout(&out).contains("rc=0"), "{id} was not refused: {out:?}");
+                assert!(key.exists());
+            }
             "lsm-deny" => {
                 // path_link/path_rename refuse: the secret keeps its one name.
                 assert!(!stdout(&out).contains("rc=0"), "{id} was not refused: {out:?}");
@@ -109,7 +138,7 @@ fn a_denied_file_stays_denied_under_another_name() {
         assert_by_inode(&lab.d.trajectory("dir-rename"), &moved, mechanism);
         std::fs::rename(&hidden, lab.ws.join("secret")).unwrap();
     } else {
-        assert_eq!(files, "lsm-deny", "only path_rename refuses the rename itself: {out:?}");
+        assert!(files == "lsm-deny" || files == "landlock-deny", "only path_rename or Landlock refuse it: {out:?}");
     }
 }
 
@@ -159,8 +188,8 @@ fn a_file_created_in_a_denied_directory_later_is_denied_under_another_name() {
     let out = child.wait_with_output().unwrap();
     assert!(!stdout(&out).contains("LATER-SECRET"), "leaked: {out:?}");
     let recs = lab.d.trajectory("later");
-    if files == "lsm-deny" {
-        assert!(!stdout(&out).contains("rc=0"), "path_link must refuse: {out:?}");
+    if files == "lsm-deny" || files == "landlock-deny" {
+        assert!(!stdout(&out).contains("rc=0"), "path_link or Landlock must refuse: {out:?}");
     } else {
         assert!(stdout(&out).contains("rc=0"), "{out:?}");
         assert_by_inode(&recs, &alias, "kill");

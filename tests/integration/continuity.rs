@@ -40,7 +40,8 @@ impl Lab {
                  ports: [\"{port}\"]\n      action: deny\n"
             ),
         );
-        Lab { progress: w.root.join("progress"), stop: w.root.join("stop"), w, listener, port }
+        // In `out/`: the agent may create files there (not beside `secret/`).
+        Lab { progress: w.ws.join("out/progress"), stop: w.ws.join("out/stop"), w, listener, port }
     }
 
     fn policy_dir(&self) -> &str {

@@ -24,8 +24,8 @@ use crate::{
 fn a_child_started_outside_the_trajectory_never_runs() {
     let lab = Lab::new();
     let root = cgroup2_mount().unwrap();
-    let marker = lab.ws.join("escaped");
-    let scratch = lab.ws.join("clone-args");
+    let marker = lab.ws.join("out/escaped");
+    let scratch = lab.ws.join("out/clone-args");
     let args = ["clone-unfaulted", root.to_str().unwrap(), marker.to_str().unwrap(), scratch.to_str().unwrap()];
     let out = lab.attack("unfaulted", "test", &args);
     match lab.protection("cgroup-escape").as_str() {
@@ -55,7 +55,7 @@ fn a_child_started_outside_the_trajectory_never_runs() {
 fn the_clone3_flag_race_leaves_no_child_running_outside() {
     let lab = Lab::new();
     let root = cgroup2_mount().unwrap();
-    let marker = lab.ws.join("race");
+    let marker = lab.ws.join("out/race");
     let attempts = || std::fs::read_to_string(&marker).unwrap_or_default().lines().count();
     let mut runs = 0;
     // Under TCG emulation a fork takes tens of milliseconds.

@@ -88,6 +88,9 @@ pub const HANG_GUARD_SECS: u64 = 90;
 /// `SECRET-CONTENT` in an agent's output to tell whether it leaked.
 const SECRET_CONTENT: &str = "SECRET-CONTENT\n";
 
+/// Where test daemons keep their sockets, state and event files.
+pub const DAEMON_DIRS: &str = "/run/agent-monitor-tests";
+
 /// A policy directory and a workspace in a temporary directory; the
 /// workspace holds the secret `secret/key` that the tests' policies deny.
 /// Paths are canonical, as the kernel reports the files it judged.
@@ -107,6 +110,10 @@ impl Workspace {
         let ws = root.join("ws");
         std::fs::create_dir_all(&policies).unwrap();
         std::fs::create_dir_all(ws.join("secret")).unwrap();
+        // Where agents create files: the workspace itself holds a denied
+        // directory, so the Landlock layer refuses new entries directly in
+        // it (`docs/security.md`); `out/` has no rule below it.
+        std::fs::create_dir_all(ws.join("out")).unwrap();
         std::fs::write(ws.join("secret/key"), SECRET_CONTENT).unwrap();
         Workspace { dir, root, policies, ws }
     }
@@ -182,7 +189,12 @@ impl Daemon {
 
     fn start_inner(bin: PathBuf, extra: &[&str], stops_enforcement: bool) -> Daemon {
         require_root();
-        let dir = tempfile::tempdir().expect("tempdir");
+        // Not under /tmp: the daemon's files are write-protected from every
+        // trajectory, and the Landlock layer refuses creating entries in a
+        // directory that holds a protected one (`docs/security.md`), so a
+        // daemon directory in /tmp would leave agents no new file there.
+        std::fs::create_dir_all(DAEMON_DIRS).expect("daemon directory base");
+        let dir = tempfile::tempdir_in(DAEMON_DIRS).expect("tempdir");
         let socket = dir.path().join("ctl/control.sock");
         let events = dir.path().join("events.jsonl");
         let stderr = dir.path().join("daemon.stderr");
@@ -549,6 +561,10 @@ pub fn assert_stopped(out: &Output, mechanism: &str) {
         "lsm-deny" => {
             assert_eq!(out.status.code(), Some(3), "expected a failed syscall: {out:?}");
             assert!(stdout(out).contains("errno=1 "), "expected EPERM: {out:?}");
+        }
+        "landlock-deny" => {
+            assert_eq!(out.status.code(), Some(3), "expected a failed syscall: {out:?}");
+            assert!(stdout(out).contains("errno=13 "), "expected EACCES: {out:?}");
         }
         "kill" => {
             assert_eq!(out.status.signal(), Some(libc::SIGKILL), "expected SIGKILL: {out:?}");

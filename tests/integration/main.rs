@@ -14,6 +14,7 @@ mod enforce;
 mod escape;
 mod harness;
 mod limits;
+mod mutate;
 mod observe;
 mod operator_errors;
 mod policy_cli;

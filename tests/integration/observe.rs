@@ -137,8 +137,11 @@ fn child_cgroup_of_a_trajectory_still_counts() {
     let d = Daemon::start();
     let marker = d.dir.path().join("nested-marker");
     std::fs::write(&marker, b"x").unwrap();
-    let pidfile = d.dir.path().join("nested-pid");
-    let go = d.dir.path().join("nested-go");
+    // The agent writes its pid: not in the daemon's directory, which holds
+    // write-protected files (no new entries there under the Landlock layer).
+    let scratch = tempfile::tempdir().unwrap();
+    let pidfile = scratch.path().join("nested-pid");
+    let go = scratch.path().join("nested-go");
     // A sub-cgroup of the trajectory, made by someone outside it (the
     // trajectory itself may not: cgroupfs is read-only to it, see
     // tamper::an_agent_cannot_leave_or_reshape_its_cgroup), with the agent

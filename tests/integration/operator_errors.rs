@@ -143,7 +143,14 @@ fn status_reports_every_hook_and_open_trajectories() {
         assert!(!lsm["detail"].as_str().unwrap().is_empty());
         let open = hooks.iter().find(|h| h["hook"] == "open:openat/exit").expect("open tracepoints attached");
         assert_eq!(open["mechanism"], "kill", "{open}");
-        assert_eq!(status["enforcement"]["file"], "kill");
+        // Trajectories started by `run` get the Landlock layer where the
+        // kernel has Landlock; the tracepoints kill for the rest.
+        let landlock = status["protections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["protection"] == "landlock" && p["mechanism"] == "landlock-deny");
+        assert_eq!(status["enforcement"]["file"], if landlock { "landlock-deny" } else { "kill" });
     }
     let exec = hooks.iter().find(|h| h["hook"] == "exec").unwrap();
     assert!(exec["mechanism"] == "kill" || exec["mechanism"] == "observe", "{exec}");

@@ -26,8 +26,10 @@ fn real_stream_matches_the_published_schema() {
     let d = Daemon::start();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    // A file name that is not UTF-8 exercises the base64 form of bytes.
-    let odd = d.dir.path().join("odd");
+    // A file name that is not UTF-8 exercises the base64 form of bytes (not
+    // in the daemon's directory: it holds write-protected files).
+    let scratch = tempfile::tempdir().unwrap();
+    let odd = scratch.path().join("odd");
     let script = format!(
         "f=$(printf '{odd}\\377'); : > \"$f\"; cat \"$f\"; {monitor} step --name 'read files' --control-socket {sock}; \
          cat /etc/hostname >/dev/null; {agent} connect 127.0.0.1 {port}",

@@ -134,7 +134,7 @@ fn an_agent_cannot_leave_or_reshape_its_cgroup() {
 
     // Attacker: clone3(CLONE_INTO_CGROUP) with a read-only descriptor of the
     // root cgroup: the child would start outside the trajectory.
-    let marker = lab.ws.join("escaped");
+    let marker = lab.ws.join("out/escaped");
     let out = lab.attack("cg-clone", "test", &["clone-into-cgroup", root.to_str().unwrap(), marker.to_str().unwrap()]);
     let escape = lab.protection("cgroup-escape");
     assert_stopped(&out, &escape);
@@ -152,6 +152,13 @@ fn an_agent_cannot_leave_or_reshape_its_cgroup() {
             assert_stopped(&out, "lsm-deny");
             assert!(!inner.exists());
             assert_tamper_record(&lab.d, "cg-mkdir", "cgroup_mkdir", "lsm-deny");
+        }
+        // Landlock: the cgroup filesystem is write-protected, so the layer
+        // grants no right to create there (not recorded).
+        "landlock-deny" => {
+            assert_eq!(out.status.code(), Some(3), "{out:?}");
+            assert!(stdout(&out).contains("errno=13 "), "{out:?}");
+            assert!(!inner.exists());
         }
         "unavailable" => {
             assert_eq!(stdout(&out).trim(), "ok", "known limit: mkdir works without BPF LSM: {out:?}");
@@ -173,11 +180,16 @@ fn the_daemons_files_are_read_only_to_an_agent() {
     let out = lab.attack("plant-policy", "test", &["create", evil.to_str().unwrap()]);
     assert_stopped(&out, &files);
     assert_builtin_open_deny(&lab.d, "plant-policy", &evil, &files);
-    // Known limit of both mechanisms: O_CREAT has created the (empty) file
-    // before the open was refused; nothing was written into it (and an
-    // empty policy file only makes reloads fail until it is removed).
-    assert_eq!(std::fs::read_to_string(&evil).unwrap(), "", "content reached the planted policy");
-    let _ = std::fs::remove_file(&evil);
+    if files == "landlock-deny" {
+        // Refused before anything was created.
+        assert!(!evil.exists(), "the planted policy was created");
+    } else {
+        // Known limit of the other two: O_CREAT has created the (empty)
+        // file before the open was refused; nothing was written into it
+        // (an empty policy file only makes reloads fail until removed).
+        assert_eq!(std::fs::read_to_string(&evil).unwrap(), "", "content reached the planted policy");
+        let _ = std::fs::remove_file(&evil);
+    }
 
     // Attacker: appends a forged record to the daemon's event file.
     let out = lab.attack("forge-events", "test", &["write-str", lab.d.events.to_str().unwrap(), "{\"forged\":1}\n"]);
@@ -239,6 +251,16 @@ fn an_agent_cannot_signal_the_daemon_where_bpf_lsm_runs() {
             let out = lab.attack("sig0-daemon", "test", &["signal", &daemon, "0"]);
             assert_eq!(stdout(&out).trim(), "ok", "{out:?}");
         }
+        // The Landlock layer's scoped signals: refused before delivery,
+        // whatever the signal; the refusal passes no hook that records it.
+        "landlock-deny" => {
+            assert_refused_eperm(&out);
+            for sig in [libc::SIGKILL, libc::SIGSTOP, libc::SIGTERM] {
+                let out = lab.attack(&format!("sig{sig}-daemon"), "test", &["signal", &daemon, &sig.to_string()]);
+                assert_refused_eperm(&out);
+            }
+            assert!(lab.d.status()["trajectories"].is_array(), "the daemon still answers");
+        }
         "unavailable" => {
             // Known limit: delivered, and not recorded.
             assert_eq!(stdout(&out).trim(), "ok", "{out:?}");
@@ -248,7 +270,12 @@ fn an_agent_cannot_signal_the_daemon_where_bpf_lsm_runs() {
     }
     let mut outside = std::process::Command::new("sleep").arg("30").spawn().unwrap();
     let out = lab.attack("winch-outside", "test", &["signal", &outside.id().to_string(), &winch]);
-    assert_eq!(stdout(&out).trim(), "ok", "signals to other processes are not tamper: {out:?}");
+    if mechanism == "landlock-deny" {
+        // Scoped signals reach no process outside the trajectory.
+        assert_refused_eperm(&out);
+    } else {
+        assert_eq!(stdout(&out).trim(), "ok", "signals to other processes are not tamper: {out:?}");
+    }
     let _ = outside.kill();
     let _ = outside.wait();
 }
@@ -288,6 +315,9 @@ fn an_agent_cannot_ptrace_the_daemon_or_processes_outside_its_trajectory() {
             assert_stopped(&out, "lsm-deny");
             assert_tamper_record(&lab.d, "seize-outside", "ptrace", "lsm-deny");
         }
+        // The Landlock layer refuses ptrace of any process outside the
+        // agent's domain (not recorded).
+        _ if lab.protection("landlock") == "landlock-deny" => assert_refused_eperm(&out),
         // Known limit: a tracepoint cannot look up another pid's cgroup, so
         // the fallback guards the daemon only.
         _ => {
@@ -319,4 +349,10 @@ fn mounts_are_refused_so_no_bind_mount_can_alias_a_denied_path() {
     assert!(!stdout(&out).contains("SECRET-CONTENT"), "the bind mount leaked the secret: {out:?}");
     assert_stopped(&out, &mechanism);
     assert_tamper_record(&lab.d, "bind", "mount", &mechanism);
+}
+
+/// The attacker's call failed with EPERM and it lived.
+fn assert_refused_eperm(out: &Output) {
+    assert_eq!(out.status.code(), Some(3), "expected a failed syscall: {out:?}");
+    assert!(stdout(out).contains("errno=1 "), "expected EPERM: {out:?}");
 }

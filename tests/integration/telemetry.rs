@@ -20,7 +20,9 @@ use crate::harness::{agent_bin, cgroup2_mount, metric_value, monitor_bin, of_kin
 #[test]
 fn process_tree_is_rebuilt_from_the_stream() {
     let d = Daemon::start();
-    let out = d.dir.path().join("tree.txt");
+    // Not in the daemon's directory: it holds write-protected files.
+    let scratch = tempfile::tempdir().unwrap();
+    let out = scratch.path().join("tree.txt");
     let agent = agent_bin();
     let script = format!("{a} tree 2 2 {o} & {a} tree 1 3 {o}; wait", a = agent.display(), o = out.display());
     assert!(d.run(Some("tree-1"), &["sh", "-c", &script]).status.success());

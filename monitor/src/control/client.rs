@@ -2,12 +2,18 @@
 //! a single-threaded process until it execs).
 
 use std::{
-    io::{self, BufRead, BufReader, Write},
-    os::unix::net::UnixStream,
+    io::{self, BufRead, BufReader, Read, Write},
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::net::UnixStream,
+    },
     path::{Path, PathBuf},
 };
 
-use super::protocol::{Request, Response};
+use super::{
+    fdpass,
+    protocol::{Attached, Request, Response},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -30,15 +36,20 @@ pub enum ClientError {
 }
 
 pub fn request(path: &Path, req: &Request) -> Result<Response, ClientError> {
-    let (_, reply) = send(path, req)?;
-    parse_reply(&reply)
+    let reply = send(path, req)?;
+    let mut response = parse_reply(&reply.line)?;
+    if let (Response::Opened { ruleset, .. }, Some(fd)) = (&mut response, reply.fd) {
+        *ruleset = Attached(Some(std::sync::Arc::new(fd)));
+    }
+    Ok(response)
 }
 
 /// Sends a streaming request (`events`) and copies every record line the
 /// daemon sends to `out` until the daemon closes the stream.
 pub fn stream(path: &Path, req: &Request, out: &mut impl Write) -> Result<(), ClientError> {
-    let (mut reader, reply) = send(path, req)?;
-    parse_reply(&reply)?;
+    let reply = send(path, req)?;
+    parse_reply(&reply.line)?;
+    let mut reader = BufReader::new(io::Cursor::new(reply.rest).chain(reply.stream));
     let mut line = Vec::with_capacity(4096);
     loop {
         line.clear();
@@ -54,7 +65,16 @@ pub fn stream(path: &Path, req: &Request, out: &mut impl Write) -> Result<(), Cl
     }
 }
 
-fn send(path: &Path, req: &Request) -> Result<(BufReader<UnixStream>, String), ClientError> {
+/// The first line of the daemon's answer, what came after it, and the
+/// descriptor attached to it, if any.
+struct Reply {
+    stream: UnixStream,
+    line: String,
+    rest: Vec<u8>,
+    fd: Option<OwnedFd>,
+}
+
+fn send(path: &Path, req: &Request) -> Result<Reply, ClientError> {
     let io_err = |source: io::Error| match source.kind() {
         io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ClientError::NotRunning { path: path.to_owned() },
         io::ErrorKind::PermissionDenied => ClientError::Permission { path: path.to_owned() },
@@ -64,10 +84,21 @@ fn send(path: &Path, req: &Request) -> Result<(BufReader<UnixStream>, String), C
     let mut line = serde_json::to_vec(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
     line.push(b'\n');
     stream.write_all(&line).map_err(io_err)?;
-    let mut reader = BufReader::new(stream);
-    let mut reply = String::new();
-    reader.read_line(&mut reply).map_err(io_err)?;
-    Ok((reader, reply))
+    // `recvmsg`, not a buffered read: a read would drop the descriptor.
+    let (mut got, mut fd) = (Vec::new(), None);
+    let mut buf = vec![0u8; 64 * 1024];
+    while !got.contains(&b'\n') {
+        let (n, attached) = fdpass::recv(stream.as_raw_fd(), &mut buf).map_err(io_err)?;
+        fd = fd.or(attached);
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let end = got.iter().position(|&b| b == b'\n').map_or(got.len(), |i| i + 1);
+    let rest = got.split_off(end);
+    let line = String::from_utf8(got).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    Ok(Reply { stream, line, rest, fd })
 }
 
 fn parse_reply(reply: &str) -> Result<Response, ClientError> {

@@ -3,6 +3,7 @@
 //! watcher closes them when their cgroup empties ([`watcher`]).
 
 pub mod client;
+mod fdpass;
 pub mod protocol;
 pub mod server;
 pub mod watcher;

@@ -129,6 +129,19 @@ pub struct HookStatus {
     pub detail: String,
 }
 
+/// A descriptor sent beside a response line, not in it.
+#[derive(Clone, Debug, Default)]
+pub struct Attached(pub Option<std::sync::Arc<std::os::fd::OwnedFd>>);
+
+/// Responses compare by their text; the attachment is not part of it.
+impl PartialEq for Attached {
+    fn eq(&self, _: &Attached) -> bool {
+        true
+    }
+}
+
+impl Eq for Attached {}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Response {
@@ -144,6 +157,14 @@ pub enum Response {
         /// Capabilities the agent keeps (`session.capabilities`).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         capabilities: Vec<String>,
+        /// The Landlock layer `run` must apply before `exec` (refusing to
+        /// start the command if it cannot): its ruleset descriptor is
+        /// attached to this line (`SCM_RIGHTS`), built by the daemon, whose
+        /// own opens of the granted paths no trajectory records.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        landlock: Option<crate::landlock::Layer>,
+        #[serde(skip)]
+        ruleset: Attached,
     },
     Status {
         ok: monostate::True,
@@ -256,6 +277,8 @@ mod tests {
             policy: "default".into(),
             user: None,
             capabilities: vec![],
+            landlock: None,
+            ruleset: Attached::default(),
         };
         let text = serde_json::to_string(&ok).unwrap();
         assert_eq!(text, r#"{"ok":true,"trajectory":"t1","cgroup":"/cg","policy":"default"}"#);

@@ -7,7 +7,10 @@
 use std::{
     fs::{self, DirBuilder},
     io,
-    os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt},
+    os::{
+        fd::{AsRawFd, OwnedFd, RawFd},
+        unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt},
+    },
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -21,7 +24,9 @@ use tokio::{
 use monitor_common::{policy::RULE_BUILTIN_TAMPER, tamper::TamperOp};
 
 use super::{
-    protocol::{monostate, ClassEnforcement, DnsStatus, HookStatus, ProtectionStatus, Request, Response, Status},
+    protocol::{
+        monostate, Attached, ClassEnforcement, DnsStatus, HookStatus, ProtectionStatus, Request, Response, Status,
+    },
     watcher::Watcher,
 };
 use crate::{
@@ -122,6 +127,8 @@ pub struct Context {
     /// Non-root callers: members of this group may start trajectories for
     /// themselves under its policies.
     pub callers: Option<CallerGroup>,
+    /// The Landlock layer each trajectory `run` starts gets, if any.
+    pub landlock: Option<crate::landlock::Wanted>,
 }
 
 pub async fn serve(listener: UnixListener, ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
@@ -207,7 +214,27 @@ async fn handle(stream: UnixStream, ctx: &Context) -> io::Result<()> {
 async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, response: &Response) -> io::Result<()> {
     let mut out = serde_json::to_vec(response)?;
     out.push(b'\n');
+    if let Response::Opened { ruleset: Attached(Some(fd)), .. } = response {
+        return send_with_fd(write.as_ref(), &out, fd.as_raw_fd()).await;
+    }
     write.write_all(&out).await
+}
+
+/// Writes `line` with `fd` attached to its first byte (`SCM_RIGHTS`).
+async fn send_with_fd(stream: &UnixStream, line: &[u8], fd: RawFd) -> io::Result<()> {
+    let mut sent = 0;
+    while sent < line.len() {
+        stream.writable().await?;
+        let attach = sent == 0;
+        match stream.try_io(tokio::io::Interest::WRITABLE, || {
+            crate::control::fdpass::send(stream.as_raw_fd(), &line[sent..], attach.then_some(fd))
+        }) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Where a request goes, decided by who makes it.
@@ -482,21 +509,10 @@ async fn open_trajectory(
         Ok(admitted) => admitted,
         Err(e) => return Response::error(e),
     };
-    let id = match requested {
-        Some(id) => match trajectory::validate_id(&id) {
-            Ok(()) => id,
-            Err(e) => return Response::error(e.to_string()),
-        },
-        None => trajectory::generate_id(),
+    let (id, path) = match create_cgroup(ctx, requested) {
+        Ok(created) => created,
+        Err(e) => return Response::error(e),
     };
-    let path = ctx.parent.join(&id);
-    if let Err(e) = cgroup::create(&path) {
-        return Response::error(if path.exists() {
-            format!("trajectory {id} already exists")
-        } else {
-            format!("cannot create the trajectory cgroup: {e}")
-        });
-    }
     let fail = |msg: String| {
         let _ = cgroup::remove_tree(&path);
         Response::error(msg)
@@ -525,10 +541,19 @@ async fn open_trajectory(
         origin: Origin::Run,
         agent: plan.agent.map(Box::new),
         compartment: Box::new(compartment.clone()),
+        landlock: ctx.landlock.clone(),
     };
-    if let Err(e) = ctx.pipeline.open(spec).await {
-        return fail(e.to_string());
-    }
+    let layer = match ctx.pipeline.open(spec).await {
+        Ok(layer) => layer,
+        Err(e) => return fail(e.to_string()),
+    };
+    let ruleset = match layer.as_ref().map(|plan| ruleset(&id, plan)).transpose() {
+        Ok(fd) => fd,
+        Err(e) => {
+            let _ = ctx.pipeline.close(cgroup_id, EndReason::StartFailed).await;
+            return Response::error(e.to_string());
+        }
+    };
     // Registered in the kernel: from here on everything the client does is
     // recorded. Now move it in: the v1 limit cgroups first, so it is
     // limited before it is the trajectory's.
@@ -544,7 +569,32 @@ async fn open_trajectory(
         policy: binding.policy,
         user: plan.user.map(|(u, _)| u),
         capabilities: plan.capabilities,
+        landlock: layer.as_ref().map(crate::landlock::Layer::of),
+        ruleset: Attached(ruleset),
     }
+}
+
+/// The trajectory's id (the one requested, or a new one) and its new cgroup.
+fn create_cgroup(ctx: &Context, requested: Option<String>) -> Result<(String, PathBuf), String> {
+    let id = match requested {
+        Some(id) => trajectory::validate_id(&id).map(|()| id).map_err(|e| e.to_string())?,
+        None => trajectory::generate_id(),
+    };
+    let path = ctx.parent.join(&id);
+    match cgroup::create(&path) {
+        Ok(()) => Ok((id, path)),
+        Err(_) if path.exists() => Err(format!("trajectory {id} already exists")),
+        Err(e) => Err(format!("cannot create the trajectory cgroup: {e}")),
+    }
+}
+
+/// Builds the Landlock ruleset `plan` describes, for `run` to apply.
+fn ruleset(id: &str, plan: &crate::landlock::Plan) -> Result<Arc<OwnedFd>, crate::landlock::sys::LandlockError> {
+    let (fd, built) = crate::landlock::sys::build(plan)?;
+    if !built.skipped.is_empty() {
+        tracing::debug!(trajectory = %id, skipped = ?built.skipped, "paths gone since the plan: no grant");
+    }
+    Ok(Arc::new(fd))
 }
 
 async fn status(ctx: &Context) -> Response {

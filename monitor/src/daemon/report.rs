@@ -9,6 +9,7 @@ use super::start::Prepared;
 use crate::{
     config::DaemonConfig,
     control::protocol::{ClassEnforcement, DnsStatus, HookStatus, ProtectionStatus},
+    landlock::{self, Class, Wanted},
     loader::{Enforcement, HookState, Loaded, ProtectionState},
     metrics::Metrics,
     policy::{self, PolicySet, Protected},
@@ -53,6 +54,89 @@ pub struct Report {
     pub enforcement: ClassEnforcement,
     pub protections: Vec<ProtectionStatus>,
     pub dns: Option<DnsStatus>,
+    /// The Landlock layer trajectories started by `run` get.
+    pub landlock: Option<Wanted>,
+}
+
+/// The rule classes a Landlock layer takes over on this kernel: the file
+/// rules, where the tracepoints would otherwise enforce them by killing.
+/// Where BPF LSM enforces them it stays the only mechanism: Landlock's hook
+/// runs before it and would refuse without the LSM hook ever seeing (and
+/// recording) the call. Exec rules stay with the exec tracepoint for now: a
+/// refused `execve` passes no hook that records it.
+pub fn landlock(e: Enforcement, abi: u32) -> Option<Wanted> {
+    (abi > 0 && e.file == Mechanism::Kill).then(|| Wanted { abi, classes: vec![Class::Read, Class::Write] })
+}
+
+/// The class enforcement `status` shows: `landlock-deny` for the classes
+/// the layer takes over.
+fn class_enforcement(e: Enforcement, layer: Option<&Wanted>) -> ClassEnforcement {
+    let mut shown = ClassEnforcement::from(e);
+    if let Some(w) = layer {
+        if w.classes.contains(&Class::Write) {
+            shown.file = Mechanism::LandlockDeny.as_str().into();
+        }
+    }
+    shown
+}
+
+/// A tamper protection as the Landlock layer strengthens it for the
+/// trajectories `run` starts (adopted ones keep the row's mechanism, which
+/// the detail says).
+fn layered(mut p: ProtectionStatus, layer: Option<&Wanted>) -> ProtectionStatus {
+    let Some(w) = layer else { return p };
+    let landlock = Mechanism::LandlockDeny.as_str();
+    match p.protection.as_str() {
+        "signals" if w.abi >= 6 => {
+            p.mechanism = landlock.into();
+            p.detail = "trajectories started by `run`: a signal to the daemon, or to any process outside the \
+                        trajectory, fails with EPERM (Landlock scoped signals); adopted trajectories: a root agent \
+                        can kill the daemon"
+                .into();
+        }
+        "cgroup-mkdir" => {
+            p.mechanism = landlock.into();
+            p.detail = "trajectories started by `run`: mkdir/rmdir in a cgroup or BPF filesystem fails with EACCES \
+                        (both are write-protected, and the Landlock layer refuses creating and removing there); \
+                        adopted trajectories: not stopped"
+                .into();
+        }
+        "ptrace" => {
+            p.detail += "; trajectories started by `run`: ptrace and process_vm_* of any other process outside the \
+                         trajectory fail with EPERM (Landlock)";
+        }
+        "mount" => {
+            p.detail += "; trajectories started by `run`: Landlock refuses every mount change with EPERM";
+        }
+        _ => {}
+    }
+    p
+}
+
+/// The `landlock` protection row: what the layer covers, and what is left
+/// to the tracepoints; none where BPF LSM enforces file rules (the layer is
+/// not used there).
+fn landlock_row(e: Enforcement, layer: Option<&Wanted>, abi: u32) -> Option<ProtectionStatus> {
+    let (mechanism, detail) = match layer {
+        Some(w) => (
+            Mechanism::LandlockDeny,
+            format!(
+                "Landlock ABI {abi}: each trajectory started by `run` restricts itself before exec: its file \
+                 rules ({} of opens, creating, removing, renaming, linking{} files){}, mount changes, and \
+                 ptrace of processes outside it; chmod, chown, xattrs and timestamps, exec rules, and adopted \
+                 trajectories stay with the tracepoints (kill)",
+                w.classes.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(" and "),
+                if abi >= 3 { ", truncating" } else { "" },
+                if abi >= 6 { ", signals to processes outside it" } else { "" },
+            ),
+        ),
+        None if e.file == Mechanism::Kill => (
+            Mechanism::Unavailable,
+            "Landlock is not enabled on this kernel: file rules are enforced by killing the process".to_owned(),
+        ),
+        None => return None,
+    };
+    Some(ProtectionStatus { protection: "landlock".into(), mechanism: mechanism.as_str().into(), detail })
 }
 
 /// Logs and exports each hook's mechanism and each rule class's, and
@@ -69,18 +153,23 @@ pub fn kernel(loaded: &Loaded, set: &PolicySet, metrics: &Metrics) {
         }
     }
     let e = loaded.enforcement;
-    tracing::info!(
-        file = e.file.as_str(),
-        exec = e.exec.as_str(),
-        network = e.network.as_str(),
-        "enforcement per rule class"
-    );
-    for (class, m) in e.per_class() {
+    let layer = landlock(e, landlock::sys::abi());
+    let shown = class_enforcement(e, layer.as_ref());
+    tracing::info!(file = shown.file, exec = shown.exec, network = shown.network, "enforcement per rule class");
+    for (class, m) in
+        [(RuleClass::File, &shown.file), (RuleClass::Exec, &shown.exec), (RuleClass::Network, &shown.network)]
+    {
         metrics.enforcement.with_label_values(&[class.as_str(), m.as_str()]).set(1);
     }
     for (class, m) in [(RuleClass::File, e.file), (RuleClass::Exec, e.exec)] {
         let class = class.as_str();
-        if m == Mechanism::Kill {
+        if m == Mechanism::Kill && layer.is_some() {
+            tracing::warn!(
+                "{class} rules are enforced by the Landlock layer for trajectories started by `run` (EACCES before \
+                 the operation) and by killing the process for adopted ones and for what Landlock cannot express \
+                 (see docs/security.md)"
+            );
+        } else if m == Mechanism::Kill {
             tracing::warn!(
                 "{class} rules are enforced by killing the process (no BPF LSM on this kernel): a denied {class} \
                  operation has already happened when the process dies (see docs/policy.md)"
@@ -127,8 +216,11 @@ impl Report {
     /// The report, its protections logged. `keep_on_exit`: the pins
     /// outlive the daemon (`--stop-enforcement-on-exit` not given).
     pub fn new(loaded: &Loaded, protected: &Protected, prepared: &Prepared, keep_on_exit: bool) -> Self {
-        let mut protections = vec![files(loaded.enforcement, protected)];
-        protections.extend(loaded.protections.iter().map(ProtectionStatus::from));
+        let abi = landlock::sys::abi();
+        let layer = landlock(loaded.enforcement, abi);
+        let mut protections = vec![files(loaded.enforcement, layer.as_ref(), protected)];
+        protections.extend(loaded.protections.iter().map(|p| layered(ProtectionStatus::from(p), layer.as_ref())));
+        protections.extend(landlock_row(loaded.enforcement, layer.as_ref(), abi));
         protections.push(continuity(loaded, prepared, keep_on_exit));
         for p in &protections {
             if p.mechanism == Mechanism::Unavailable.as_str() {
@@ -139,20 +231,21 @@ impl Report {
         }
         Report {
             hooks: loaded.hooks.iter().map(HookStatus::from).collect(),
-            enforcement: loaded.enforcement.into(),
+            enforcement: class_enforcement(loaded.enforcement, layer.as_ref()),
             protections,
             dns: None,
+            landlock: layer,
         }
     }
 }
 
 /// The daemon's files, protected by whatever enforces file rules.
-fn files(e: Enforcement, protected: &Protected) -> ProtectionStatus {
+fn files(e: Enforcement, layer: Option<&Wanted>, protected: &Protected) -> ProtectionStatus {
     let paths: Vec<String> =
         protected.paths().iter().map(|p| if p.directory { format!("{}/", p.path) } else { p.path.clone() }).collect();
     ProtectionStatus {
         protection: "files".into(),
-        mechanism: e.file.as_str().into(),
+        mechanism: class_enforcement(e, layer).file,
         detail: format!("opens for writing of {} and of any file on a cgroup or BPF filesystem", paths.join(", ")),
     }
 }
@@ -217,7 +310,7 @@ mod tests {
     fn file_protection_lists_the_protected_paths() {
         let protected = Protected::new([("/run/agent-monitor".into(), true), ("/var/log/events.jsonl".into(), false)]);
         let e = Enforcement { file: Mechanism::LsmDeny, exec: Mechanism::LsmDeny, network: Mechanism::CgroupDeny };
-        let p = files(e, &protected);
+        let p = files(e, None, &protected);
         assert_eq!((p.protection.as_str(), p.mechanism.as_str()), ("files", "lsm-deny"));
         assert!(p.detail.contains("/run/agent-monitor/, /var/log/events.jsonl"), "{}", p.detail);
     }

@@ -237,6 +237,7 @@ pub fn spawn_clients(services: &mut Services, config: &DaemonConfig, c: Clients)
         dns_learned: c.metrics.dns.learned.clone(),
         controllers,
         callers: config.callers.clone(),
+        landlock: c.report.landlock,
     });
     services.spawn(Service::Control, control::server::serve(c.listeners.control, ctx, stop.clone()));
     let mut metrics_stop = stop;

@@ -184,6 +184,7 @@ fn open(e: &OpenEvent) -> Result<Body, DecodeError> {
         requested: (!lsm && e.header.flags & flags::READ_FAILED == 0)
             .then(|| Bytes::from(prefix(&e.requested, e.requested_len))),
         dfd: (e.dfd != AT_FDCWD).then_some(e.dfd),
+        base: (e.header.flags & flags::BASE_DIR != 0).then(|| Bytes::from(prefix(&e.path, e.path_len))),
         flags: e.flags,
         access: access_mode(e.flags),
         mode: e.mode,

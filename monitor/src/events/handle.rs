@@ -34,8 +34,9 @@ impl PipelineHandle {
     }
 
     /// Opens a trajectory: its `trajectory_start` is published and the
-    /// kernel judges its cgroup once this returns `Ok`.
-    pub async fn open(&self, spec: OpenSpec) -> Result<(), PipelineError> {
+    /// kernel judges its cgroup once this returns `Ok`, with the Landlock
+    /// ruleset planned for it when the spec asked for one.
+    pub async fn open(&self, spec: OpenSpec) -> Result<Option<crate::landlock::Plan>, PipelineError> {
         self.ask(|reply| Command::Open { spec, reply }).await?
     }
 

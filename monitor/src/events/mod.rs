@@ -8,6 +8,7 @@ pub mod kernel;
 pub mod leftover;
 pub mod pipeline;
 pub mod process;
+mod refusal;
 pub mod resume;
 pub mod ringpos;
 pub mod state;

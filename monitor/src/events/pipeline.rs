@@ -102,6 +102,9 @@ pub struct TrajectoryStatus {
     /// The limits on its cgroup, as its policy set them when it opened.
     #[serde(default, skip_serializing_if = "crate::policy::Limits::is_empty")]
     pub limits: crate::policy::Limits,
+    /// Its Landlock layer (`run` on a kernel without BPF LSM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub landlock: Option<crate::landlock::Layer>,
 }
 
 /// The open trajectory a cgroup belongs to ([`Command::Owner`]), with what
@@ -134,6 +137,9 @@ pub struct OpenSpec {
     pub agent: Option<Box<crate::account::AgentIdentity>>,
     /// Where its limits are (written already, before anyone joined).
     pub compartment: Box<Compartment>,
+    /// Plan a Landlock layer for these classes (`run` on a kernel with
+    /// Landlock where the tracepoints enforce them).
+    pub landlock: Option<crate::landlock::Wanted>,
 }
 
 /// A trajectory a restarted daemon took over, still alive.
@@ -149,7 +155,7 @@ pub struct Resumed {
 pub enum Command {
     Open {
         spec: OpenSpec,
-        reply: oneshot::Sender<Result<(), PipelineError>>,
+        reply: oneshot::Sender<Result<Option<crate::landlock::Plan>, PipelineError>>,
     },
     Close {
         cgroup_id: u64,
@@ -211,6 +217,8 @@ pub(super) struct Trajectory {
     pub(super) agent: Option<crate::account::AgentIdentity>,
     /// Its limits and where they are.
     pub(super) compartment: Compartment,
+    /// The Landlock layer `run` applies to it.
+    pub(super) layer: Option<crate::landlock::Layer>,
 }
 
 impl Trajectory {
@@ -231,6 +239,7 @@ impl Trajectory {
             policy: self.binding.policy.clone(),
             agent: self.agent.clone(),
             limits: self.compartment.limits,
+            landlock: self.layer.clone(),
         }
     }
 }
@@ -418,7 +427,7 @@ impl Pipeline {
         }
     }
 
-    async fn open(&mut self, spec: OpenSpec) -> Result<(), PipelineError> {
+    async fn open(&mut self, spec: OpenSpec) -> Result<Option<crate::landlock::Plan>, PipelineError> {
         if self.trajectories.values().any(|t| *t.id == *spec.id) || self.trajectories.contains_key(&spec.cgroup_id) {
             return Err(PipelineError::Duplicate(spec.id));
         }
@@ -427,6 +436,8 @@ impl Pipeline {
             self.enforcer.retire(instance, Instant::now());
             return Err(e);
         }
+        let plan = self.plan_layer(&spec, instance);
+        let layer = plan.as_ref().map(crate::landlock::Layer::of);
         let now = clock::boottime_ns();
         let files = self.state.as_ref().and_then(|dir| {
             let saved = Saved {
@@ -442,6 +453,7 @@ impl Pipeline {
                 rules_digest: self.enforcer.rules_digest(),
                 agent: spec.agent.as_deref().cloned(),
                 compartment: (!spec.compartment.is_empty()).then(|| (*spec.compartment).clone()),
+                landlock: layer.clone(),
             };
             dir.open(&saved, Progress { next_seq: 1, lost_reported: 0, alive_boot_ns: now })
                 .map_err(|e| tracing::error!(trajectory = %spec.id, "cannot write its state: a restarted daemon will not resume it: {e}"))
@@ -466,6 +478,7 @@ impl Pipeline {
                 dirty: true,
                 agent: spec.agent.as_deref().cloned(),
                 compartment: *spec.compartment,
+                layer,
             },
         );
         self.write_levels()?;
@@ -489,7 +502,16 @@ impl Pipeline {
             }
         }
         self.flush().await;
-        Ok(())
+        Ok(plan)
+    }
+
+    /// The Landlock ruleset of a trajectory `spec` asks one for. The walk
+    /// reads the directories the rules split, on this task like the compile
+    /// before it: a few directories for the shipped policies.
+    fn plan_layer(&self, spec: &OpenSpec, instance: u32) -> Option<crate::landlock::Plan> {
+        let wanted = spec.landlock.as_ref()?;
+        let compiled = self.enforcer.compiled(instance)?;
+        Some(crate::landlock::plan(&compiled, &crate::landlock::Disk, wanted.abi, &wanted.classes))
     }
 
     /// Makes `name` the trajectory's current step: the kernel map first, so
@@ -706,7 +728,13 @@ impl Pipeline {
                         self.metrics.limit_events(&t.binding.policy, limit, event).inc();
                         None
                     }
-                    _ => Some(describe(&mut self.enforcer, &d)),
+                    _ => {
+                        if let Some(layer) = &t.layer {
+                            let compiled = self.enforcer.compiled(t.instance);
+                            super::refusal::name(layer, compiled.as_deref(), t.instance, &mut d);
+                        }
+                        Some(describe(&mut self.enforcer, &d))
+                    }
                 };
                 self.pending_kernel_ts.push(d.ts_boot_ns);
                 let record = make_record(&self.clock, t, d, verdict);

@@ -324,6 +324,7 @@ impl Pipeline {
             dirty: true,
             agent: saved.agent,
             compartment: saved.compartment.unwrap_or_default(),
+            layer: saved.landlock,
         };
         self.trajectories.insert(saved.cgroup_id, t);
         self.metrics.trajectories_started.inc();

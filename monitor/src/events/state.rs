@@ -72,6 +72,9 @@ pub struct Saved {
     /// Its limits and where they are, when its policy set any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compartment: Option<crate::limits::Compartment>,
+    /// Its Landlock layer, which names the refusals it causes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub landlock: Option<crate::landlock::Layer>,
 }
 
 /// `<id>.seq`.
@@ -260,6 +263,7 @@ mod tests {
             rules_digest: 9,
             agent: None,
             compartment: None,
+            landlock: None,
         };
         let mut files = state.open(&saved, Progress { next_seq: 1, ..Default::default() }).unwrap();
         files.step(1, "build").unwrap();

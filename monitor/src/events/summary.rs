@@ -131,6 +131,7 @@ mod tests {
 
     fn open(path: &str, flags: u32, result: i32) -> Body {
         Body::Open {
+            base: None,
             syscall: "openat",
             path: Some(Bytes::from(path)),
             requested: None,

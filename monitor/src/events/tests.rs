@@ -76,6 +76,7 @@ impl Running {
             origin: Origin::Run,
             agent: None,
             compartment: Box::default(),
+            landlock: None,
         };
         self.handle.open(spec).await.unwrap();
     }
@@ -302,8 +303,10 @@ async fn open_again(handle: &PipelineHandle, id: &str, cgroup_id: u64) -> Result
             compartment: Box::default(),
             origin: Origin::Run,
             agent: None,
+            landlock: None,
         })
         .await
+        .map(drop)
 }
 
 // Resume planning: one case per situation the continuity tests cover.
@@ -323,6 +326,7 @@ fn found(id: &str, cgroup_id: u64, origin: Origin, progress: Progress) -> Found 
             rules_digest: 77,
             agent: None,
             compartment: None,
+            landlock: None,
         },
         progress,
         steps: vec![(1, "a".into()), (2, "b".into())],
