@@ -173,8 +173,25 @@ pub enum OpenSyscall {
     /// as a read-write access of it.
     Link = 6,
     /// BPF LSM `path_rename`: the file (`path`) renamed, judged as a
-    /// read-write access of it.
+    /// read-write access of it; or the name it is renamed to, judged as a
+    /// write (`RenameTo`).
     Rename = 7,
+    /// BPF LSM `path_*` hooks of the calls that change a file without
+    /// opening it, each judged as a write of the path it changes
+    /// (`monitor-ebpf/src/mutate.rs`).
+    Unlink = 8,
+    Rmdir = 9,
+    Mkdir = 10,
+    Mknod = 11,
+    Symlink = 12,
+    Truncate = 13,
+    Chmod = 14,
+    Chown = 15,
+    /// The new name of a hard link, judged as a write.
+    LinkTo = 16,
+    /// The name a file is renamed to (for `RENAME_EXCHANGE`, the other
+    /// file), judged as a write.
+    RenameTo = 17,
 }
 
 impl OpenSyscall {
@@ -187,6 +204,16 @@ impl OpenSyscall {
             5 => Some(Self::Lsm),
             6 => Some(Self::Link),
             7 => Some(Self::Rename),
+            8 => Some(Self::Unlink),
+            9 => Some(Self::Rmdir),
+            10 => Some(Self::Mkdir),
+            11 => Some(Self::Mknod),
+            12 => Some(Self::Symlink),
+            13 => Some(Self::Truncate),
+            14 => Some(Self::Chmod),
+            15 => Some(Self::Chown),
+            16 => Some(Self::LinkTo),
+            17 => Some(Self::RenameTo),
             _ => None,
         }
     }

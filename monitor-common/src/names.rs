@@ -121,3 +121,29 @@ pub const PROG_SYS_ENTER_MPROTECT: &str = "sys_enter_mprotect";
 pub const PROG_SYS_EXIT_MPROTECT: &str = "sys_exit_mprotect";
 pub const PROG_LSM_PATH_LINK: &str = "lsm_path_link";
 pub const PROG_LSM_PATH_RENAME: &str = "lsm_path_rename";
+
+/// Changing a file without opening it (`monitor-ebpf/src/mutate.rs`).
+pub const PROG_LSM_PATH_UNLINK: &str = "lsm_path_unlink";
+pub const PROG_LSM_PATH_RMDIR: &str = "lsm_path_rmdir";
+pub const PROG_LSM_PATH_MKDIR: &str = "lsm_path_mkdir";
+pub const PROG_LSM_PATH_MKNOD: &str = "lsm_path_mknod";
+pub const PROG_LSM_PATH_SYMLINK: &str = "lsm_path_symlink";
+pub const PROG_LSM_PATH_TRUNCATE: &str = "lsm_path_truncate";
+pub const PROG_LSM_PATH_CHMOD: &str = "lsm_path_chmod";
+pub const PROG_LSM_PATH_CHOWN: &str = "lsm_path_chown";
+/// Their syscall tracepoints, which record what the Landlock layer refuses.
+pub const PROG_SYS_ENTER_UNLINK: &str = "sys_enter_unlink";
+pub const PROG_SYS_ENTER_UNLINKAT: &str = "sys_enter_unlinkat";
+pub const PROG_SYS_ENTER_RMDIR: &str = "sys_enter_rmdir";
+pub const PROG_SYS_ENTER_MKDIR: &str = "sys_enter_mkdir";
+pub const PROG_SYS_ENTER_MKDIRAT: &str = "sys_enter_mkdirat";
+pub const PROG_SYS_ENTER_MKNOD: &str = "sys_enter_mknod";
+pub const PROG_SYS_ENTER_MKNODAT: &str = "sys_enter_mknodat";
+pub const PROG_SYS_ENTER_SYMLINK: &str = "sys_enter_symlink";
+pub const PROG_SYS_ENTER_SYMLINKAT: &str = "sys_enter_symlinkat";
+pub const PROG_SYS_ENTER_TRUNCATE: &str = "sys_enter_truncate";
+pub const PROG_SYS_ENTER_RENAME: &str = "sys_enter_rename";
+pub const PROG_SYS_ENTER_RENAMEAT: &str = "sys_enter_renameat";
+pub const PROG_SYS_ENTER_LINK: &str = "sys_enter_link";
+pub const PROG_SYS_ENTER_LINKAT: &str = "sys_enter_linkat";
+pub const PROG_SYS_EXIT_MUTATE_ANY: &str = "sys_exit_mutate_any";

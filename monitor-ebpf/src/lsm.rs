@@ -12,7 +12,7 @@
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use monitor_common::{
-    event::{decision, mechanism, EventKind, OpenEvent, OpenSyscall, AT_FDCWD},
+    event::{mechanism, EventKind, OpenEvent, OpenSyscall, AT_FDCWD},
     maps::{runtime, LsmProbe},
 };
 
@@ -21,7 +21,7 @@ use crate::{
     file,
     kernel::{lsm_ret, read_u64, EPERM},
     maps::{offsets, runtime_flags, LSM_PROBE},
-    pathres, policy,
+    pathres,
     policy::{Access, Verdict},
     record,
     trajectory::{self, Membership},
@@ -81,7 +81,7 @@ fn on_file_open(member: &Membership, file: u64) -> i32 {
 /// An `open` record of a BPF LSM file hook: no `dfd`, `mode` or requested
 /// string there.
 #[inline(always)]
-fn record_open(
+pub fn record_open(
     member: &Membership,
     verdict: &Verdict,
     syscall: OpenSyscall,
@@ -110,59 +110,6 @@ fn record_open(
         (*ev).requested[0] = 0;
     }
     record::submit(rec);
-}
-
-/// `security_path_link(old_dentry, new_dir, new_dentry)`: a hard link to a
-/// file gives it a name no rule may cover, so linking a file the policy
-/// denies (read or write) is refused. Both names are on one mount.
-#[lsm(hook = "path_link")]
-pub fn lsm_path_link(ctx: LsmContext) -> i32 {
-    let prev: i32 = ctx.arg(3);
-    if prev != 0 {
-        return lsm_ret(prev);
-    }
-    let (old, new_dir): (u64, u64) = (ctx.arg(0), ctx.arg(1));
-    lsm_ret(aliasing(old, read_u64(new_dir + offsets().path_mnt), OpenSyscall::Link))
-}
-
-/// `security_path_rename(old_dir, old_dentry, new_dir, new_dentry, flags)`:
-/// renaming a denied file moves it to a name no rule may cover.
-#[lsm(hook = "path_rename")]
-pub fn lsm_path_rename(ctx: LsmContext) -> i32 {
-    let prev: i32 = ctx.arg(5);
-    if prev != 0 {
-        return lsm_ret(prev);
-    }
-    let (old_dir, old): (u64, u64) = (ctx.arg(0), ctx.arg(1));
-    lsm_ret(aliasing(old, read_u64(old_dir + offsets().path_mnt), OpenSyscall::Rename))
-}
-
-const O_RDWR: u32 = 0o2;
-
-/// Judges giving `dentry` (on mount `mnt`) another name: refused when the
-/// policy denies reading or writing it. Recorded as an `open` record of the
-/// file with the `syscall` `link` or `rename`.
-#[inline(always)]
-fn aliasing(dentry: u64, mnt: u64, how: OpenSyscall) -> i32 {
-    if runtime_flags() & runtime::LSM_FILE == 0 {
-        return 0;
-    }
-    let Some(member) = trajectory::current() else {
-        return 0;
-    };
-    let resolved = pathres::dentry_path(mnt, dentry);
-    let access = Access { read: true, write: true };
-    let verdict = match &resolved {
-        Some(r) => policy::file(member.policy, pathres::key_from_resolved(r, member.policy), access),
-        None => policy::file_default(member.policy),
-    };
-    if verdict.decision == decision::ALLOW {
-        return 0;
-    }
-    let result = if verdict.blocks() { -EPERM } else { 0 };
-    // Judged as reading and writing the file.
-    record_open(&member, &verdict, how, O_RDWR, result, &resolved, false);
-    result
 }
 
 #[lsm(hook = "bprm_check_security")]

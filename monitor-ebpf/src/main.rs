@@ -17,6 +17,7 @@ mod limit;
 mod lsm;
 mod mapping;
 mod maps;
+mod mutate;
 mod open;
 mod pathres;
 mod policy;

@@ -118,6 +118,12 @@ pub struct OpenEntry {
 #[map]
 pub static OPEN_INFLIGHT: LruHashMap<u32, OpenEntry> = LruHashMap::with_max_entries(16384, 0);
 
+/// What a `sys_enter_*` of a call that changes a file saw (one entry per
+/// path: key `tid << 1 | n`), kept for its exit (`mutate`), which records
+/// the calls the Landlock layer refused.
+#[map]
+pub static MUTATE_INFLIGHT: LruHashMap<u64, OpenEntry> = LruHashMap::with_max_entries(8192, 0);
+
 /// Logical size of the path build area; a path longer than this is
 /// unresolved.
 pub const PATH_BUF: usize = 1024;

@@ -108,7 +108,7 @@ fn read<T: Default>(ctx: &TracePointContext, offset: usize) -> T {
 }
 
 #[inline(always)]
-fn tid() -> u32 {
+pub fn tid() -> u32 {
     unsafe { bpf_get_current_pid_tgid() as u32 }
 }
 
@@ -117,9 +117,18 @@ fn on_enter(syscall: OpenSyscall, dfd: i32, path: u64, open_flags: u32, mode: u3
     if trajectory::current().is_none() {
         return;
     }
-    let Some(scratch) = pathres::scratch() else {
-        return;
-    };
+    if let Some(e) = capture(syscall, dfd, path, open_flags, mode) {
+        // On failure (cannot happen with LRU eviction) the exit still judges
+        // the opened file, only without the requested string.
+        let _ = OPEN_INFLIGHT.insert(&tid(), unsafe { &*e }, 0);
+    }
+}
+
+/// Builds an in-flight entry in this CPU's scratch: what the process asked
+/// for, the path string copied from its memory.
+#[inline(always)]
+pub fn capture(syscall: OpenSyscall, dfd: i32, path: u64, open_flags: u32, mode: u32) -> Option<*const OpenEntry> {
+    let scratch = pathres::scratch()?;
     unsafe {
         let e = &raw mut (*scratch).entry;
         (*e).syscall = syscall as u32;
@@ -143,9 +152,7 @@ fn on_enter(syscall: OpenSyscall, dfd: i32, path: u64, open_flags: u32, mode: u3
             }
             Err(_) => (*e).requested_flags |= flags::READ_FAILED,
         }
-        // On failure (cannot happen with LRU eviction) the exit still judges
-        // the opened file, only without the requested string.
-        let _ = OPEN_INFLIGHT.insert(&tid(), &*e, 0);
+        Some(e)
     }
 }
 
@@ -238,7 +245,7 @@ fn access_of(entry: Option<*const OpenEntry>, file: u64) -> (bool, Access) {
 /// The directory a relative request resolves against: `dfd`'s file, or
 /// the working directory (`current->fs->pwd`). `None` for an absolute one.
 #[inline(always)]
-fn base_dir(entry: Option<*const OpenEntry>) -> Option<Resolved> {
+pub fn base_dir(entry: Option<*const OpenEntry>) -> Option<Resolved> {
     let e = entry?;
     let (first, dfd) = unsafe { ((*e).requested[0], (*e).dfd) };
     if first == b'/' || first == 0 {
@@ -263,7 +270,7 @@ fn base_dir(entry: Option<*const OpenEntry>) -> Option<Resolved> {
 /// A failed open opened nothing; what was asked for is judged when it is
 /// absolute, so the record says what the policy thinks of it.
 #[inline(always)]
-fn requested_verdict(member: &Membership, entry: Option<*const OpenEntry>, access: Access) -> Verdict {
+pub fn requested_verdict(member: &Membership, entry: Option<*const OpenEntry>, access: Access) -> Verdict {
     match entry {
         Some(e) if unsafe { (*e).requested[0] } == b'/' => {
             let len = unsafe { (*e).requested_len } as usize;
@@ -280,7 +287,7 @@ fn requested_verdict(member: &Membership, entry: Option<*const OpenEntry>, acces
 /// the request (`READ_FAILED` when the entry is gone). A blocked open
 /// that opened a file was killed.
 #[inline(always)]
-fn emit(
+pub fn emit(
     member: &Membership,
     verdict: &Verdict,
     by_inode: bool,

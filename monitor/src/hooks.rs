@@ -74,6 +74,10 @@ const fn syscall(
     Hook { name, class, program, attach: Attach::Tracepoint { category: "syscalls", name: tp }, optional }
 }
 
+const fn lsm_path(name: &'static str, program: &'static str, hook: &'static str) -> Hook {
+    Hook { name, class: HookClass::Open, program, attach: Attach::Lsm { name: hook }, optional: true }
+}
+
 const fn sock(name: &'static str, program: &'static str) -> Hook {
     Hook { name, class: HookClass::Connect, program, attach: Attach::CgroupSockAddr, optional: false }
 }
@@ -143,6 +147,15 @@ pub const LSM_HOOKS: &[Hook] = &[
         attach: Attach::Lsm { name: "path_rename" },
         optional: true,
     },
+    // Changing a file without opening it is a write of its path.
+    lsm_path("lsm:path_unlink", names::PROG_LSM_PATH_UNLINK, "path_unlink"),
+    lsm_path("lsm:path_rmdir", names::PROG_LSM_PATH_RMDIR, "path_rmdir"),
+    lsm_path("lsm:path_mkdir", names::PROG_LSM_PATH_MKDIR, "path_mkdir"),
+    lsm_path("lsm:path_mknod", names::PROG_LSM_PATH_MKNOD, "path_mknod"),
+    lsm_path("lsm:path_symlink", names::PROG_LSM_PATH_SYMLINK, "path_symlink"),
+    lsm_path("lsm:path_truncate", names::PROG_LSM_PATH_TRUNCATE, "path_truncate"),
+    lsm_path("lsm:path_chmod", names::PROG_LSM_PATH_CHMOD, "path_chmod"),
+    lsm_path("lsm:path_chown", names::PROG_LSM_PATH_CHOWN, "path_chown"),
     // Executable mappings are judged by the exec rules.
     Hook {
         name: "lsm:mmap_file",
@@ -173,6 +186,46 @@ pub const OPEN_TRACEPOINTS: &[Hook] = &[
     syscall("open:open/exit", HookClass::Open, names::PROG_SYS_EXIT_OPEN_ANY, "sys_exit_open", true),
     syscall("open:creat/exit", HookClass::Open, names::PROG_SYS_EXIT_OPEN_ANY, "sys_exit_creat", true),
 ];
+
+/// Calls that change a file without opening it, where BPF LSM does not run:
+/// the Landlock layer refuses them; entry keeps the paths, exit records the
+/// refusals. Legacy calls (`unlink`, `rename`, ...) exist on x86-64 only.
+pub const MUTATE_TRACEPOINTS: &[Hook] = &[
+    mutate("mutate:unlink", names::PROG_SYS_ENTER_UNLINK, "sys_enter_unlink", true),
+    mutate("mutate:unlinkat", names::PROG_SYS_ENTER_UNLINKAT, "sys_enter_unlinkat", false),
+    mutate("mutate:rmdir", names::PROG_SYS_ENTER_RMDIR, "sys_enter_rmdir", true),
+    mutate("mutate:mkdir", names::PROG_SYS_ENTER_MKDIR, "sys_enter_mkdir", true),
+    mutate("mutate:mkdirat", names::PROG_SYS_ENTER_MKDIRAT, "sys_enter_mkdirat", false),
+    mutate("mutate:mknod", names::PROG_SYS_ENTER_MKNOD, "sys_enter_mknod", true),
+    mutate("mutate:mknodat", names::PROG_SYS_ENTER_MKNODAT, "sys_enter_mknodat", false),
+    mutate("mutate:symlink", names::PROG_SYS_ENTER_SYMLINK, "sys_enter_symlink", true),
+    mutate("mutate:symlinkat", names::PROG_SYS_ENTER_SYMLINKAT, "sys_enter_symlinkat", false),
+    mutate("mutate:truncate", names::PROG_SYS_ENTER_TRUNCATE, "sys_enter_truncate", false),
+    mutate("mutate:rename", names::PROG_SYS_ENTER_RENAME, "sys_enter_rename", true),
+    mutate("mutate:renameat", names::PROG_SYS_ENTER_RENAMEAT, "sys_enter_renameat", true),
+    mutate("mutate:renameat2", names::PROG_SYS_ENTER_RENAMEAT, "sys_enter_renameat2", false),
+    mutate("mutate:link", names::PROG_SYS_ENTER_LINK, "sys_enter_link", true),
+    mutate("mutate:linkat", names::PROG_SYS_ENTER_LINKAT, "sys_enter_linkat", false),
+    mutate("mutate:unlink/exit", names::PROG_SYS_EXIT_MUTATE_ANY, "sys_exit_unlink", true),
+    mutate("mutate:unlinkat/exit", names::PROG_SYS_EXIT_MUTATE_ANY, "sys_exit_unlinkat", false),
+    mutate("mutate:rmdir/exit", names::PROG_SYS_EXIT_MUTATE_ANY, "sys_exit_rmdir", true),
+    mutate("mutate:mkdir/exit", names::PROG_SYS_EXIT_MUTATE_ANY, "sys_exit_mkdir", true),
+    mutate("mutate:mkdirat/exit", names::PROG_SYS_EXIT_MUTATE_ANY, "sys_exit_mkdirat", false),
+    mutate("mutate:mknod/exit", names::PROG_SYS_EXIT_MUTATE_ANY, "sys_exit_mknod", true),
+    mutate("mutate:mknodat/exit", names::PROG_SYS_EXIT_MUTATE_ANY, "sys_exit_mknodat", false),
+    mutate("mutate:symlink/exit", names::PROG_SYS_EXIT_MUTATE_ANY, "sys_exit_symlink", true),
+    mutate("mutate:symlinkat/exit", names::PROG_SYS_EXIT_MUTATE_ANY, "sys_exit_symlinkat", false),
+    mutate("mutate:truncate/exit", names::PROG_SYS_EXIT_MUTATE_ANY, "sys_exit_truncate", false),
+    mutate("mutate:rename/exit", names::PROG_SYS_EXIT_MUTATE_ANY, "sys_exit_rename", true),
+    mutate("mutate:renameat/exit", names::PROG_SYS_EXIT_MUTATE_ANY, "sys_exit_renameat", true),
+    mutate("mutate:renameat2/exit", names::PROG_SYS_EXIT_MUTATE_ANY, "sys_exit_renameat2", false),
+    mutate("mutate:link/exit", names::PROG_SYS_EXIT_MUTATE_ANY, "sys_exit_link", true),
+    mutate("mutate:linkat/exit", names::PROG_SYS_EXIT_MUTATE_ANY, "sys_exit_linkat", false),
+];
+
+const fn mutate(name: &'static str, program: &'static str, tp: &'static str, optional: bool) -> Hook {
+    syscall(name, HookClass::Open, program, tp, optional)
+}
 
 /// Executable mappings where BPF LSM does not run: entry keeps what was
 /// asked, exit judges the mapping the kernel made and kills.

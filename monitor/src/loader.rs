@@ -30,7 +30,8 @@ use monitor_common::{
 use crate::{
     errors::chain,
     hooks::{
-        Attach, Hook, HookClass, Protection, HOOKS, LSM_HOOKS, MAPPING_TRACEPOINTS, OPEN_TRACEPOINTS, PROTECTIONS,
+        Attach, Hook, HookClass, Protection, HOOKS, LSM_HOOKS, MAPPING_TRACEPOINTS, MUTATE_TRACEPOINTS,
+        OPEN_TRACEPOINTS, PROTECTIONS,
     },
     mounts,
     pins::{PinDir, PINNED_MAPS},
@@ -210,7 +211,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<(Loaded, PipelineMaps, PolicyMapHa
     // The pipeline writes `runtime_flags` into CONFIG with the first
     // trajectory; until then no task is a member, so nothing is judged.
     if !lsm_active {
-        for hook in OPEN_TRACEPOINTS.iter().chain(MAPPING_TRACEPOINTS) {
+        for hook in OPEN_TRACEPOINTS.iter().chain(MAPPING_TRACEPOINTS).chain(MUTATE_TRACEPOINTS) {
             hooks.push(attach(&mut ebpf, hook, &cgroup, &mut links)?);
         }
     }
@@ -271,6 +272,9 @@ fn name_enforcers(hooks: &mut [HookState], lsm_active: bool) {
         }
         if lsm_active {
             h.detail.push_str("; records only, BPF LSM enforces");
+        } else if h.hook.starts_with("mutate:") {
+            // Landlock refuses these calls; the tracepoints record it.
+            h.detail.push_str("; records what the Landlock layer refuses");
         } else if (h.class == HookClass::Open || h.hook.starts_with("mapping:")) && !h.hook.ends_with("/exit") {
             // Entry keeps the request; its exit hook judges and kills.
             h.detail.push_str("; keeps the request for the exit hook, which enforces");

@@ -53,10 +53,10 @@ impl Lab {
     /// The Landlock ABI the daemon reports, 0 without a layer.
     fn landlock_abi(&self) -> u32 {
         let status = self.d.status();
-        let row = crate::harness::protection(&status, "landlock");
-        if row["mechanism"] != "landlock-deny" {
+        let rows = status["protections"].as_array().unwrap();
+        let Some(row) = rows.iter().find(|p| p["protection"] == "landlock" && p["mechanism"] == "landlock-deny") else {
             return 0;
-        }
+        };
         let detail = row["detail"].as_str().unwrap();
         detail.strip_prefix("Landlock ABI ").and_then(|r| r.split(':').next()).unwrap().parse().unwrap()
     }
@@ -90,20 +90,30 @@ struct Case {
     args: fn(&Path, &Path) -> Vec<PathBuf>,
     /// Landlock governs it from this ABI on (0: never).
     landlock_abi: u32,
+    /// The `syscall` of the BPF LSM record, and the argument it names.
+    lsm: (&'static str, usize),
 }
 
 const CASES: &[Case] = &[
-    Case { op: "unlink", args: |t, _| vec![t.join("f")], landlock_abi: 1 },
-    Case { op: "rmdir", args: |t, _| vec![t.join("d")], landlock_abi: 1 },
-    Case { op: "rename", args: |t, o| vec![t.join("f"), o.join("moved-out")], landlock_abi: 1 },
-    Case { op: "rename", args: |t, o| vec![o.join("x"), t.join("moved-in")], landlock_abi: 1 },
-    Case { op: "rename", args: |t, _| vec![t.join("f"), t.join("renamed")], landlock_abi: 1 },
-    Case { op: "exchange", args: |t, o| vec![t.join("f"), o.join("x")], landlock_abi: 1 },
-    Case { op: "link", args: |t, o| vec![o.join("x"), t.join("hard")], landlock_abi: 1 },
-    Case { op: "symlink", args: |t, _| vec![PathBuf::from("/etc/hostname"), t.join("sym")], landlock_abi: 1 },
-    Case { op: "mkdir", args: |t, _| vec![t.join("new")], landlock_abi: 1 },
-    Case { op: "mknod", args: |t, _| vec![t.join("fifo")], landlock_abi: 1 },
-    Case { op: "truncate", args: |t, _| vec![t.join("f")], landlock_abi: 3 },
+    Case { op: "unlink", args: |t, _| vec![t.join("f")], landlock_abi: 1, lsm: ("unlink", 0) },
+    Case { op: "rmdir", args: |t, _| vec![t.join("d")], landlock_abi: 1, lsm: ("rmdir", 0) },
+    Case { op: "rename", args: |t, o| vec![t.join("f"), o.join("moved-out")], landlock_abi: 1, lsm: ("rename", 0) },
+    Case { op: "rename", args: |t, o| vec![o.join("x"), t.join("moved-in")], landlock_abi: 1, lsm: ("rename_to", 1) },
+    Case { op: "rename", args: |t, _| vec![t.join("f"), t.join("renamed")], landlock_abi: 1, lsm: ("rename", 0) },
+    Case { op: "exchange", args: |t, o| vec![t.join("f"), o.join("x")], landlock_abi: 1, lsm: ("rename", 0) },
+    Case { op: "exchange", args: |t, o| vec![o.join("x"), t.join("f")], landlock_abi: 1, lsm: ("rename_to", 1) },
+    Case { op: "link", args: |t, o| vec![o.join("x"), t.join("hard")], landlock_abi: 1, lsm: ("link_to", 1) },
+    Case {
+        op: "symlink",
+        args: |t, _| vec![PathBuf::from("/etc/hostname"), t.join("sym")],
+        landlock_abi: 1,
+        lsm: ("symlink", 1),
+    },
+    Case { op: "mkdir", args: |t, _| vec![t.join("new")], landlock_abi: 1, lsm: ("mkdir", 0) },
+    Case { op: "mknod", args: |t, _| vec![t.join("fifo")], landlock_abi: 1, lsm: ("mknod", 0) },
+    Case { op: "truncate", args: |t, _| vec![t.join("f")], landlock_abi: 3, lsm: ("truncate", 0) },
+    Case { op: "chmod", args: |t, _| vec![t.join("f")], landlock_abi: 0, lsm: ("chmod", 0) },
+    Case { op: "chown", args: |t, _| vec![t.join("f")], landlock_abi: 0, lsm: ("chown", 0) },
 ];
 
 fn as_refs(v: &[PathBuf]) -> Vec<&Path> {
@@ -146,6 +156,17 @@ fn every_change_under_a_write_denied_directory_is_refused_and_the_workspace_is_n
         let refused = lab.mutate(&id, case.op, &as_refs(&args));
         assert_refused(&refused, mechanism, &what);
         assert_eq!(snapshot(&lab.sealed), before, "{what}: the sealed tree changed");
+        // Recorded as the operation, on the path it would change, with the
+        // rule: by the LSM hook that refused, or by the syscall's exit
+        // tracepoint after Landlock refused.
+        let (syscall, at) = case.lsm;
+        let recs = lab.d.trajectory(&id);
+        let r = of_kind(&recs, "open")
+            .into_iter()
+            .find(|r| r["syscall"] == syscall && r["path"] == args[at].to_str().unwrap())
+            .unwrap_or_else(|| panic!("{what}: no {syscall} record of {}: {recs:#?}", args[at].display()));
+        assert_eq!((r["decision"].as_str(), r["mechanism"].as_str()), (Some("deny"), Some(mechanism)), "{r}");
+        assert!(r["rule"].as_str().unwrap().ends_with("sealed.yaml:6"), "{r}");
         // The same call on the workspace's own tree.
         let args = (case.args)(&open, &out);
         let allowed = lab.mutate(&format!("{id}-ws"), case.op, &as_refs(&args));

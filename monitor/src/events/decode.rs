@@ -175,9 +175,22 @@ fn open(e: &OpenEvent) -> Result<Body, DecodeError> {
         Some(OpenSyscall::Lsm) => "lsm",
         Some(OpenSyscall::Link) => "link",
         Some(OpenSyscall::Rename) => "rename",
+        Some(OpenSyscall::Unlink) => "unlink",
+        Some(OpenSyscall::Rmdir) => "rmdir",
+        Some(OpenSyscall::Mkdir) => "mkdir",
+        Some(OpenSyscall::Mknod) => "mknod",
+        Some(OpenSyscall::Symlink) => "symlink",
+        Some(OpenSyscall::Truncate) => "truncate",
+        Some(OpenSyscall::Chmod) => "chmod",
+        Some(OpenSyscall::Chown) => "chown",
+        Some(OpenSyscall::LinkTo) => "link_to",
+        Some(OpenSyscall::RenameTo) => "rename_to",
         None => return Err(DecodeError::Field { field: "syscall", value: e.syscall }),
     };
-    let lsm = e.syscall >= OpenSyscall::Lsm as u32;
+    // LSM records carry no request; the calls that change a file share
+    // their codes between the LSM hooks (no request) and the tracepoints
+    // that record Landlock's refusals (a request).
+    let lsm = e.syscall >= OpenSyscall::Lsm as u32 && e.requested_len == 0;
     Ok(Body::Open {
         syscall,
         path: resolved(e.header.flags, &e.path, e.path_len),

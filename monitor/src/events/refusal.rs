@@ -28,6 +28,8 @@ use crate::{
 };
 
 const EACCES: i32 = 13;
+/// Landlock's answer to a rename or link between directories it refuses.
+const EXDEV: i32 = 18;
 
 /// Names `d`'s verdict and mechanism when `layer` refused it.
 pub(super) fn name(layer: &Layer, policy: Option<&CompiledPolicy>, instance: u32, d: &mut Decoded) {
@@ -38,14 +40,21 @@ pub(super) fn name(layer: &Layer, policy: Option<&CompiledPolicy>, instance: u32
         "read" => Class::Read,
         _ => Class::Write,
     };
-    if *result != -EACCES || path.is_some() || !layer.covers(class) {
+    let read_too = *access == "read_write";
+    if !(*result == -EACCES || *result == -EXDEV) || path.is_some() || !layer.covers(class) {
         return;
     }
     let requested = requested.as_ref().map(|r| of_process(&r.0, d.process.pid, d.process.tid));
     let target = requested.and_then(|r| resolve(base.as_ref().map(|b| &b.0[..]), &r));
     if let (Some(policy), Some(target)) = (policy, target) {
         let value = policy.file_value(target.as_os_str().as_bytes());
-        let v = if class == Class::Read { value.read } else { value.write };
+        let v = match class {
+            Class::Read => value.read,
+            // Both verdicts of a read-write access: the stronger decides
+            // (the read one on a tie), as the kernel's `for_access`.
+            _ if read_too && value.read.action >= value.write.action => value.read,
+            _ => value.write,
+        };
         d.verdict.policy = instance;
         d.verdict.rule_id = v.rule_id;
         d.verdict.action = word(v.action);
