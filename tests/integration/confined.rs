@@ -27,12 +27,14 @@ pub fn unit_values(key: &str) -> Vec<&'static str> {
 /// Capability numbers (linux/capability.h) of the names the unit may use.
 pub fn capability(name: &str) -> u32 {
     match name {
+        "CAP_DAC_READ_SEARCH" => 2,
         "CAP_NET_ADMIN" => 12,
+        "CAP_SYS_PTRACE" => 19,
         "CAP_SYS_ADMIN" => 21,
         "CAP_SYS_RESOURCE" => 24,
         "CAP_PERFMON" => 38,
         "CAP_BPF" => 39,
-        other => panic!("add {other} to the capability table of tests/integration/service.rs"),
+        other => panic!("add {other} to the capability table of tests/integration/confined.rs"),
     }
 }
 

@@ -63,11 +63,36 @@ fn the_daemon_enforces_with_only_the_units_capabilities() {
     );
 }
 
-/// The unit's capabilities but `CAP_SYS_ADMIN`.
+/// What the Landlock layer needs besides: seeing a client's files through
+/// `/proc/PID/root` ([`without_cap_sys_ptrace_run_is_refused_where_the_landlock_layer_runs`]).
+const LANDLOCK_CAPS: [&str; 2] = ["CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH"];
+
+/// The unit's capabilities for loading and attaching: all but
+/// `CAP_SYS_ADMIN` and the Landlock layer's.
 fn fine_grained() -> Vec<&'static str> {
-    let caps: Vec<&str> = unit_capabilities().into_iter().filter(|c| *c != "CAP_SYS_ADMIN").collect();
+    let caps: Vec<&str> =
+        unit_capabilities().into_iter().filter(|c| *c != "CAP_SYS_ADMIN" && !LANDLOCK_CAPS.contains(c)).collect();
     assert_eq!(caps.len(), 3, "CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN: {caps:?}");
     caps
+}
+
+/// Without `CAP_SYS_PTRACE` the daemon cannot see a root client's files
+/// through `/proc/PID/root`: where the Landlock layer runs, `run` is refused
+/// with a message that names the capability, never started with a layer
+/// planned from nothing. Where BPF LSM runs there is no layer to plan.
+#[test]
+fn without_cap_sys_ptrace_run_is_refused_where_the_landlock_layer_runs() {
+    let f = fixture();
+    let fewer: Vec<&str> = unit_capabilities().into_iter().filter(|c| *c != "CAP_SYS_PTRACE").collect();
+    let d = Confined::start(&[], Some(&fewer), &f.policies).unwrap_or_else(|log| panic!("did not start:\n{log}"));
+    let layered = d.status()["enforcement"]["file"] == "landlock-deny";
+    let out = d.run("ops-test", &f.ws, &["true"]);
+    if layered {
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("CAP_SYS_PTRACE"), "{out:?}");
+    } else {
+        assert!(out.status.success(), "{out:?}");
+    }
 }
 
 fn perf_event_paranoid() -> i32 {
@@ -81,7 +106,8 @@ const PERF_EVENT_EACCES: &str = "`perf_event_open_trace_point` failed: Permissio
 fn without_cap_sys_admin_the_daemon_enforces_unless_the_kernel_restricts_perf_events() {
     let f = fixture();
     let paranoid = perf_event_paranoid();
-    match Confined::start(&[], Some(&fine_grained()), &f.policies) {
+    let caps: Vec<&str> = fine_grained().into_iter().chain(LANDLOCK_CAPS).collect();
+    match Confined::start(&[], Some(&caps), &f.policies) {
         Ok(d) => {
             let agent = agent_bin();
             let out = d.run("ops-test", &f.ws, &[agent.to_str().unwrap(), "connect", "127.0.0.2", "9"]);

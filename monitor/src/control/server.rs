@@ -522,6 +522,9 @@ async fn open_trajectory(
         (Err(e), _) => return fail(e.to_string()),
         (_, None) => return fail(format!("{} is outside the cgroup2 mount", path.display())),
     };
+    if let Err(e) = sees_client(ctx, pid) {
+        return fail(e);
+    }
     let compartment = match prepare(ctx, &binding.policy, &limits, &path, cgroup_id) {
         Ok(c) => c,
         Err(e) => return fail(e),
@@ -547,7 +550,7 @@ async fn open_trajectory(
         Ok(layer) => layer,
         Err(e) => return fail(e.to_string()),
     };
-    let ruleset = match layer.as_ref().map(|plan| ruleset(&id, plan)).transpose() {
+    let ruleset = match layer.as_ref().map(|plan| ruleset(&id, plan, pid)).transpose() {
         Ok(fd) => fd,
         Err(e) => {
             let _ = ctx.pipeline.close(cgroup_id, EndReason::StartFailed).await;
@@ -574,6 +577,20 @@ async fn open_trajectory(
     }
 }
 
+/// The Landlock layer is planned through the client's own view of the
+/// files: a daemon that cannot see it must not plan a layer from nothing.
+fn sees_client(ctx: &Context, pid: u32) -> Result<(), String> {
+    let view = crate::landlock::view_of(pid);
+    match (&ctx.landlock, std::fs::read_dir(&view)) {
+        (Some(_), Err(e)) => Err(format!(
+            "cannot read the client's files through {} for its Landlock layer: {e} (the daemon needs CAP_SYS_PTRACE \
+             and CAP_DAC_READ_SEARCH)",
+            view.display()
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The trajectory's id (the one requested, or a new one) and its new cgroup.
 fn create_cgroup(ctx: &Context, requested: Option<String>) -> Result<(String, PathBuf), String> {
     let id = match requested {
@@ -589,8 +606,12 @@ fn create_cgroup(ctx: &Context, requested: Option<String>) -> Result<(String, Pa
 }
 
 /// Builds the Landlock ruleset `plan` describes, for `run` to apply.
-fn ruleset(id: &str, plan: &crate::landlock::Plan) -> Result<Arc<OwnedFd>, crate::landlock::sys::LandlockError> {
-    let (fd, built) = crate::landlock::sys::build(plan)?;
+fn ruleset(
+    id: &str,
+    plan: &crate::landlock::Plan,
+    pid: u32,
+) -> Result<Arc<OwnedFd>, crate::landlock::sys::LandlockError> {
+    let (fd, built) = crate::landlock::sys::build(plan, &crate::landlock::view_of(pid))?;
     if !built.skipped.is_empty() {
         tracing::debug!(trajectory = %id, skipped = ?built.skipped, "paths gone since the plan: no grant");
     }

@@ -123,8 +123,8 @@ fn landlock_row(e: Enforcement, layer: Option<&Wanted>, abi: u32) -> Option<Prot
             format!(
                 "Landlock ABI {abi}: each trajectory started by `run` restricts itself before exec: its file \
                  rules ({} of opens, creating, removing, renaming, linking{} files){}, mount changes, and \
-                 ptrace of processes outside it; chmod, chown, xattrs and timestamps, exec rules, and adopted \
-                 trajectories stay with the tracepoints (kill)",
+                 ptrace of processes outside it; exec rules and adopted trajectories stay with the tracepoints \
+                 (kill); chmod, chown, xattrs and timestamps are not judged without BPF LSM",
                 w.classes.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(" and "),
                 if abi >= 3 { ", truncating" } else { "" },
                 if abi >= 6 { ", signals to processes outside it" } else { "" },

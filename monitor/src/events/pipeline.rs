@@ -511,7 +511,8 @@ impl Pipeline {
     fn plan_layer(&self, spec: &OpenSpec, instance: u32) -> Option<crate::landlock::Plan> {
         let wanted = spec.landlock.as_ref()?;
         let compiled = self.enforcer.compiled(instance)?;
-        Some(crate::landlock::plan(&compiled, &crate::landlock::Disk, wanted.abi, &wanted.classes))
+        let disk = crate::landlock::Disk { root: crate::landlock::view_of(spec.client.pid?) };
+        Some(crate::landlock::plan(&compiled, &disk, wanted.abi, &wanted.classes))
     }
 
     /// Makes `name` the trajectory's current step: the kernel map first, so

@@ -21,6 +21,12 @@ use serde::{Deserialize, Serialize};
 
 pub use plan::{plan, Class, Disk, Plan};
 
+/// The filesystem as process `pid` sees it (its mount namespace): where the
+/// daemon plans and builds the ruleset that process will apply.
+pub fn view_of(pid: u32) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/proc/{pid}/root"))
+}
+
 /// A layer to plan: the kernel's ABI and the classes no BPF LSM hook
 /// enforces there.
 #[derive(Clone, Debug, PartialEq, Eq)]

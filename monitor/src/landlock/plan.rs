@@ -33,7 +33,7 @@
 use std::{
     collections::BTreeMap,
     ffi::OsString,
-    os::unix::ffi::OsStrExt,
+    os::unix::ffi::{OsStrExt, OsStringExt},
     path::{Path, PathBuf},
 };
 
@@ -324,12 +324,23 @@ fn display_key(k: &[u8]) -> String {
     String::from_utf8_lossy(k).into_owned()
 }
 
-/// The real filesystem, as the daemon sees it.
-pub struct Disk;
+/// The real filesystem as the agent will see it: through `root`, the
+/// `/proc/<pid>/root` of the `run` process (its mount namespace, not the
+/// daemon's, which a service unit narrows with `ProtectHome=` and
+/// `PrivateTmp=`).
+pub struct Disk {
+    pub root: PathBuf,
+}
+
+impl Disk {
+    fn at(&self, path: &Path) -> PathBuf {
+        self.root.join(path.strip_prefix("/").unwrap_or(path))
+    }
+}
 
 impl Tree for Disk {
     fn entries(&self, dir: &Path) -> Vec<(OsString, Kind)> {
-        let Ok(read) = std::fs::read_dir(dir) else {
+        let Ok(read) = std::fs::read_dir(self.at(dir)) else {
             return Vec::new();
         };
         let mut out: Vec<(OsString, Kind)> = read
@@ -352,7 +363,7 @@ impl Tree for Disk {
 
     fn volatile(&self, dir: &Path) -> bool {
         const PROC_SUPER_MAGIC: i64 = 0x9fa0;
-        let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        let Ok(c) = std::ffi::CString::new(self.at(dir).into_os_string().into_vec()) else {
             return false;
         };
         // SAFETY: all-zero is a valid `statfs`.

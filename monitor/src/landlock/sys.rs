@@ -57,10 +57,12 @@ pub struct Built {
     pub skipped: Vec<String>,
 }
 
-/// Creates the ruleset `plan` describes. Each path is opened without
-/// following a symbolic link anywhere along it, so a path changed since
-/// the plan can only lose its grant, never pass it elsewhere.
-pub fn build(plan: &Plan) -> Result<(OwnedFd, Built), LandlockError> {
+/// Creates the ruleset `plan` describes, for paths seen through `root`
+/// (`/proc/<pid>/root` of the process that will apply it). Each path is
+/// opened beneath it without following a symbolic link anywhere along it,
+/// so a path changed since the plan can only lose its grant, never pass it
+/// elsewhere.
+pub fn build(plan: &Plan, root: &std::path::Path) -> Result<(OwnedFd, Built), LandlockError> {
     let attr = RulesetAttr { handled_access_fs: plan.handled, handled_access_net: 0, scoped: plan.scoped };
     let size = match plan.abi {
         0..=3 => 8,
@@ -74,10 +76,12 @@ pub fn build(plan: &Plan) -> Result<(OwnedFd, Built), LandlockError> {
     }
     // SAFETY: a new descriptor this process owns.
     let ruleset = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let root =
+        std::fs::File::open(root).map_err(|source| LandlockError::Rule { path: root.display().to_string(), source })?;
     let mut built = Built::default();
     for grant in &plan.grants {
         let shown = grant.path.display().to_string();
-        let Some((target, is_dir)) = open_beneath(&grant.path) else {
+        let Some((target, is_dir)) = open_beneath(&root, &grant.path) else {
             built.skipped.push(shown);
             continue;
         };
@@ -108,17 +112,19 @@ pub fn build(plan: &Plan) -> Result<(OwnedFd, Built), LandlockError> {
     Ok((ruleset, built))
 }
 
-/// `O_PATH` descriptor of `path` and whether it is a directory; `None` if
-/// it is gone or a component is a symbolic link.
-fn open_beneath(path: &std::path::Path) -> Option<(OwnedFd, bool)> {
-    let c = CString::new(path.as_os_str().as_bytes()).ok()?;
+/// `O_PATH` descriptor of the absolute `path` beneath `root` and whether it
+/// is a directory; `None` if it is gone or a component is a symbolic link.
+fn open_beneath(root: &std::fs::File, path: &std::path::Path) -> Option<(OwnedFd, bool)> {
+    let relative = path.strip_prefix("/").ok()?;
+    let relative = if relative.as_os_str().is_empty() { std::path::Path::new(".") } else { relative };
+    let c = CString::new(relative.as_os_str().as_bytes()).ok()?;
     // SAFETY: all-zero is a valid `open_how`.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (libc::O_PATH | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64;
-    how.resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    how.resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS | libc::RESOLVE_BENEATH;
     // SAFETY: a NUL-terminated path and an `open_how` of the size passed.
     let fd = unsafe {
-        libc::syscall(libc::SYS_openat2, libc::AT_FDCWD, c.as_ptr(), &how as *const libc::open_how, size_of_val(&how))
+        libc::syscall(libc::SYS_openat2, root.as_raw_fd(), c.as_ptr(), &how as *const libc::open_how, size_of_val(&how))
     };
     if fd < 0 {
         return None;
