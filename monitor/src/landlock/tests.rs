@@ -12,7 +12,7 @@ use std::{
 };
 
 use super::plan::{fs, plan, Class, Kind, Plan, Tree};
-use crate::policy::{CompiledPolicy, PolicySet, Vars};
+use crate::policy::{tests::Rng, CompiledPolicy, PolicySet, Vars};
 
 /// A filesystem in memory: every directory with its entries.
 #[derive(Default)]
@@ -192,49 +192,33 @@ fn an_exec_allow_list_grants_execute_on_the_allowed_directories_only() {
     assert!(!landlock_allows(&plan, Path::new("/tmp/t"), fs::EXECUTE));
 }
 
-/// xorshift64*: deterministic, so a failure reproduces from the seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn path(&mut self, depth: u64) -> String {
-        (0..depth).map(|_| ["/a", "/b", "/c"][self.below(3) as usize]).collect()
-    }
+/// A path of `depth` components over `a`, `b`, `c`.
+fn random_path(rng: &mut Rng, depth: usize) -> String {
+    (0..depth).map(|_| *rng.pick(&["/a", "/b", "/c"])).collect()
 }
 
 fn random_policy(rng: &mut Rng) -> String {
-    let pick = |rng: &mut Rng, xs: &[&'static str]| xs[rng.below(xs.len() as u64) as usize];
     let mut y = format!(
         "name: r\nmode: enforce\ndefaults: {{file: {}, exec: {}, network: deny}}\nrules:\n  file:\n",
-        pick(rng, &["allow", "deny"]),
-        pick(rng, &["allow", "deny"])
+        *rng.pick(&["allow", "deny"]),
+        *rng.pick(&["allow", "deny"])
     );
     for _ in 0..1 + rng.below(6) {
         let depth = 1 + rng.below(3);
         let slash = if rng.below(2) == 0 { "/" } else { "" };
         y += &format!(
             "    - {{path: {}{slash}, access: {}, action: {}}}\n",
-            rng.path(depth),
-            pick(rng, &["read", "write", "read-write"]),
-            pick(rng, &["allow", "deny", "audit"])
+            random_path(rng, depth),
+            *rng.pick(&["read", "write", "read-write"]),
+            *rng.pick(&["allow", "deny", "audit"])
         );
     }
     y += "  exec:\n";
     for _ in 0..rng.below(3) {
         let slash = if rng.below(2) == 0 { "/" } else { "" };
         let depth = 1 + rng.below(3);
-        let path = rng.path(depth);
-        y += &format!("    - {{path: {path}{slash}, action: {}}}\n", pick(rng, &["allow", "deny"]));
+        let path = random_path(rng, depth);
+        y += &format!("    - {{path: {path}{slash}, action: {}}}\n", *rng.pick(&["allow", "deny"]));
     }
     y
 }
@@ -243,8 +227,8 @@ fn random_tree(rng: &mut Rng) -> Mem {
     let mut t = Mem::default();
     for _ in 0..12 {
         let depth = 1 + rng.below(4);
-        let kind = [Kind::File, Kind::File, Kind::Dir, Kind::Symlink][rng.below(4) as usize];
-        let path = rng.path(depth);
+        let kind = [Kind::File, Kind::File, Kind::Dir, Kind::Symlink][rng.below(4)];
+        let path = random_path(rng, depth);
         // A name is one kind only, and only a directory has entries.
         let p = Path::new(&path);
         let clash = p.ancestors().skip(1).any(|a| t.kind(a).is_some_and(|k| k != Kind::Dir));

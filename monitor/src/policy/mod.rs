@@ -23,7 +23,7 @@ pub mod template;
 pub mod validate;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use builtin::{Protected, ProtectedPath, TAMPER_RULE};
 pub use compile::{compile, resolve, CompiledPolicy, MapEntries, OpenError, ResolvedPolicy, TooManyPortRules};
