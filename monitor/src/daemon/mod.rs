@@ -57,13 +57,14 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     // Until the take-over, a failed start undoes its pins.
     let start_guard = prepared.pins.as_ref().map(PinDir::start_guard);
     let metrics = Metrics::new();
-    report::kernel(&loaded, &set, &metrics);
+    let landlock_abi = crate::landlock::sys::abi();
+    report::kernel(&loaded, &set, &metrics, landlock_abi);
     let policies = Arc::new(RwLock::new(reload::table(&set)));
     let domains = Domains::default();
     let mut enforcer = Enforcer::new(policy_maps, set).sharing_domains(domains.clone());
     let protected = report::protected(&config, &prepared, &host.hierarchy.mount_point);
     let keep_on_exit = prepared.pins.is_some() && !config.stop_enforcement_on_exit;
-    let mut report = Report::new(&loaded, &protected, &prepared, keep_on_exit);
+    let mut report = Report::new(&loaded, &protected, &prepared, keep_on_exit, landlock_abi);
     enforcer.protect(protected);
     metrics.set_rule_counts(&enforcer.rule_counts());
     let listeners = start::bind(&config).await?;

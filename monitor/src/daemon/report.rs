@@ -9,7 +9,7 @@ use super::start::Prepared;
 use crate::{
     config::DaemonConfig,
     control::protocol::{ClassEnforcement, DnsStatus, HookStatus, ProtectionStatus},
-    landlock::{self, Class, Wanted},
+    landlock::{Class, Wanted},
     loader::{Enforcement, HookState, Loaded, ProtectionState},
     metrics::Metrics,
     policy::{self, PolicySet, Protected},
@@ -142,7 +142,7 @@ fn landlock_row(e: Enforcement, layer: Option<&Wanted>, abi: u32) -> Option<Prot
 /// Logs and exports each hook's mechanism and each rule class's, and
 /// names the policies in enforce mode whose rules this kernel can only
 /// record.
-pub fn kernel(loaded: &Loaded, set: &PolicySet, metrics: &Metrics) {
+pub fn kernel(loaded: &Loaded, set: &PolicySet, metrics: &Metrics, landlock_abi: u32) {
     for h in &loaded.hooks {
         let mechanism = h.mechanism.as_str();
         metrics.hook_mechanism.with_label_values(&[h.hook, mechanism]).set(1);
@@ -153,7 +153,7 @@ pub fn kernel(loaded: &Loaded, set: &PolicySet, metrics: &Metrics) {
         }
     }
     let e = loaded.enforcement;
-    let layer = landlock(e, landlock::sys::abi());
+    let layer = landlock(e, landlock_abi);
     let shown = class_enforcement(e, layer.as_ref());
     tracing::info!(file = shown.file, exec = shown.exec, network = shown.network, "enforcement per rule class");
     for (class, m) in
@@ -215,8 +215,8 @@ pub fn protected(config: &DaemonConfig, prepared: &Prepared, cgroup_mount: &Path
 impl Report {
     /// The report, its protections logged. `keep_on_exit`: the pins
     /// outlive the daemon (`--stop-enforcement-on-exit` not given).
-    pub fn new(loaded: &Loaded, protected: &Protected, prepared: &Prepared, keep_on_exit: bool) -> Self {
-        let abi = landlock::sys::abi();
+    /// `landlock_abi`: the kernel's Landlock ABI, 0 without Landlock.
+    pub fn new(loaded: &Loaded, protected: &Protected, prepared: &Prepared, keep_on_exit: bool, abi: u32) -> Self {
         let layer = landlock(loaded.enforcement, abi);
         let mut protections = vec![files(loaded.enforcement, layer.as_ref(), protected)];
         protections.extend(loaded.protections.iter().map(|p| layered(ProtectionStatus::from(p), layer.as_ref())));

@@ -731,8 +731,8 @@ impl Pipeline {
                     }
                     _ => {
                         if let Some(layer) = &t.layer {
-                            let compiled = self.enforcer.compiled(t.instance);
-                            super::refusal::name(layer, compiled.as_deref(), t.instance, &mut d);
+                            let enforcer = &self.enforcer;
+                            super::refusal::name(layer, || enforcer.compiled(t.instance), t.instance, &mut d);
                         }
                         Some(describe(&mut self.enforcer, &d))
                     }

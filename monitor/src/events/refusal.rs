@@ -15,14 +15,13 @@ use std::{
     ffi::OsStr,
     os::unix::ffi::{OsStrExt, OsStringExt},
     path::{Path, PathBuf},
+    sync::Arc,
 };
-
-use monitor_common::policy::{action, mode, PolicyVerdict, RULE_BUILTIN_TAMPER};
 
 use super::decode::Decoded;
 use crate::{
     landlock::{Class, Layer},
-    policy::CompiledPolicy,
+    policy::{Action, CompiledPolicy},
     record::{Body, Bytes},
     vocab::Mechanism,
 };
@@ -31,8 +30,14 @@ const EACCES: i32 = 13;
 /// Landlock's answer to a rename or link between directories it refuses.
 const EXDEV: i32 = 18;
 
-/// Names `d`'s verdict and mechanism when `layer` refused it.
-pub(super) fn name(layer: &Layer, policy: Option<&CompiledPolicy>, instance: u32, d: &mut Decoded) {
+/// Names `d`'s verdict and mechanism when `layer` refused it. `policy` is
+/// asked for only then: most records are not refusals.
+pub(super) fn name(
+    layer: &Layer,
+    policy: impl FnOnce() -> Option<Arc<CompiledPolicy>>,
+    instance: u32,
+    d: &mut Decoded,
+) {
     let Body::Open { access, result, path, requested, base, .. } = &mut d.body else {
         return;
     };
@@ -46,7 +51,7 @@ pub(super) fn name(layer: &Layer, policy: Option<&CompiledPolicy>, instance: u32
     }
     let requested = requested.as_ref().map(|r| of_process(&r.0, d.process.pid, d.process.tid));
     let target = requested.and_then(|r| resolve(base.as_ref().map(|b| &b.0[..]), &r));
-    if let (Some(policy), Some(target)) = (policy, target) {
+    if let (Some(policy), Some(target)) = (target.as_ref().and_then(|_| policy()), target) {
         let value = policy.file_value(target.as_os_str().as_bytes());
         let v = match class {
             Class::Read => value.read,
@@ -57,31 +62,12 @@ pub(super) fn name(layer: &Layer, policy: Option<&CompiledPolicy>, instance: u32
         };
         d.verdict.policy = instance;
         d.verdict.rule_id = v.rule_id;
-        d.verdict.action = word(v.action);
-        d.verdict.decision = word(decision(policy, v));
+        d.verdict.action = Action::from_abi(v.action).map(Action::as_str);
+        d.verdict.decision = Some(policy.decision(v).as_str());
         *path = Some(Bytes(target.into_os_string().into_vec()));
     }
     if d.verdict.decision == Some("deny") && d.verdict.mechanism.is_none() {
         d.verdict.mechanism = Some(Mechanism::LandlockDeny);
-    }
-}
-
-/// The kernel's `outcome`: a deny blocks under an enforcing policy, and
-/// the built-in tamper protection's under any.
-fn decision(policy: &CompiledPolicy, v: PolicyVerdict) -> u8 {
-    match v.action {
-        action::DENY if policy.config.mode == mode::ENFORCE || v.rule_id == RULE_BUILTIN_TAMPER => action::DENY,
-        action::DENY | action::AUDIT => action::AUDIT,
-        _ => action::ALLOW,
-    }
-}
-
-fn word(a: u8) -> Option<&'static str> {
-    match a {
-        action::ALLOW => Some("allow"),
-        action::AUDIT => Some("audit"),
-        action::DENY => Some("deny"),
-        _ => None,
     }
 }
 

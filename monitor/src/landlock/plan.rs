@@ -37,10 +37,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use monitor_common::policy::{action, mode, PolicyVerdict, RULE_BUILTIN_TAMPER, RULE_DEFAULT};
+use monitor_common::policy::{PolicyVerdict, RULE_DEFAULT};
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{compile::PathEntry, CompiledPolicy};
+use crate::policy::{compile::PathEntry, Action, CompiledPolicy};
 
 /// `LANDLOCK_ACCESS_FS_*` (`include/uapi/linux/landlock.h`).
 pub mod fs {
@@ -228,8 +228,7 @@ impl Judge<'_> {
             Class::Write => lpm(&p.file, key).map_or(default(p.config.file_default), |v| v.write),
             Class::Exec => lpm(&p.exec, key).copied().unwrap_or(default(p.config.exec_default)),
         };
-        // `monitor-ebpf/src/policy.rs` `outcome`: only these block.
-        !(v.action == action::DENY && (p.config.mode == mode::ENFORCE || v.rule_id == RULE_BUILTIN_TAMPER))
+        p.decision(v) != Action::Deny
     }
 
     /// The class's entry prefixes strictly below directory `prefix` (which

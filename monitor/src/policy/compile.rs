@@ -15,7 +15,7 @@ use std::{cmp::Reverse, collections::BTreeMap, net::IpAddr, path::PathBuf, sync:
 
 use monitor_common::policy::{
     ExecValue, FileValue, InodeKey, Net4Key, Net6Key, NetValue, PathKey, PolicyConfig, PolicyVerdict, MAX_PORT_RULES,
-    PATH_KEY_LEN, RULE_DEFAULT,
+    PATH_KEY_LEN, RULE_BUILTIN_TAMPER, RULE_DEFAULT,
 };
 
 use super::{
@@ -172,6 +172,20 @@ pub struct MapEntries {
 impl CompiledPolicy {
     /// The file entry a lookup of `path` lands on, or the default's
     /// verdicts: what the kernel's trie gives for it.
+    /// What the kernel does with verdict `v` of this policy (`outcome` in
+    /// `monitor-ebpf/src/policy.rs`): a deny blocks under an enforcing
+    /// policy, and the built-in tamper protection's under any; another deny
+    /// or an audit is a recorded hit.
+    pub fn decision(&self, v: PolicyVerdict) -> Action {
+        match Action::from_abi(v.action) {
+            Some(Action::Deny) if self.config.mode == Mode::Enforce.to_abi() || v.rule_id == RULE_BUILTIN_TAMPER => {
+                Action::Deny
+            }
+            Some(Action::Deny | Action::Audit) => Action::Audit,
+            _ => Action::Allow,
+        }
+    }
+
     pub fn file_value(&self, path: &[u8]) -> FileValue {
         let mut key = path.to_vec();
         key.push(0);
